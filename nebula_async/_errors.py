@@ -1,0 +1,250 @@
+"""The exception tree, and the one function that maps an API error to its class.
+
+::
+
+    NebulaError
+     ├─ APIError (.code, .message, .details, .status_code, .request_id, .retry_after)
+     │   ├─ InvalidRequestError            invalid_request, HTTP 400/422
+     │   │   └─ ContextLengthExceededError context_length_exceeded
+     │   ├─ AuthenticationError            401
+     │   ├─ PermissionDeniedError          403
+     │   ├─ NotFoundError                  404
+     │   │   └─ ModelNotFoundError         model_not_found
+     │   ├─ RateLimitError                 rate_limit_exceeded, 429
+     │   ├─ InsufficientQuotaError         insufficient_quota, whatever the status; never retried
+     │   └─ ServerError                    5xx, or a body that is not the JSON envelope
+     └─ APIConnectionError
+         └─ APITimeoutError
+
+The envelope's ``error.code`` decides first, then the HTTP status. The same code gives the same
+class on every path: an HTTP error, a 200 whose envelope says ``"status": "error"``, and an error
+event in the middle of a stream.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "ContextLengthExceededError",
+    "InsufficientQuotaError",
+    "InvalidRequestError",
+    "ModelNotFoundError",
+    "NebulaError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ServerError",
+    "error_from_response",
+    "parse_retry_after",
+]
+
+_MAX_MESSAGE_CHARS = 500  # an HTML error page must not flood a log line
+
+
+class NebulaError(Exception):
+    """Base class of every error this SDK raises."""
+
+
+class APIError(NebulaError):
+    """The API answered, and the answer is an error.
+
+    ``code`` is the envelope's ``error.code`` (None when the body had none), ``details`` its
+    ``error.details`` dict, ``status_code`` the HTTP status (200 for an error envelope in a 200 or
+    in a stream), ``retry_after`` the seconds the server asked us to wait, if it said so.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        status_code: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.details: Mapping[str, Any] = details if details is not None else {}
+        self.status_code = status_code
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        where = [f"HTTP {self.status_code}"] if self.status_code is not None else []
+        if self.request_id is not None:
+            where.append(f"request_id={self.request_id}")
+        head = f"{self.code}: {self.message}" if self.code else self.message
+        return f"{head} ({', '.join(where)})" if where else head
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(message={self.message!r}, code={self.code!r}, "
+            f"status_code={self.status_code!r}, request_id={self.request_id!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only __init__ arguments: pickling (multiprocessing, batch checkpoints) needs help.
+        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
+
+
+def _rebuild(cls: type[APIError], message: str, state: dict[str, Any]) -> APIError:
+    err = cls.__new__(cls)
+    NebulaError.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class InvalidRequestError(APIError):
+    """The request was rejected as invalid (``invalid_request``, HTTP 400 or 422)."""
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    """The prompt is longer than the model's context (``context_length_exceeded``)."""
+
+
+class AuthenticationError(APIError):
+    """The API key is missing, wrong or revoked (HTTP 401)."""
+
+
+class PermissionDeniedError(APIError):
+    """The API key may not do this (HTTP 403)."""
+
+
+class NotFoundError(APIError):
+    """The thing asked for does not exist (HTTP 404)."""
+
+
+class ModelNotFoundError(NotFoundError):
+    """The model does not exist (``model_not_found``)."""
+
+
+class RateLimitError(APIError):
+    """Too many requests (``rate_limit_exceeded``, HTTP 429); ``retry_after`` says how long to wait."""
+
+
+class InsufficientQuotaError(APIError):
+    """Not enough credits or quota (``insufficient_quota``); waiting does not help, so never retried."""
+
+
+class ServerError(APIError):
+    """The API failed (HTTP 5xx), or answered with something that is not its JSON envelope."""
+
+
+class APIConnectionError(NebulaError):
+    """The API could not be reached, or the connection broke before the answer was complete."""
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return self.message if self.request_id is None else f"{self.message} (request_id={self.request_id})"
+
+
+class APITimeoutError(APIConnectionError):
+    """A connect, read, stream-idle or total timeout ran out."""
+
+
+_BY_CODE: dict[str, type[APIError]] = {
+    "invalid_request": InvalidRequestError,
+    "model_not_found": ModelNotFoundError,
+    "context_length_exceeded": ContextLengthExceededError,
+    "rate_limit_exceeded": RateLimitError,
+    "insufficient_quota": InsufficientQuotaError,
+}
+
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    422: InvalidRequestError,
+    429: RateLimitError,
+}
+
+
+def error_from_response(status: int, body: object, headers: Mapping[str, str]) -> APIError:
+    """Build the error for an error answer.
+
+    ``body`` is the decoded JSON (normally the envelope) or, when it was not JSON, the raw bytes.
+    ``headers`` must be case-insensitive (aiohttp's are) for ``x-request-id`` and ``Retry-After``.
+    """
+    request_id = headers.get("x-request-id")
+    retry_after = parse_retry_after(headers, now=time.time())
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        cls = _BY_STATUS.get(status, ServerError)
+        message = f"unexpected response from the API: {_preview(body)}"
+        return cls(message, status_code=status, request_id=request_id, retry_after=retry_after)
+    raw_code = error.get("code")
+    code = raw_code if isinstance(raw_code, str) and raw_code else None
+    raw_message = error.get("message")
+    message = (
+        raw_message
+        if isinstance(raw_message, str) and raw_message
+        else "the API returned an error without a message"
+    )
+    details = error.get("details")
+    cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status) or (ServerError if status >= 500 else APIError)
+    return cls(
+        message[:_MAX_MESSAGE_CHARS],
+        code=code,
+        details=details if isinstance(details, dict) else None,
+        status_code=status,
+        request_id=request_id,
+        retry_after=retry_after,
+    )
+
+
+def _preview(body: object) -> str:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else repr(body)
+    text = " ".join(text.split())
+    if not text:
+        return "empty body"
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None:
+    """Seconds the server asks us to wait: ``retry-after-ms``, then ``Retry-After`` seconds or HTTP date.
+
+    Anything unparseable, negative, infinite or NaN is ignored (None). ``now`` is the Unix time an
+    HTTP date is measured from.
+    """
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        seconds = _finite_non_negative(value)
+        if seconds is not None:
+            return seconds / 1000.0
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = _finite_non_negative(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is always GMT; parsedate gives naive for "-0000"
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _finite_non_negative(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None

@@ -1,0 +1,285 @@
+"""TextStream: a streamed generation, as an async iterator and async context manager."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections import deque
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._config import RetryPolicy, Timeout
+from ._errors import APIConnectionError, APITimeoutError, NebulaError, ServerError
+from ._models import TextChunk
+from ._parse import DONE, parse_event, parse_generation
+from ._sse import SSEDecoder, SSEProtocolError
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from ._client import AsyncNebulaClient
+
+__all__ = ["TextStream"]
+
+_DRAIN_SECONDS = 1.0  # after the final event, how long the rest of the body may take to arrive
+_DRAIN_BYTES = 64 * 1024  # and how much of it we read, to keep the connection for the pool
+
+
+class TextStream:
+    """A streamed generation: iterate it for TextChunk objects.
+
+    Nothing is sent until ``async with`` or the first iteration. Use ``async with`` (or call
+    ``aclose()``) when you may stop early: the connection is released at once. A stream that is
+    iterated to its end releases it by itself. The stream is retried only before its first chunk
+    reaches you, so no text is delivered twice.
+    """
+
+    def __init__(self, client: AsyncNebulaClient, body: bytes, policy: RetryPolicy, timeout: Timeout) -> None:
+        self._client = client
+        self._body = body
+        self._policy = policy
+        self._timeout = timeout
+        self._response: aiohttp.ClientResponse | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._decoder = SSEDecoder()
+        self._buffered: deque[TextChunk] = deque()
+        self._parts: list[str] = []
+        self._finish_reason: str | None = None
+        self._request_id: str | None = None
+        self._attempts = 0
+        self._delivered = False
+        self._ended = False  # the final event (or [DONE]) has been read
+        self._closed = False
+        self._error: NebulaError | None = None  # raised once the chunks read before it are delivered
+        self._idle_limit: float | None = None
+        self._idle_deadline: float | None = None
+
+    @property
+    def text(self) -> str:
+        """The text of the chunks delivered so far."""
+        if len(self._parts) > 1:
+            self._parts[:] = ["".join(self._parts)]  # joined once, so reading .text per chunk stays linear
+        return self._parts[0] if self._parts else ""
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why generation stopped (``"stop"``, ``"length"``...), once the last chunk was delivered."""
+        return self._finish_reason
+
+    @property
+    def request_id(self) -> str | None:
+        """The ``x-request-id`` of the response being read, once it arrived."""
+        return self._request_id
+
+    @property
+    def retries(self) -> int:
+        """How many failed attempts came before the one being read."""
+        return max(0, self._attempts - 1)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "ended" if self._ended else "open" if self._response else "new"
+        return f"<TextStream {state} request_id={self._request_id!r} chars={len(self.text)}>"
+
+    async def __aenter__(self) -> TextStream:
+        await self._advance(read=False)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> TextStream:
+        return self
+
+    async def __anext__(self) -> TextChunk:
+        chunk = self._next_buffered()
+        if chunk is not None:
+            return chunk
+        if not await self._fill():
+            raise StopAsyncIteration
+        chunk = self._next_buffered()
+        assert chunk is not None  # _fill returned True: something is buffered
+        return chunk
+
+    async def aclose(self) -> None:
+        """Release the connection; idempotent. A stream closed before its end cannot be iterated again."""
+        if self._closed:
+            return
+        if self._ended and not self._buffered:
+            await self._finish()
+        self._closed = True
+        self._discard()
+
+    # The sync TextStream drives these two: one thread hop per network read, not one per chunk.
+    def _next_buffered(self) -> TextChunk | None:
+        """Deliver the next chunk already read, without waiting, or None."""
+        if not self._buffered:
+            return None
+        chunk = self._buffered.popleft()
+        self._delivered = True
+        self._parts.append(chunk.text)
+        if chunk.finish_reason is not None:
+            self._finish_reason = chunk.finish_reason
+        return chunk
+
+    async def _fill(self) -> bool:
+        """Read until a chunk is buffered (True) or the stream is over (False)."""
+        while not self._buffered:
+            if self._error is not None:
+                error, self._error = self._error, None
+                self._discard()
+                raise error
+            if self._ended:
+                await self._finish()
+                return False
+            await self._advance(read=True)
+        return True
+
+    async def _advance(self, *, read: bool) -> None:
+        """Open the response if needed and, if ``read``, consume one network read; retry while allowed."""
+        if self._closed:
+            raise RuntimeError("this stream was closed before its end; start a new one with stream_text()")
+        while True:
+            try:
+                if self._response is None and not self._ended:
+                    await self._open()
+                if read and not self._ended:
+                    await self._read()
+                return
+            except NebulaError as err:
+                self._discard()
+                # Once text reached the caller a retry would deliver it twice.
+                if self._delivered or not await self._client._wait_before_retry(
+                    self._policy, self._attempts, err
+                ):
+                    raise
+                self._decoder = SSEDecoder()
+                self._buffered.clear()
+            except BaseException:  # cancelled, or a bug: never leave the connection checked out
+                self._discard()
+                raise
+
+    async def _open(self) -> None:
+        transport = self._client._get_transport()
+        self._attempts += 1
+        client_timeout = transport.client_timeout(self._timeout, stream=True)
+        response = await transport.post(
+            self._body, self._client._stream_headers, client_timeout, self._attempts
+        )
+        self._response = response
+        self._loop = asyncio.get_running_loop()
+        self._request_id = response.headers.get("x-request-id")
+        if response.status != 200 or response.content_type != "text/event-stream":
+            self._response = None
+            raw = await transport.read_body(response)
+            parse_generation(response.status, raw, response.headers)  # raises the error it stands for
+            raise ServerError(
+                f"expected an event stream, got {response.content_type!r}",
+                status_code=response.status,
+                request_id=self._request_id,
+            )
+        self._idle_limit = self._timeout.stream_idle
+        self._idle_deadline = self._loop.time() + self._idle_limit if self._idle_limit else None
+
+    async def _read(self) -> None:
+        from ._http import TRANSPORT_ERRORS, transport_error
+
+        response = self._response
+        assert response is not None
+        assert self._loop is not None
+        try:
+            data = await response.content.readany()
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, self._request_id) from exc
+        if not data:
+            raise APIConnectionError("the stream ended before its final event", request_id=self._request_id)
+        try:
+            events = self._decoder.feed(data)
+        except SSEProtocolError as exc:
+            raise ServerError(
+                f"malformed event stream: {exc}", status_code=200, request_id=self._request_id
+            ) from None
+        got_data = False
+        for event in events:
+            if event.event not in ("message", "error"):
+                continue  # event types of a newer API: not ours to interpret
+            got_data = True
+            if event.data == DONE:
+                self._ended = True
+                break
+            try:
+                chunk = parse_event(event.data, response.headers)
+            except NebulaError as err:
+                if not self._buffered:
+                    raise
+                self._error = err  # deliver the text that came before it first
+                break
+            self._buffered.append(chunk)
+            if chunk.finish_reason is not None:
+                self._ended = True
+                break
+        if self._idle_deadline is not None and self._idle_limit is not None:
+            now = self._loop.time()
+            if got_data:
+                self._idle_deadline = now + self._idle_limit
+            elif now > self._idle_deadline:
+                raise APITimeoutError(
+                    f"no data event in the stream for {self._idle_limit:g} s", request_id=self._request_id
+                )
+
+    async def _finish(self) -> None:
+        """After the final event: read the rest of the body, briefly, so the connection can be reused."""
+        response, self._response = self._response, None
+        if response is None:
+            return
+        from ._http import TRANSPORT_ERRORS
+
+        try:
+            await asyncio.wait_for(self._drain(response), _DRAIN_SECONDS)
+        except TRANSPORT_ERRORS:
+            response.close()  # a slow or broken tail: the connection is not worth keeping
+        except BaseException:
+            response.close()
+            raise
+        else:
+            response.release()
+
+    @staticmethod
+    async def _drain(response: aiohttp.ClientResponse) -> None:
+        read = 0
+        while read <= _DRAIN_BYTES:
+            data = await response.content.readany()
+            if not data:
+                return
+            read += len(data)
+        raise asyncio.TimeoutError  # more trailing data than we will read: treat as a slow tail
+
+    def _discard(self) -> None:
+        """Close the response now: an unread body means the connection cannot be reused."""
+        response, self._response = self._response, None
+        if response is not None:
+            response.close()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        response = getattr(self, "_response", None)
+        if response is None:
+            return
+        self._response = None
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        _warn(
+            "TextStream was not closed: use 'async with client.stream_text(...)' or call aclose()",
+            ResourceWarning,
+            source=self,
+            stacklevel=2,
+        )
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            response.close()
+        else:  # collected in another thread (a forgotten sync stream): close in the loop's own thread
+            loop.call_soon_threadsafe(response.close)

@@ -1,0 +1,177 @@
+"""NebulaClient: the blocking client, one AsyncNebulaClient run in an anyio portal thread."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from nebula_async import AsyncNebulaClient, GenerateRequest, RetryPolicy, TextGeneration, Timeout
+from nebula_async._config import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RETRIES
+
+from ._stream import TextStream
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["NebulaClient"]
+
+T = TypeVar("T")
+
+
+class NebulaClient:
+    """Blocking client for the Nebula text-generation API; safe to share between threads.
+
+    Takes the same arguments as AsyncNebulaClient, except ``session`` (an aiohttp session belongs
+    to one event loop, and this client runs its own). ``close()`` is optional: a client that is
+    never closed is shut down cleanly when collected or at interpreter exit.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float | Timeout | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry: RetryPolicy | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        default_headers: Mapping[str, str] | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if session is not None:
+            raise TypeError(
+                "nebula_sync.NebulaClient runs its own event loop and can't use an aiohttp session; "
+                "use nebula_async.AsyncNebulaClient(session=...) instead"
+            )
+        # Built first, so bad arguments fail before a thread is started.
+        self._async = AsyncNebulaClient(
+            api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry=retry,
+            max_connections=max_connections,
+            default_headers=default_headers,
+        )
+        portal_cm = start_blocking_portal(name="nebula-sync")
+        self._portal = portal_cm.__enter__()
+        loop_thread = self._portal.call(threading.get_ident)
+        # Runs on close(), on garbage collection and at interpreter exit, whichever comes first:
+        # a portal never exited would leave the session unclosed.
+        self._finalizer = weakref.finalize(self, _shutdown, portal_cm, self._portal, self._async, loop_thread)
+
+    def __repr__(self) -> str:
+        return f"NebulaClient(base_url={self._async.base_url!r}, max_retries={self._async.retry.max_retries})"
+
+    def __enter__(self) -> NebulaClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool and stop the client's thread; idempotent."""
+        self._finalizer()
+
+    def _run(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        if not self._finalizer.alive:
+            raise RuntimeError("this client is closed; create a new NebulaClient to make more calls")
+        future = self._portal.start_task_soon(partial(fn, *args, **kwargs))
+        try:
+            return future.result()
+        except BaseException:  # KeyboardInterrupt too: cancel the call underneath, then re-raise
+            future.cancel()
+            raise
+
+    def generate_text(
+        self,
+        *,
+        model: str,
+        prompt: str,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: float | Timeout | None = None,
+        max_retries: int | None = None,
+    ) -> TextGeneration:
+        """Generate text for ``prompt``; see AsyncNebulaClient.generate_text."""
+        return self._run(
+            self._async.generate_text,
+            model=model,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            extra_body=extra_body,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+
+    def stream_text(
+        self,
+        *,
+        model: str,
+        prompt: str,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: float | Timeout | None = None,
+        max_retries: int | None = None,
+    ) -> TextStream:
+        """Return a TextStream for ``prompt``; nothing is sent until it is entered or iterated."""
+        stream = self._async.stream_text(
+            model=model,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            extra_body=extra_body,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        return TextStream(stream, self._run)
+
+    def generate_many(
+        self,
+        requests: Iterable[GenerateRequest | Mapping[str, Any]],
+        *,
+        concurrency: int = 16,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Run many generations concurrently; see AsyncNebulaClient.generate_many."""
+        return self._run(
+            self._async.generate_many, requests, concurrency=concurrency, return_exceptions=return_exceptions
+        )
+
+
+def _shutdown(
+    portal_cm: AbstractContextManager[BlockingPortal],
+    portal: BlockingPortal,
+    client: AsyncNebulaClient,
+    loop_thread: int,
+) -> None:
+    if threading.get_ident() == loop_thread:
+        # Collected inside its own event loop: it can't wait for itself, so another thread does it.
+        threading.Thread(target=_shutdown, args=(portal_cm, portal, client, -1), daemon=True).start()
+        return
+    try:
+        portal.call(client.aclose)
+    except RuntimeError:  # the portal already stopped (late in interpreter shutdown)
+        pass
+    finally:
+        portal_cm.__exit__(None, None, None)

@@ -1,0 +1,77 @@
+"""The blocking TextStream: the async one, driven through the client's portal."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from nebula_async import TextChunk
+from nebula_async import TextStream as AsyncTextStream
+
+__all__ = ["TextStream"]
+
+T = TypeVar("T")
+
+
+class TextStream:
+    """A streamed generation: iterate it for TextChunk objects; use ``with`` to release it early.
+
+    Each trip to the client's event loop takes every chunk already read from the network, not
+    one chunk per trip.
+    """
+
+    def __init__(self, stream: AsyncTextStream, run: Callable[..., Any]) -> None:
+        self._stream = stream
+        self._run: Callable[[Callable[[], Awaitable[T]]], T] = run
+
+    @property
+    def text(self) -> str:
+        """The text of the chunks delivered so far."""
+        return self._stream.text
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why generation stopped, once the last chunk was delivered."""
+        return self._stream.finish_reason
+
+    @property
+    def request_id(self) -> str | None:
+        """The ``x-request-id`` of the response being read, once it arrived."""
+        return self._stream.request_id
+
+    @property
+    def retries(self) -> int:
+        """How many failed attempts came before the one being read."""
+        return self._stream.retries
+
+    def __repr__(self) -> str:
+        return repr(self._stream)
+
+    def __enter__(self) -> TextStream:
+        self._run(self._stream.__aenter__)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> TextChunk:
+        # The event-loop thread only touches the stream while we wait on it, so reading what it
+        # already buffered from this thread is safe.
+        chunk = self._stream._next_buffered()
+        if chunk is not None:
+            return chunk
+        if not self._run(self._stream._fill):
+            raise StopIteration
+        chunk = self._stream._next_buffered()
+        assert chunk is not None  # _fill returned True: something is buffered
+        return chunk
+
+    def close(self) -> None:
+        """Release the connection; idempotent."""
+        self._run(self._stream.aclose)

@@ -1,0 +1,127 @@
+"""Shared fixtures: a clean environment, aioresponses that works on aiohttp 3.14, and a real local server."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aioresponses import aioresponses
+
+from tests.helpers import sse, success_body
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove NEBULA_* variables so a developer's shell cannot change a test's outcome."""
+    for name in list(os.environ):
+        if name.startswith("NEBULA_"):
+            monkeypatch.delenv(name)
+
+
+class _NoStreamWriter:
+    """Stands in for the request's stream writer: a mocked request wrote nothing."""
+
+    output_size = 0
+
+
+class _CompatResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 does not pass aiohttp 3.14's ``stream_writer`` (aioresponses #289)."""
+
+    def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", _NoStreamWriter())
+        super().__init__(method, url, **kwargs)
+
+
+class MockAPI(aioresponses):  # type: ignore[misc]  # aioresponses is untyped
+    """aioresponses whose responses construct on aiohttp 3.14; use for request shape and mapping only."""
+
+    def add(self, url: Any, method: str = "GET", **kwargs: Any) -> None:
+        kwargs.setdefault("response_class", _CompatResponse)
+        super().add(url, method, **kwargs)
+
+    def sent(self) -> list[dict[str, Any]]:
+        """Return every request that reached the mocked wire: method, url, headers and decoded JSON body."""
+        out = []
+        for (method, url), calls in self.requests.items():
+            for call in calls:
+                data = call.kwargs.get("data")
+                out.append(
+                    {
+                        "method": method,
+                        "url": str(url),
+                        "headers": dict(call.kwargs.get("headers") or {}),
+                        "body": json.loads(data) if data else None,
+                        "raw": data,
+                    }
+                )
+        return out
+
+
+@pytest.fixture
+def mock_api() -> Iterator[MockAPI]:
+    """Patch aiohttp so no socket is opened; unmatched URLs raise a connection error."""
+    with MockAPI() as mocked:
+        yield mocked
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class LocalServer:
+    """A real aiohttp.web server on 127.0.0.1 whose POST /v1/text/generate runs ``handler``."""
+
+    def __init__(self) -> None:
+        self.handler: Handler = _default_handler
+        self.requests: list[dict[str, Any]] = []  # headers and JSON body of each request received
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        self.requests.append(
+            {"headers": dict(request.headers), "body": json.loads(raw) if raw else None, "raw": raw}
+        )
+        return await self.handler(request)
+
+
+async def _default_handler(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    if body.get("stream"):
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "x-request-id": "req_stream"}
+        )
+        await response.prepare(request)
+        words = ["Hello", ",", " World", "!"]
+        for i, word in enumerate(words):
+            await response.write(
+                sse({"text": word, "finish_reason": "stop" if i == len(words) - 1 else None})
+            )
+        await response.write_eof()
+        return response
+    return web.json_response(success_body(), headers={"x-request-id": "req_1"})
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[LocalServer]:
+    """Start a LocalServer on an ephemeral port for the test, in the test's own event loop."""
+    srv = LocalServer()
+    app = web.Application()
+    app.router.add_post("/v1/text/generate", srv._route)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert site._server is not None
+    srv.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # a TCP site has sockets
+    try:
+        yield srv
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,35 @@
+"""Builders for the API's documented bodies, shared by the tests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+KEY = "sk-test-0123456789"
+
+
+def success_body(
+    text: str = "Hello, World!", prompt_tokens: int = 8, completion_tokens: int = 12
+) -> dict[str, Any]:
+    """Return the documented success envelope."""
+    return {
+        "status": "success",
+        "data": {
+            "text": text,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        },
+    }
+
+
+def error_body(code: str, message: str = "something went wrong", **details: Any) -> dict[str, Any]:
+    """Return the documented error envelope."""
+    return {"status": "error", "error": {"code": code, "message": message, "details": details}}
+
+
+def sse(*payloads: dict[str, Any] | str) -> bytes:
+    """Encode events as ``data: <json>\\n\\n``; a str payload is sent as is."""
+    return b"".join(f"data: {p if isinstance(p, str) else json.dumps(p)}\n\n".encode() for p in payloads)
