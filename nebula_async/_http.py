@@ -68,11 +68,15 @@ class Transport:
         key = (timeout, stream)
         cached = self._timeouts.get(key)
         if cached is None:
+            read = timeout.read
+            if stream and timeout.stream_idle is not None:
+                # Silence longer than stream_idle breaks the idle limit too: let the socket say so.
+                read = timeout.stream_idle if read is None else min(read, timeout.stream_idle)
             cached = aiohttp.ClientTimeout(
                 # A stream has no total: it is bounded by read and stream-idle timeouts instead.
                 total=None if stream else timeout.total,
                 sock_connect=timeout.connect,
-                sock_read=timeout.read,
+                sock_read=read,
             )
             if len(self._timeouts) < 64:  # per-call overrides must not grow this without bound
                 self._timeouts[key] = cached

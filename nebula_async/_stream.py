@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import warnings
 from collections import deque
 from types import TracebackType
@@ -281,5 +282,7 @@ class TextStream:
             running = None
         if running is loop:
             response.close()
-        else:  # collected in another thread (a forgotten sync stream): close in the loop's own thread
+            return
+        # Collected in another thread (a forgotten sync stream): close in the loop's own thread.
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: its sockets are gone anyway
             loop.call_soon_threadsafe(response.close)
