@@ -310,9 +310,24 @@ def _encode(request: GenerateRequest, extra_body: Mapping[str, Any] | None, *, s
     if stream:
         payload["stream"] = True
     try:
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"extra_body must hold only JSON values: {exc}") from None
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{_unencodable_field(payload)} is not valid text: it holds a lone surrogate"
+        ) from None
+
+
+def _unencodable_field(payload: Mapping[str, Any]) -> str:
+    for name, value in payload.items():
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            return name if name in _RESERVED_BODY_KEYS else f"extra_body[{name!r}]"
+    return "the request"  # unreachable in practice: encode() failed, so some field is at fault
 
 
 def _item_source(

@@ -84,7 +84,8 @@ class APIError(NebulaError):
         where = [f"HTTP {self.status_code}"] if self.status_code is not None else []
         if self.request_id is not None:
             where.append(f"request_id={self.request_id}")
-        head = f"{self.code}: {self.message}" if self.code else self.message
+        message = " ".join(self.message.split())  # one line, whatever the server sent: no forged log lines
+        head = f"{self.code}: {message}" if self.code else message
         return f"{head} ({', '.join(where)})" if where else head
 
     def __repr__(self) -> str:
@@ -150,7 +151,8 @@ class APIConnectionError(NebulaError):
         self.request_id = request_id
 
     def __str__(self) -> str:
-        return self.message if self.request_id is None else f"{self.message} (request_id={self.request_id})"
+        message = " ".join(self.message.split())
+        return message if self.request_id is None else f"{message} (request_id={self.request_id})"
 
 
 class APITimeoutError(APIConnectionError):

@@ -26,7 +26,12 @@ def transport_error(exc: BaseException, request_id: str | None = None) -> Nebula
     # Timeouts first: aiohttp's ServerTimeoutError is also a ClientConnectionError.
     if isinstance(exc, asyncio.TimeoutError):
         return APITimeoutError("timed out waiting for the API", request_id=request_id)
-    return APIConnectionError(f"connection to the API failed: {exc!r}", request_id=request_id)
+    return APIConnectionError(f"connection to the API failed: {describe(exc)}", request_id=request_id)
+
+
+def describe(exc: BaseException) -> str:
+    """Name an aiohttp error in one line; never repr(): some reprs hold the request headers, key included."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 TRANSPORT_ERRORS = (asyncio.TimeoutError, aiohttp.ClientError)
@@ -92,11 +97,11 @@ class Transport:
             response = await session.post(self.url, data=body, headers=headers, timeout=timeout)
         except TRANSPORT_ERRORS as exc:
             logger.debug(
-                "POST %s failed after %.1f ms (attempt %d): %r",
+                "POST %s failed after %.1f ms (attempt %d): %s",
                 self.url,
                 (time.monotonic() - started) * 1000,
                 attempt,
-                exc,
+                describe(exc),
             )
             raise transport_error(exc) from exc
         logger.debug(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import partial
 from types import TracebackType
@@ -148,7 +148,8 @@ class NebulaClient:
 
     def generate_many(
         self,
-        requests: Iterable[GenerateRequest | Mapping[str, Any]],
+        requests: Iterable[GenerateRequest | Mapping[str, Any]]
+        | AsyncIterable[GenerateRequest | Mapping[str, Any]],
         *,
         concurrency: int = 16,
         return_exceptions: bool = False,
