@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import platform
+import weakref
 from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["AsyncNebulaClient"]
 
 logger = logging.getLogger("nebula_async")
+# A library does not print: without the application's logging set up, retry warnings stay silent.
+logger.addHandler(logging.NullHandler())
 
 USER_AGENT = f"nebula-sdk/{__version__} (nebula_async; Python {platform.python_version()})"
 
@@ -87,6 +90,7 @@ class AsyncNebulaClient:
             raise TypeError(f"session must be an aiohttp.ClientSession, got {type(session).__name__}")
         self._session = session
         self._transport: Transport | None = None
+        self._streams: weakref.WeakSet[TextStream] = weakref.WeakSet()  # open ones, closed by aclose()
         headers = {
             "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",
@@ -131,6 +135,8 @@ class AsyncNebulaClient:
         """Close the connection pool (not a session you passed in); idempotent."""
         if self._transport is None:
             self._transport = self._new_transport()
+        for stream in list(self._streams):
+            stream._discard()
         await self._transport.aclose()
 
     async def generate_text(

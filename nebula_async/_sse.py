@@ -44,6 +44,8 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Consume ``chunk`` and return the events it completes, in order."""
+        if not chunk:
+            return []
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
@@ -66,6 +68,8 @@ class SSEDecoder:
         events: list[ServerSentEvent] = []
         for raw in lines:
             line = raw.rstrip(b"\r\n")
+            if len(line) > MAX_LINE_BYTES:  # checked here too: the limit must not depend on the split
+                raise SSEProtocolError(f"event stream line longer than {MAX_LINE_BYTES} bytes")
             if not line:
                 if self._data:
                     events.append(self._dispatch())

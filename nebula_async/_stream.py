@@ -109,6 +109,12 @@ class TextStream:
             return
         if self._ended and not self._buffered:
             await self._finish()
+        else:
+            # Closed before its end: what was read but not delivered is dropped, and iterating
+            # again goes to _advance, which says the stream is closed.
+            self._buffered.clear()
+            self._error = None
+            self._ended = False
         self._closed = True
         self._discard()
 
@@ -169,6 +175,7 @@ class TextStream:
             self._body, self._client._stream_headers, client_timeout, self._attempts
         )
         self._response = response
+        self._client._streams.add(self)
         self._loop = asyncio.get_running_loop()
         self._request_id = response.headers.get("x-request-id")
         if response.status != 200 or response.content_type != "text/event-stream":

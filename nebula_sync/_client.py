@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -88,6 +89,10 @@ class NebulaClient:
         future = self._portal.start_task_soon(partial(fn, *args, **kwargs))
         try:
             return future.result()
+        except concurrent.futures.CancelledError:
+            if self._finalizer.alive:
+                raise
+            raise RuntimeError("this client was closed while the call was running") from None
         except BaseException:  # KeyboardInterrupt too: cancel the call underneath, then re-raise
             future.cancel()
             raise
@@ -172,6 +177,9 @@ def _shutdown(
         return
     try:
         portal.call(client.aclose)
+        # Calls still running (say, sleeping before a retry) are cancelled, not waited for:
+        # close() and interpreter exit must not hang on them.
+        portal.call(portal.stop, True)
     except RuntimeError:  # the portal already stopped (late in interpreter shutdown)
         pass
     finally:

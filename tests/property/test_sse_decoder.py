@@ -1,0 +1,202 @@
+"""Example-based tests for SSEDecoder, the pure event-stream parser."""
+
+from __future__ import annotations
+
+import pytest
+
+from nebula_async._sse import MAX_LINE_BYTES, ServerSentEvent, SSEDecoder, SSEProtocolError
+
+
+def feed(*chunks: bytes) -> list[ServerSentEvent]:
+    """Feed ``chunks`` to one new decoder and return every event, in order."""
+    decoder = SSEDecoder()
+    return [event for chunk in chunks for event in decoder.feed(chunk)]
+
+
+def test_data_with_and_without_the_space() -> None:
+    """One space after the colon is dropped, no space is fine, and a second space is kept."""
+    assert feed(b"data: a\n\ndata:b\n\ndata:  c\n\n") == [
+        ServerSentEvent("a"),
+        ServerSentEvent("b"),
+        ServerSentEvent(" c"),
+    ]
+
+
+def test_several_data_lines_are_joined_by_newline() -> None:
+    """Three data lines of one event, one of them empty, give their values joined by LF."""
+    assert feed(b"data: one\ndata:\ndata: three\n\n") == [ServerSentEvent("one\n\nthree")]
+
+
+def test_a_data_line_without_colon_is_an_empty_value() -> None:
+    """A line that is just the field name 'data' adds an empty data line, as the spec says."""
+    assert feed(b"data\ndata: x\n\n") == [ServerSentEvent("\nx")]
+
+
+def test_comments_are_ignored() -> None:
+    """Comment lines, before and inside an event, change nothing and dispatch nothing."""
+    assert feed(b": keep-alive\n\n:\ndata: a\n: inside\ndata: b\n\n: trailing\n\n") == [
+        ServerSentEvent("a\nb")
+    ]
+
+
+def test_unknown_fields_are_ignored() -> None:
+    """Unknown and wrongly-cased field names are ignored, not taken as data."""
+    assert feed(b"foo: bar\nDATA: no\nData: no\ndata: yes\nx-extra\n\n") == [ServerSentEvent("yes")]
+
+
+def test_an_event_with_no_data_is_not_dispatched() -> None:
+    """An event with only event and id fields is not dispatched, and its type does not leak to the next."""
+    decoder = SSEDecoder()
+    assert decoder.feed(b"event: ping\nid: 7\n\n") == []
+    assert not decoder.pending()
+    # The id sticks (it is the last event id), but the type was reset by the blank line.
+    assert decoder.feed(b"data: x\n\n") == [ServerSentEvent("x", "message", "7")]
+
+
+def test_event_field_sets_the_type_of_one_event() -> None:
+    """An event field names only the event it belongs to; the next one is a 'message' again."""
+    assert feed(b"event: error\ndata: e\n\ndata: m\n\n") == [
+        ServerSentEvent("e", "error"),
+        ServerSentEvent("m", "message"),
+    ]
+
+
+def test_id_field_persists_and_ignores_nul() -> None:
+    """The last id applies to later events; an id holding NUL is ignored; an empty id resets it to ''."""
+    assert feed(b"id: 1\ndata: a\n\ndata: b\n\nid: 2\x003\ndata: c\n\nid\ndata: d\n\n") == [
+        ServerSentEvent("a", id="1"),
+        ServerSentEvent("b", id="1"),
+        ServerSentEvent("c", id="1"),
+        ServerSentEvent("d", id=""),
+    ]
+
+
+def test_retry_field_takes_only_ascii_digits() -> None:
+    """retry sets an int from ASCII digits; other values (signs, spaces, non-ASCII digits) are ignored."""
+    assert feed(
+        b"retry: 1500\ndata: a\n\nretry: -1\ndata: b\n\nretry: 1 0\ndata: c\n\n"
+        b"retry: \xd9\xa3\ndata: d\n\nretry:250\ndata: e\n\n"
+    ) == [
+        ServerSentEvent("a", retry=1500),
+        ServerSentEvent("b", retry=1500),
+        ServerSentEvent("c", retry=1500),
+        ServerSentEvent("d", retry=1500),
+        ServerSentEvent("e", retry=250),
+    ]
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"], ids=["LF", "CRLF", "CR"])
+def test_each_line_end(end: bytes) -> None:
+    """LF, CRLF and CR each end a line and, doubled, an event."""
+    assert feed(b"data: a" + end + b"data: b" + end + end + b"data: c" + end + end) == [
+        ServerSentEvent("a\nb"),
+        ServerSentEvent("c"),
+    ]
+
+
+def test_cr_split_from_lf_across_chunks_is_one_line_end() -> None:
+    """A CRLF whose CR ends one read and whose LF opens the next is one line end, not a blank line."""
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r") == []
+    assert decoder.feed(b"\ndata: b\r") == []
+    assert decoder.feed(b"\n\r") == [ServerSentEvent("a\nb")]
+    assert decoder.feed(b"\n") == []  # the LF of that last CRLF, not another blank line
+    assert not decoder.pending()
+
+
+def test_cr_then_lf_of_a_blank_line_in_the_next_chunk() -> None:
+    """A read ending in CR followed by a read holding CR LF LF gives one event, the same as fed whole."""
+    whole = b"data: a\r\r\n\n"
+    assert feed(whole) == [ServerSentEvent("a")]
+    assert feed(whole[:8], whole[8:]) == [ServerSentEvent("a")]
+
+
+def test_an_empty_read_between_cr_and_lf_changes_nothing() -> None:
+    """An empty read between the CR and the LF of a CRLF does not turn the LF into a blank line."""
+    # The same bytes as b"data: a\r\ndata: b\n\n", one event; an empty read must not split it in two.
+    assert feed(b"data: a\r", b"", b"\ndata: b\n\n") == [ServerSentEvent("a\nb")]
+
+
+def test_a_multibyte_character_split_across_chunks() -> None:
+    """Two- to four-byte UTF-8 characters cut between reads are decoded once their line is whole."""
+    raw = "data: é€😀\n\n".encode()
+    for cut in range(len(b"data: "), len(raw)):
+        assert feed(raw[:cut], raw[cut:]) == [ServerSentEvent("é€😀")], cut
+    assert feed(*(raw[i : i + 1] for i in range(len(raw)))) == [ServerSentEvent("é€😀")]
+
+
+def test_done_is_an_ordinary_event() -> None:
+    """The decoder dispatches 'data: [DONE]' like any event; giving it meaning is the stream's job."""
+    assert feed(b'data: {"text": "a"}\n\ndata: [DONE]\n\n') == [
+        ServerSentEvent('{"text": "a"}'),
+        ServerSentEvent("[DONE]"),
+    ]
+
+
+def test_a_line_over_max_line_bytes_without_end_raises() -> None:
+    """A line growing past MAX_LINE_BYTES with no line end raises SSEProtocolError, not endless buffering."""
+    decoder = SSEDecoder()
+    step = 1024 * 1024
+    assert decoder.feed(b"data: " + b"x" * (step - 6)) == []
+    for _ in range(MAX_LINE_BYTES // step - 1):
+        assert decoder.feed(b"x" * step) == []  # up to exactly MAX_LINE_BYTES: still buffered
+    assert decoder.pending()
+    with pytest.raises(SSEProtocolError, match="longer than"):
+        decoder.feed(b"x")
+
+
+def test_a_line_of_exactly_max_line_bytes_is_accepted() -> None:
+    """A partial line of exactly MAX_LINE_BYTES is still buffered, and completes into an event."""
+    decoder = SSEDecoder()
+    head = b"data: "
+    assert decoder.feed(head + b"x" * (MAX_LINE_BYTES - len(head))) == []
+    assert decoder.pending()
+    events = decoder.feed(b"\n\n")
+    assert len(events) == 1
+    assert len(events[0].data) == MAX_LINE_BYTES - len(head)
+
+
+def test_a_line_over_max_line_bytes_raises_whatever_the_split() -> None:
+    """An over-long line raises SSEProtocolError whether its line end comes in the same read or the next."""
+    line = b"data: " + b"x" * MAX_LINE_BYTES  # one byte over the limit
+    with pytest.raises(SSEProtocolError):
+        feed(line, b"\n\n")  # the line end in the next read
+    with pytest.raises(SSEProtocolError):
+        feed(line + b"\n\n")  # the same bytes in one read
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"data: \xff\n\n", b"data: \xc3\n\n", b"event: \xed\xa0\x80\ndata: x\n\n", b"\xfe: value\n\n"],
+    ids=["invalid-byte", "truncated-sequence", "surrogate", "in-field-name"],
+)
+def test_invalid_utf8_raises(raw: bytes) -> None:
+    """A line that is not valid UTF-8 raises SSEProtocolError, a ValueError."""
+    with pytest.raises(SSEProtocolError, match="UTF-8"):
+        feed(raw)
+    assert issubclass(SSEProtocolError, ValueError)
+
+
+def test_invalid_utf8_split_across_reads_raises() -> None:
+    """A bad byte sequence that only shows once the line is whole still raises SSEProtocolError."""
+    with pytest.raises(SSEProtocolError):
+        feed(b"data: \xe2\x82", b"\n\n")  # a 3-byte character cut short by the line end
+
+
+def test_pending_is_true_for_a_truncated_stream() -> None:
+    """pending() is true with a partial line or an undispatched event, false once the event is out."""
+    decoder = SSEDecoder()
+    assert not decoder.pending()
+    decoder.feed(b"data: par")
+    assert decoder.pending()  # a partial line
+    decoder.feed(b"tial\n")
+    assert decoder.pending()  # a whole data line, no blank line yet
+    assert decoder.feed(b"\n") == [ServerSentEvent("partial")]
+    assert not decoder.pending()
+
+
+def test_a_comment_only_tail_is_not_pending() -> None:
+    """A stream that ends with only comments or an empty event after its last event has nothing pending."""
+    decoder = SSEDecoder()
+    decoder.feed(b"data: a\n\n: ping\n\nevent: x\n\n")
+    assert not decoder.pending()

@@ -1,0 +1,197 @@
+"""A real aiohttp.web server that runs its own event loop in a background thread.
+
+The sync client blocks the calling thread, so its server can't share the test's thread or loop.
+Importable without pytest: the subprocess tests start one in the child process too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from tests.helpers import error_body, sse, success_body
+
+Handler = Callable[["ThreadedServer", web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
+
+
+class ThreadedServer:
+    """Serve POST /v1/text/generate on 127.0.0.1 from a daemon thread; ``behaviour`` picks the answer.
+
+    The default behaviour echoes the prompt: ``"echo: <prompt>"`` as JSON, or, for a stream, the
+    words ``["echo", ": ", <prompt>]`` as three events, the last with ``finish_reason="stop"``.
+    """
+
+    def __init__(self) -> None:
+        self.behaviour: Handler = echo
+        self.requests: list[dict[str, Any]] = []  # JSON body of each request received, in order
+        self.headers: list[dict[str, str]] = []  # and its headers
+        self.cancelled = 0  # handlers cancelled because the client went away
+        self.port = 0
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="test-server", daemon=True)
+        self._runner: web.AppRunner | None = None
+        self._release: asyncio.Event | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def request_count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def start(self) -> ThreadedServer:
+        """Start the loop thread and the server; return once it accepts connections."""
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        self._release = asyncio.Event()
+        app = web.Application()
+        app.router.add_post("/v1/text/generate", self._route)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        assert site._server is not None
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]  # a TCP site's server is an asyncio.Server
+
+    def release(self) -> None:
+        """Let every handler waiting in ``wait_released()`` go on; thread-safe."""
+        assert self._release is not None
+        self._loop.call_soon_threadsafe(self._release.set)
+
+    async def wait_released(self, timeout: float = 20.0) -> None:
+        """Wait (in a handler) until ``release()`` is called or ``timeout`` passes."""
+        assert self._release is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._release.wait(), timeout)
+
+    def stop(self) -> None:
+        """Release waiting handlers, shut the server down, stop and close its loop; idempotent."""
+        if not self._thread.is_alive():
+            return
+        self.release()
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        body = json.loads(raw) if raw else {}
+        with self._lock:
+            self.requests.append(body)
+            self.headers.append(dict(request.headers))
+        try:
+            return await self.behaviour(self, request, body)
+        except asyncio.CancelledError:
+            with self._lock:
+                self.cancelled += 1
+            raise
+
+
+async def _event_stream(request: web.Request, request_id: str = "req_stream") -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-request-id": request_id})
+    await response.prepare(request)
+    return response
+
+
+async def echo(server: ThreadedServer, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """Answer with the prompt echoed back, as JSON or as an event stream."""
+    prompt = body.get("prompt", "")
+    if body.get("stream"):
+        response = await _event_stream(request)
+        words = ["echo", ": ", prompt]
+        for i, word in enumerate(words):
+            await response.write(
+                sse({"text": word, "finish_reason": "stop" if i == len(words) - 1 else None})
+            )
+        await response.write_eof()
+        return response
+    return web.json_response(success_body(f"echo: {prompt}"), headers={"x-request-id": "req_1"})
+
+
+def rate_limited_first(count: int, code: str = "rate_limit_exceeded", status: int = 429) -> Handler:
+    """Answer the first ``count`` requests with an error (429 and Retry-After: 0 by default), then echo."""
+
+    async def handler(
+        server: ThreadedServer, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        if server.request_count <= count:
+            return web.json_response(
+                error_body(code, "slow down"),
+                status=status,
+                headers={"Retry-After": "0", "x-request-id": f"req_err_{server.request_count}"},
+            )
+        return await echo(server, request, body)
+
+    return handler
+
+
+async def slow(server: ThreadedServer, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """Answer only once the test calls ``server.release()`` (or after 20 s)."""
+    await server.wait_released()
+    return await echo(server, request, body)
+
+
+def stalled_stream(events: int) -> Handler:
+    """Send ``events`` chunks of a stream at once, then wait for ``server.release()`` before finishing it."""
+
+    async def handler(
+        server: ThreadedServer, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        if not body.get("stream"):
+            return await echo(server, request, body)
+        response = await _event_stream(request)
+        await response.write(sse(*({"text": f"w{i} ", "finish_reason": None} for i in range(events))))
+        await server.wait_released()
+        await response.write(sse({"text": "end", "finish_reason": "stop"}))
+        await response.write_eof()
+        return response
+
+    return handler
+
+
+def burst_stream(events: int) -> Handler:
+    """Send a whole stream of ``events`` chunks in ONE write; the last has ``finish_reason="stop"``."""
+
+    async def handler(
+        server: ThreadedServer, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        if not body.get("stream"):
+            return await echo(server, request, body)
+        response = await _event_stream(request)
+        payloads = [
+            {"text": f"{i},", "finish_reason": "stop" if i == events - 1 else None} for i in range(events)
+        ]
+        await response.write(sse(*payloads))
+        await response.write_eof()
+        return response
+
+    return handler
+
+
+def error_status(code: str, status: int) -> Handler:
+    """Answer every request, streamed or not, with the error envelope ``code`` and HTTP ``status``."""
+
+    async def handler(
+        server: ThreadedServer, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        return web.json_response(error_body(code, "nope"), status=status, headers={"x-request-id": "req_e"})
+
+    return handler

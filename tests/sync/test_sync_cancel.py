@@ -1,0 +1,154 @@
+"""Interrupting and closing the sync client while a call is in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from nebula_sync import NebulaClient, RetryPolicy
+from tests.helpers import KEY, error_body
+from tests.sync._server import ThreadedServer, slow, stalled_stream
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def _portal_tasks(client: NebulaClient) -> int:
+    """Count the tasks alive in the client's event loop, asked from inside that loop."""
+    return client._portal.call(lambda: len(asyncio.all_tasks()))
+
+
+@pytest.fixture
+def interrupt_main() -> Iterator[Callable[[Callable[[], bool]], None]]:
+    """Return a function that, from a helper thread, sends SIGINT to the main thread once ``condition()``."""
+    assert threading.current_thread() is threading.main_thread()  # SIGINT lands in the main thread only
+    threads: list[threading.Thread] = []
+
+    def arm(condition: Callable[[], bool]) -> None:
+        def fire() -> None:
+            if _wait_for(condition, 5.0):
+                time.sleep(0.05)  # let the caller settle into its blocking wait
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]  # the main thread has an ident
+
+        thread = threading.Thread(target=fire, daemon=True)
+        threads.append(thread)
+        thread.start()
+
+    yield arm
+    for thread in threads:
+        thread.join(5)
+
+
+def test_keyboard_interrupt_cancels_the_call_underneath(
+    threaded_server: ThreadedServer, interrupt_main: Callable[[Callable[[], bool]], None]
+) -> None:
+    """Ctrl-C in a blocked call raises KeyboardInterrupt at once, cancels the async call, leaves no task."""
+    threaded_server.behaviour = slow
+    with NebulaClient(KEY, base_url=threaded_server.base_url, max_connections=1) as client:
+        idle_tasks = _portal_tasks(client)
+        interrupt_main(lambda: threaded_server.request_count == 1)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            client.generate_text(model="m", prompt="p")
+        assert time.monotonic() - started < 2.0
+        # The request's connection was closed: the server's handler saw the cancellation.
+        assert _wait_for(lambda: threaded_server.cancelled == 1)
+        assert _wait_for(lambda: _portal_tasks(client) == idle_tasks)
+        # The only pooled connection is free again, and the client still works.
+        threaded_server.release()
+        assert client.generate_text(model="m", prompt="again").text == "echo: again"
+
+
+def test_keyboard_interrupt_during_a_stream_releases_it(
+    threaded_server: ThreadedServer, interrupt_main: Callable[[Callable[[], bool]], None]
+) -> None:
+    """Ctrl-C while a stream waits for its next chunk releases the stream's connection and leaves no task."""
+    threaded_server.behaviour = stalled_stream(events=2)
+    with NebulaClient(KEY, base_url=threaded_server.base_url, max_connections=1, timeout=5) as client:
+        idle_tasks = _portal_tasks(client)
+        got: list[str] = []
+        interrupt_main(lambda: len(got) == 2)
+
+        def read_all() -> None:
+            with client.stream_text(model="m", prompt="p") as stream:
+                for chunk in stream:
+                    got.append(chunk.text)
+
+        with pytest.raises(KeyboardInterrupt):
+            read_all()
+        assert got == ["w0 ", "w1 "]
+        assert _wait_for(lambda: threaded_server.cancelled == 1)
+        assert _wait_for(lambda: _portal_tasks(client) == idle_tasks)
+        started = time.monotonic()
+        assert client.generate_text(model="m", prompt="next").text == "echo: next"
+        assert time.monotonic() - started < 1.0
+
+
+def test_close_is_prompt_while_a_call_waits_on_the_server(threaded_server: ThreadedServer) -> None:
+    """close() returns at once while another thread's call waits on a silent server; that call fails."""
+    threaded_server.behaviour = slow
+    client = NebulaClient(KEY, base_url=threaded_server.base_url, retry=RetryPolicy(initial_delay=0.001))
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["result"] = client.generate_text(model="m", prompt="p")
+        except BaseException as exc:  # whatever it is, the test inspects it
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    assert _wait_for(lambda: threaded_server.request_count == 1)
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < 1.0
+    worker.join(2)
+    assert not worker.is_alive()
+    assert "result" not in outcome
+    # The pending call ends with an error the caller can understand, not a hang.
+    assert isinstance(outcome["error"], Exception)
+    assert _wait_for(lambda: threaded_server.cancelled == 1)
+
+
+def test_close_is_prompt_while_a_call_waits_to_retry(threaded_server: ThreadedServer) -> None:
+    """close() returns at once while another thread's call sleeps before a retry (Retry-After: 3)."""
+
+    async def always_429(
+        server: ThreadedServer, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        return web.json_response(error_body("rate_limit_exceeded"), status=429, headers={"Retry-After": "3"})
+
+    threaded_server.behaviour = always_429
+    client = NebulaClient(KEY, base_url=threaded_server.base_url)
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["result"] = client.generate_text(model="m", prompt="p")
+        except BaseException as exc:  # whatever it is, the test inspects it
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    assert _wait_for(lambda: threaded_server.request_count == 1)
+    time.sleep(0.1)  # the call is now sleeping out the Retry-After
+    started = time.monotonic()
+    client.close()
+    elapsed = time.monotonic() - started
+    worker.join(10)
+    assert elapsed < 1.0, f"close() waited {elapsed:.1f} s for a pending retry sleep"
+    assert isinstance(outcome.get("error"), Exception)
+    assert threaded_server.request_count == 1  # no retry was sent after close()

@@ -1,0 +1,386 @@
+"""The blocking NebulaClient against a real server running in another thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import aiohttp
+import pytest
+
+import nebula_async
+import nebula_sync
+from nebula_sync import (
+    GenerateRequest,
+    InsufficientQuotaError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    NebulaClient,
+    NebulaError,
+    RateLimitError,
+    RetryPolicy,
+    TextGeneration,
+)
+from tests.helpers import KEY
+from tests.sync._server import ThreadedServer, error_status, rate_limited_first, stalled_stream
+from tests.sync.conftest import portal_threads
+
+FAST_RETRY = RetryPolicy(initial_delay=0.001)
+
+
+def test_api_reference_example_works_as_written(
+    threaded_server: ThreadedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API reference's Python example, unchanged but for the import, returns the server's text."""
+    monkeypatch.setenv("NEBULA_BASE_URL", threaded_server.base_url)  # the example has no base_url
+    from nebula_sync import NebulaClient
+
+    client = NebulaClient(api_key="YOUR_API_KEY")
+
+    response = client.generate_text(
+        model="gpt-4", prompt="Write a hello world program in Python", max_tokens=100
+    )
+
+    assert response.text == "echo: Write a hello world program in Python"
+    assert isinstance(response, TextGeneration)
+    assert response.usage.total_tokens == 20
+    assert response.request_id == "req_1"
+    assert threaded_server.requests == [
+        {"model": "gpt-4", "prompt": "Write a hello world program in Python", "max_tokens": 100}
+    ]
+    assert threaded_server.headers[0]["Authorization"] == "Bearer YOUR_API_KEY"
+    client.close()
+
+
+def test_stream_as_context_manager(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+    """A stream used with ``with`` yields the server's chunks and ends with its text and finish reason."""
+    stream = client.stream_text(model="m", prompt="héllo")
+    assert threaded_server.request_count == 0  # nothing is sent before the stream is entered
+    with stream as entered:
+        assert entered is stream
+        assert threaded_server.request_count == 1
+        chunks = [(chunk.text, chunk.finish_reason) for chunk in stream]
+    assert chunks == [("echo", None), (": ", None), ("héllo", "stop")]
+    assert stream.text == "echo: héllo"
+    assert stream.finish_reason == "stop"
+    assert stream.request_id == "req_stream"
+    assert stream.retries == 0
+    assert threaded_server.requests == [{"model": "m", "prompt": "héllo", "stream": True}]
+
+
+def test_stream_as_plain_iterator_releases_its_connection(threaded_server: ThreadedServer) -> None:
+    """A stream iterated to its end with a plain ``for`` hands its only connection back for the next call."""
+    with NebulaClient(KEY, base_url=threaded_server.base_url, max_connections=1, timeout=5) as client:
+        stream = client.stream_text(model="m", prompt="a")
+        assert [chunk.text for chunk in stream] == ["echo", ": ", "a"]
+        assert stream.finish_reason == "stop"
+        assert list(stream) == []  # an ended stream stays ended
+        started = time.monotonic()
+        assert client.generate_text(model="m", prompt="next").text == "echo: next"
+        assert time.monotonic() - started < 1.0
+
+
+def test_break_inside_with_releases_the_connection(threaded_server: ThreadedServer) -> None:
+    """Breaking out of a stream after 3 chunks inside ``with`` frees the only connection at once."""
+    threaded_server.behaviour = stalled_stream(events=5)  # 5 chunks, then the server stalls
+    with NebulaClient(KEY, base_url=threaded_server.base_url, max_connections=1, timeout=5) as client:
+        with client.stream_text(model="m", prompt="p") as stream:
+            for n, _chunk in enumerate(stream, 1):
+                if n == 3:
+                    break
+        assert stream.text == "w0 w1 w2 "
+        assert stream.finish_reason is None
+        started = time.monotonic()
+        assert client.generate_text(model="m", prompt="after").text == "echo: after"
+        assert time.monotonic() - started < 1.0
+        # The server saw the stream's connection go away: its handler was cancelled.
+        deadline = time.monotonic() + 2
+        while threaded_server.cancelled == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert threaded_server.cancelled == 1
+
+
+def test_a_stream_closed_early_cannot_be_iterated_again(
+    client: NebulaClient, threaded_server: ThreadedServer
+) -> None:
+    """After leaving ``with`` early the next iteration raises RuntimeError, even with chunks already read."""
+    threaded_server.behaviour = stalled_stream(events=5)  # all 5 chunks arrive in one read
+    with client.stream_text(model="m", prompt="p") as stream:
+        next(stream)
+    with pytest.raises(RuntimeError, match="closed before its end"):
+        next(stream)
+    assert stream.text == "w0 "
+
+
+def test_generate_many_keeps_input_order(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+    """generate_many from sync code returns one result per request in input order, dicts and models mixed."""
+    requests: list[Any] = [
+        GenerateRequest(model="m", prompt=f"p{i}") if i % 2 else {"model": "m", "prompt": f"p{i}"}
+        for i in range(40)
+    ]
+    results = client.generate_many(iter(requests), concurrency=5)
+    assert [r.text for r in results] == [f"echo: p{i}" for i in range(40)]
+    assert sorted(body["prompt"] for body in threaded_server.requests) == sorted(f"p{i}" for i in range(40))
+
+
+def test_generate_many_return_exceptions(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+    """With return_exceptions a bad item's error stands in its place and the others still run."""
+    results = client.generate_many(
+        [
+            {"model": "m", "prompt": "a"},
+            {"model": "m", "prompt": "b", "max_tokens": 0},
+            {"model": "m", "prompt": "c"},
+        ],
+        return_exceptions=True,
+    )
+    assert results[0].text == "echo: a"
+    assert isinstance(results[1], ValueError)
+    assert "max_tokens" in str(results[1])
+    assert results[2].text == "echo: c"
+    assert threaded_server.request_count == 2
+
+
+def test_eight_threads_share_one_client(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+    """8 threads making 25 calls each on one client all get their own prompt's answer, streams included."""
+    barrier = threading.Barrier(8)
+
+    def work(thread: int) -> list[tuple[str, str]]:
+        barrier.wait()
+        out = []
+        for call in range(25):
+            prompt = f"t{thread}-c{call}"
+            if call % 5 == 4:
+                with client.stream_text(model="m", prompt=prompt) as stream:
+                    for _ in stream:
+                        pass
+                out.append((prompt, stream.text))
+            else:
+                out.append((prompt, client.generate_text(model="m", prompt=prompt).text))
+        return out
+
+    with ThreadPoolExecutor(8) as pool:
+        per_thread = list(pool.map(work, range(8)))
+    for results in per_thread:
+        assert len(results) == 25
+        for prompt, text in results:
+            assert text == f"echo: {prompt}"
+    assert threaded_server.request_count == 200
+    assert len({body["prompt"] for body in threaded_server.requests}) == 200
+
+
+def test_works_inside_a_running_event_loop(threaded_server: ThreadedServer) -> None:
+    """Called straight from a coroutine, as in a Jupyter cell, the sync client works: call, stream, batch."""
+
+    async def notebook_cell() -> tuple[str, str, list[str]]:
+        asyncio.get_running_loop()  # this thread runs an event loop, like Jupyter's
+        client = NebulaClient(KEY, base_url=threaded_server.base_url)
+        try:
+            text = client.generate_text(model="m", prompt="cell").text
+            with client.stream_text(model="m", prompt="s") as stream:
+                streamed = "".join(chunk.text for chunk in stream)
+            many = [
+                r.text for r in client.generate_many([{"model": "m", "prompt": f"{i}"} for i in range(3)])
+            ]
+        finally:
+            client.close()
+        return text, streamed, many
+
+    assert asyncio.run(notebook_cell()) == ("echo: cell", "echo: s", ["echo: 0", "echo: 1", "echo: 2"])
+
+
+def test_a_client_made_outside_works_inside_a_running_loop(client: NebulaClient) -> None:
+    """A client created in plain code keeps working when later called from inside a running event loop."""
+    assert client.generate_text(model="m", prompt="before").text == "echo: before"
+
+    async def cell() -> str:
+        return client.generate_text(model="m", prompt="inside").text
+
+    assert asyncio.run(cell()) == "echo: inside"
+
+
+def test_rate_limit_after_retries_exhausted(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+    """A server always answering 429 sees 1 + max_retries requests; the RateLimitError keeps retry_after."""
+    threaded_server.behaviour = rate_limited_first(1000)
+    with pytest.raises(RateLimitError) as info:
+        client.generate_text(model="m", prompt="p")
+    err = info.value
+    assert type(err) is nebula_async.RateLimitError
+    assert err.retry_after == 0.0
+    assert err.status_code == 429
+    assert err.code == "rate_limit_exceeded"
+    assert err.request_id == "req_err_3"  # the last attempt's error, not the first
+    assert threaded_server.request_count == 3
+
+
+def test_retried_call_succeeds(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+    """Two 429s with Retry-After: 0 are retried and the third answer is returned, saying it took 2 retries."""
+    threaded_server.behaviour = rate_limited_first(2)
+    result = client.generate_text(model="m", prompt="p")
+    assert result.text == "echo: p"
+    assert result.retries == 2
+    assert threaded_server.request_count == 3
+
+
+def test_stream_is_retried_before_its_first_chunk(
+    client: NebulaClient, threaded_server: ThreadedServer
+) -> None:
+    """A stream whose first attempt gets a 429 is retried and then read whole."""
+    threaded_server.behaviour = rate_limited_first(1)
+    with client.stream_text(model="m", prompt="p") as stream:
+        assert [chunk.text for chunk in stream] == ["echo", ": ", "p"]
+    assert stream.retries == 1
+    assert threaded_server.request_count == 2
+
+
+def test_per_call_max_retries(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+    """max_retries=0 on one call sends it once and raises the first RateLimitError."""
+    threaded_server.behaviour = rate_limited_first(1000)
+    with pytest.raises(RateLimitError):
+        client.generate_text(model="m", prompt="p", max_retries=0)
+    assert threaded_server.request_count == 1
+
+
+def test_insufficient_quota_is_not_retried(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+    """A 429 whose code is insufficient_quota is raised as InsufficientQuotaError after one request."""
+    threaded_server.behaviour = rate_limited_first(1000, code="insufficient_quota")
+    with pytest.raises(InsufficientQuotaError) as info:
+        client.generate_text(model="m", prompt="p")
+    assert not isinstance(info.value, RateLimitError)
+    assert threaded_server.request_count == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "cls"),
+    [("model_not_found", 404, ModelNotFoundError), ("invalid_request", 400, InvalidRequestError)],
+)
+def test_errors_keep_their_class_for_calls_and_streams(
+    client: NebulaClient, threaded_server: ThreadedServer, code: str, status: int, cls: type[Exception]
+) -> None:
+    """An error answer raises the same class from generate_text and from a stream, unretried."""
+    threaded_server.behaviour = error_status(code, status)
+    with pytest.raises(cls) as call_info:
+        client.generate_text(model="m", prompt="p")
+    with pytest.raises(cls) as stream_info, client.stream_text(model="m", prompt="p"):
+        pass
+    for err in (call_info.value, stream_info.value):
+        assert isinstance(err, nebula_sync.APIError)
+        assert err.status_code == status
+        assert err.code == code
+        assert err.request_id == "req_e"
+    assert threaded_server.request_count == 2
+
+
+def test_close_is_idempotent_and_stops_the_thread(threaded_server: ThreadedServer) -> None:
+    """close() twice is fine, stops the client's thread, and later calls raise a clear RuntimeError."""
+    before = len(portal_threads())
+    client = NebulaClient(KEY, base_url=threaded_server.base_url)
+    assert len(portal_threads()) == before + 1
+    assert client.generate_text(model="m", prompt="p").text == "echo: p"
+    client.close()
+    client.close()
+    assert len(portal_threads()) == before
+    with pytest.raises(RuntimeError, match="client is closed"):
+        client.generate_text(model="m", prompt="p")
+    with pytest.raises(RuntimeError, match="client is closed"):
+        client.generate_many([{"model": "m", "prompt": "p"}])
+    stream = client.stream_text(model="m", prompt="p")
+    with pytest.raises(RuntimeError, match="client is closed"):
+        next(stream)
+    with pytest.raises(RuntimeError, match="client is closed"), stream:
+        pass
+    assert threaded_server.request_count == 1
+
+
+def test_with_block_closes_the_client(threaded_server: ThreadedServer) -> None:
+    """Leaving ``with NebulaClient(...)`` closes the client and stops its thread."""
+    before = len(portal_threads())
+    with NebulaClient(KEY, base_url=threaded_server.base_url) as client:
+        assert client.generate_text(model="m", prompt="p").text == "echo: p"
+    assert len(portal_threads()) == before
+    with pytest.raises(RuntimeError, match="client is closed"):
+        client.generate_text(model="m", prompt="p")
+
+
+def test_with_block_closes_the_client_on_error(threaded_server: ThreadedServer) -> None:
+    """An exception leaving ``with NebulaClient(...)`` still closes the client."""
+    before = len(portal_threads())
+    with pytest.raises(KeyError), NebulaClient(KEY, base_url=threaded_server.base_url):
+        raise KeyError("boom")
+    assert len(portal_threads()) == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({}, NebulaError, "NEBULA_API_KEY"),
+        ({"api_key": ""}, NebulaError, "NEBULA_API_KEY"),
+        ({"api_key": KEY, "base_url": "ftp://example.com"}, ValueError, "base_url"),
+        ({"api_key": KEY, "max_connections": 0}, ValueError, "max_connections"),
+        ({"api_key": KEY, "timeout": -1}, ValueError, "must be a finite number"),
+        ({"api_key": KEY, "max_retries": -1}, ValueError, "max_retries"),
+        ({"api_key": KEY, "retry": 3}, TypeError, "retry"),
+        ({"api_key": KEY, "default_headers": {"X-N": 1}}, TypeError, "default_headers"),
+    ],
+    ids=["no-key", "empty-key", "base-url", "max-connections", "timeout", "max-retries", "retry", "headers"],
+)
+def test_bad_arguments_raise_before_a_thread_starts(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    """Bad constructor arguments raise, naming the argument, without starting a thread."""
+    before = threading.active_count()
+    with pytest.raises(error, match=match):
+        NebulaClient(**kwargs)
+    assert threading.active_count() == before
+    assert portal_threads() == []
+
+
+def test_a_session_is_refused_before_a_thread_starts() -> None:
+    """NebulaClient(session=...) raises TypeError pointing at AsyncNebulaClient, without starting a thread."""
+
+    async def make_session() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession()
+
+    session = asyncio.run(make_session())
+    before = threading.active_count()
+    try:
+        with pytest.raises(TypeError, match="AsyncNebulaClient"):
+            NebulaClient(KEY, session=session)
+        assert threading.active_count() == before
+    finally:
+        asyncio.run(session.close())
+
+
+def test_bad_call_arguments_send_nothing(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+    """Bad call arguments raise ValueError/TypeError naming the argument, and nothing reaches the server."""
+    with pytest.raises(ValueError, match="max_tokens"):
+        client.generate_text(model="m", prompt="p", max_tokens=0)
+    with pytest.raises(ValueError, match="temperature"):
+        client.stream_text(model="m", prompt="p", temperature=3)  # checked when the stream is made
+    with pytest.raises(ValueError, match="model"):
+        client.generate_text(model="", prompt="p")
+    with pytest.raises(TypeError, match="stop"):
+        client.generate_text(model="m", prompt="p", stop="END")
+    assert threaded_server.request_count == 0
+    assert client.generate_text(model="m", prompt="ok").text == "echo: ok"  # the client is still fine
+
+
+def test_key_is_not_in_repr(client: NebulaClient) -> None:
+    """The client's repr names its base URL and never the API key."""
+    assert KEY not in repr(client)
+    assert "127.0.0.1" in repr(client)
+
+
+def test_a_forgotten_half_read_stream_warns_and_is_released(threaded_server: ThreadedServer) -> None:
+    """A sync stream dropped half-read and never closed warns ResourceWarning and frees its connection."""
+    threaded_server.behaviour = stalled_stream(events=3)
+    with NebulaClient(KEY, base_url=threaded_server.base_url, max_connections=1, timeout=5) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        assert next(stream).text == "w0 "
+        with pytest.warns(ResourceWarning, match="TextStream was not closed"):
+            del stream  # its last reference: CPython collects it here
+        started = time.monotonic()
+        assert client.generate_text(model="m", prompt="next").text == "echo: next"
+        assert time.monotonic() - started < 1.0
