@@ -37,12 +37,12 @@ class _CompatResponse(aiohttp.ClientResponse):
         super().__init__(method, url, **kwargs)
 
 
-class MockAPI(aioresponses):  # type: ignore[misc]  # aioresponses is untyped
+class MockAPI(aioresponses):
     """aioresponses whose responses construct on aiohttp 3.14; use for request shape and mapping only."""
 
-    def add(self, url: Any, method: str = "GET", **kwargs: Any) -> None:
+    def add(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("response_class", _CompatResponse)
-        super().add(url, method, **kwargs)
+        super().add(*args, **kwargs)
 
     def sent(self) -> list[dict[str, Any]]:
         """Return every request that reached the mocked wire: method, url, headers and decoded JSON body."""
@@ -65,8 +65,12 @@ class MockAPI(aioresponses):  # type: ignore[misc]  # aioresponses is untyped
 @pytest.fixture
 def mock_api() -> Iterator[MockAPI]:
     """Patch aiohttp so no socket is opened; unmatched URLs raise a connection error."""
-    with MockAPI() as mocked:
+    mocked = MockAPI()
+    mocked.start()
+    try:
         yield mocked
+    finally:
+        mocked.stop()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -119,8 +123,7 @@ async def server() -> AsyncIterator[LocalServer]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    assert site._server is not None
-    srv.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # a TCP site has sockets
+    srv.port = runner.addresses[0][1]
     try:
         yield srv
     finally:

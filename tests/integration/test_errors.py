@@ -1,0 +1,242 @@
+"""Error answers over a real socket: the same class for the same code on every path."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+
+from nebula_async import (
+    APIError,
+    AsyncNebulaClient,
+    AuthenticationError,
+    ContextLengthExceededError,
+    InsufficientQuotaError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+)
+from tests.conftest import LocalServer
+from tests.helpers import error_body, sse, success_body
+from tests.integration._support import NO_RETRY, chunk, collect, json_handler, make_client, stream_handler
+
+# (code, the HTTP status a server would send it with, the class it must raise)
+DOCUMENTED_CODES = [
+    ("invalid_request", 400, InvalidRequestError),
+    ("model_not_found", 404, ModelNotFoundError),
+    ("context_length_exceeded", 400, ContextLengthExceededError),
+    ("rate_limit_exceeded", 429, RateLimitError),
+    ("insufficient_quota", 429, InsufficientQuotaError),
+]
+
+HTML_PAGE = "<html><head><title>{0}</title></head><body><h1>{0}</h1><hr>nginx</body></html>"
+
+
+def _client(server: LocalServer) -> AsyncNebulaClient:
+    return make_client(server.base_url, retry=NO_RETRY)
+
+
+def _check(err: APIError, cls: type[APIError], code: str | None, status: int, request_id: str) -> None:
+    assert type(err) is cls
+    assert err.code == code
+    assert err.status_code == status
+    assert err.request_id == request_id
+    text = str(err)
+    assert "\n" not in text
+    assert f"HTTP {status}" in text
+    assert request_id in text
+    if code is not None:
+        assert code in text
+
+
+@pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
+async def test_documented_code_over_http(
+    server: LocalServer, code: str, status: int, cls: type[APIError]
+) -> None:
+    """An HTTP error with a documented code raises its class with code, message, details, status, id."""
+    server.handler = json_handler(
+        error_body(code, "explained", model="gpt-9"), status=status, headers={"x-request-id": "req_e1"}
+    )
+    async with _client(server) as client:
+        with pytest.raises(cls) as info:
+            await client.generate_text(model="m", prompt="p")
+    _check(info.value, cls, code, status, "req_e1")
+    assert info.value.message == "explained"
+    assert info.value.details == {"model": "gpt-9"}
+    assert "explained" in str(info.value)
+
+
+@pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
+async def test_documented_code_in_a_200_envelope(
+    server: LocalServer, code: str, status: int, cls: type[APIError]
+) -> None:
+    """A 200 whose envelope says "status": "error" raises the same class as the HTTP error would."""
+    server.handler = json_handler(error_body(code, "in a 200"), headers={"x-request-id": "req_e2"})
+    async with _client(server) as client:
+        with pytest.raises(cls) as info:
+            await client.generate_text(model="m", prompt="p")
+    _check(info.value, cls, code, 200, "req_e2")
+
+
+@pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
+async def test_documented_code_as_a_stream_event(
+    server: LocalServer, code: str, status: int, cls: type[APIError]
+) -> None:
+    """An error envelope arriving as a stream event raises the same class as the HTTP error would."""
+    server.handler = stream_handler(sse(error_body(code, "mid-stream")), headers={"x-request-id": "req_e3"})
+    async with _client(server) as client:
+        with pytest.raises(cls) as info:
+            await collect(client.stream_text(model="m", prompt="p"), enter=True)
+    _check(info.value, cls, code, 200, "req_e3")
+    assert info.value.message == "mid-stream"
+
+
+@pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
+async def test_documented_code_after_some_chunks(
+    server: LocalServer, code: str, status: int, cls: type[APIError]
+) -> None:
+    """An error event after text has been delivered raises the mapped class, after that text."""
+    server.handler = stream_handler(
+        sse(chunk("Hel")), sse(chunk("lo")), sse(error_body(code, "later")), delay=0.01
+    )
+    received: list[str] = []
+    async with _client(server) as client:
+        with pytest.raises(cls):
+            await collect(client.stream_text(model="m", prompt="p"), received, enter=True)
+    assert received == ["Hel", "lo"]
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
+async def test_documented_code_at_stream_open(
+    server: LocalServer, code: str, status: int, cls: type[APIError]
+) -> None:
+    """An HTTP error answering a stream request raises the mapped class on entering the stream."""
+    server.handler = json_handler(error_body(code), status=status, headers={"x-request-id": "req_e4"})
+    async with _client(server) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        with pytest.raises(cls) as info:
+            async with stream:
+                pass
+    _check(info.value, cls, code, status, "req_e4")
+
+
+@pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
+async def test_documented_code_in_a_200_envelope_at_stream_open(
+    server: LocalServer, code: str, status: int, cls: type[APIError]
+) -> None:
+    """A stream request answered by a 200 JSON error envelope raises the same class as the HTTP error."""
+    server.handler = json_handler(error_body(code), headers={"x-request-id": "req_e5"})
+    async with _client(server) as client:
+        with pytest.raises(cls) as info:
+            await collect(client.stream_text(model="m", prompt="p"))
+    _check(info.value, cls, code, 200, "req_e5")
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (401, AuthenticationError),
+        (403, PermissionDeniedError),
+        (404, NotFoundError),
+        (500, ServerError),
+        (502, ServerError),
+        (503, ServerError),
+    ],
+)
+async def test_html_error_page_maps_by_status(server: LocalServer, status: int, cls: type[APIError]) -> None:
+    """An HTML error page (a proxy's, not the JSON envelope) maps by status, with no code."""
+    title = f"{status} Proxy Error"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            status=status,
+            text=HTML_PAGE.format(title),
+            content_type="text/html",
+            headers={"x-request-id": "req_html"},
+        )
+
+    server.handler = handler
+    async with _client(server) as client:
+        with pytest.raises(cls) as info:
+            await client.generate_text(model="m", prompt="p")
+    _check(info.value, cls, None, status, "req_html")
+    assert title in info.value.message  # the start of the page says what went wrong
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, InvalidRequestError),
+        (401, AuthenticationError),
+        (403, PermissionDeniedError),
+        (422, InvalidRequestError),
+    ],
+)
+async def test_unknown_code_falls_back_to_status(
+    server: LocalServer, status: int, cls: type[APIError]
+) -> None:
+    """An envelope with an undocumented code maps by HTTP status and keeps the code."""
+    server.handler = json_handler(error_body("brand_new_code", "new"), status=status)
+    async with _client(server) as client:
+        with pytest.raises(cls) as info:
+            await client.generate_text(model="m", prompt="p")
+    assert type(info.value) is cls
+    assert info.value.code == "brand_new_code"
+    assert info.value.request_id is None
+
+
+async def test_code_decides_before_status(server: LocalServer) -> None:
+    """model_not_found sent with HTTP 400 is a ModelNotFoundError, not a plain InvalidRequestError."""
+    server.handler = json_handler(error_body("model_not_found"), status=400)
+    async with _client(server) as client:
+        with pytest.raises(ModelNotFoundError) as info:
+            await client.generate_text(model="m", prompt="p")
+    assert info.value.status_code == 400
+
+
+async def test_insufficient_quota_with_402(server: LocalServer) -> None:
+    """insufficient_quota maps to InsufficientQuotaError whatever the status, here 402."""
+    server.handler = json_handler(error_body("insufficient_quota"), status=402)
+    async with _client(server) as client:
+        with pytest.raises(InsufficientQuotaError):
+            await client.generate_text(model="m", prompt="p")
+
+
+async def test_rate_limit_error_carries_retry_after(server: LocalServer) -> None:
+    """A 429 that is not retried keeps the server's Retry-After seconds on the error."""
+    server.handler = json_handler(error_body("rate_limit_exceeded"), status=429, headers={"Retry-After": "7"})
+    async with _client(server) as client:
+        with pytest.raises(RateLimitError) as info:
+            await client.generate_text(model="m", prompt="p")
+    assert info.value.retry_after == 7.0
+
+
+async def test_non_json_200_is_a_server_error(server: LocalServer) -> None:
+    """A 200 whose body is not JSON is a ServerError, never a success with empty text."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="<html>maintenance</html>", content_type="text/html")
+
+    server.handler = handler
+    async with _client(server) as client:
+        with pytest.raises(ServerError):
+            await client.generate_text(model="m", prompt="p")
+
+
+async def test_success_envelope_missing_fields_is_a_server_error(server: LocalServer) -> None:
+    """A success envelope without usage is a ServerError naming what is missing."""
+    server.handler = json_handler({"status": "success", "data": {"text": "hi"}})
+    async with _client(server) as client:
+        with pytest.raises(ServerError, match="usage"):
+            await client.generate_text(model="m", prompt="p")
+
+
+async def test_stream_answered_with_json_success_is_a_server_error(server: LocalServer) -> None:
+    """A stream request answered with a plain JSON success (not an event stream) is a ServerError."""
+    server.handler = json_handler(success_body("hi"))
+    async with _client(server) as client:
+        with pytest.raises(ServerError):
+            await collect(client.stream_text(model="m", prompt="p"))

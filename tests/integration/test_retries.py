@@ -1,0 +1,269 @@
+"""Retries over a real socket, counted on the server: what is retried, how often, how long it waits."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+
+import pytest
+from aiohttp import web
+
+from nebula_async import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    InsufficientQuotaError,
+    InvalidRequestError,
+    RateLimitError,
+    RetryPolicy,
+    ServerError,
+)
+from tests.conftest import LocalServer
+from tests.helpers import error_body, success_body
+from tests.integration._support import (
+    FAST_RETRY,
+    NO_RETRY,
+    Handler,
+    RawConnection,
+    RawServer,
+    free_port,
+    http_head,
+    json_handler,
+    make_client,
+    sequence_handler,
+)
+
+
+def _rate_limited(**headers: str) -> Handler:
+    return json_handler(error_body("rate_limit_exceeded", "slow down"), status=429, headers=headers)
+
+
+async def test_429_with_retry_after_zero_is_retried_once(server: LocalServer) -> None:
+    """A 429 with Retry-After: 0 then a success gives the success, retries == 1, two requests sent."""
+    server.handler = sequence_handler(
+        _rate_limited(**{"Retry-After": "0"}),
+        json_handler(success_body("second time"), headers={"x-request-id": "req_ok"}),
+    )
+    async with make_client(server.base_url, retry=RetryPolicy(max_retries=2)) as client:
+        started = time.monotonic()
+        result = await client.generate_text(model="m", prompt="p")
+    assert time.monotonic() - started < 0.5  # Retry-After: 0 wins over the 0.5 s initial backoff
+    assert result.text == "second time"
+    assert result.retries == 1
+    assert result.request_id == "req_ok"
+    assert len(server.requests) == 2
+    assert server.requests[0]["body"] == server.requests[1]["body"]
+
+
+@pytest.mark.parametrize("status", [408, 500, 502, 503, 504])
+async def test_retryable_status_then_success(server: LocalServer, status: int) -> None:
+    """A 408 or 5xx answer, envelope or not, is retried and the next success is returned."""
+
+    async def failing(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, text="<html>upstream trouble</html>", content_type="text/html")
+
+    server.handler = sequence_handler(failing, json_handler(success_body("recovered")))
+    async with make_client(server.base_url) as client:
+        result = await client.generate_text(model="m", prompt="p")
+    assert result.text == "recovered"
+    assert result.retries == 1
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(400, "invalid_request"), (401, None), (403, None), (404, "model_not_found"), (422, None)],
+)
+async def test_client_errors_are_not_retried(server: LocalServer, status: int, code: str | None) -> None:
+    """A 4xx other than 408/429 is raised after exactly one request."""
+    server.handler = json_handler(error_body(code or "whatever"), status=status)
+    async with make_client(server.base_url, retry=RetryPolicy(max_retries=3, initial_delay=0.001)) as client:
+        with pytest.raises(APIError) as info:
+            await client.generate_text(model="m", prompt="p")
+    assert info.value.status_code == status
+    assert len(server.requests) == 1
+
+
+async def test_insufficient_quota_429_is_never_retried(server: LocalServer) -> None:
+    """A 429 whose code is insufficient_quota is raised after exactly one request, Retry-After or not."""
+    server.handler = json_handler(
+        error_body("insufficient_quota", "top up"), status=429, headers={"Retry-After": "0"}
+    )
+    async with make_client(server.base_url, retry=RetryPolicy(max_retries=5, initial_delay=0.001)) as client:
+        with pytest.raises(InsufficientQuotaError):
+            await client.generate_text(model="m", prompt="p")
+    assert len(server.requests) == 1
+
+
+async def test_envelope_code_beats_retryable_status(server: LocalServer) -> None:
+    """A 500 whose code is invalid_request is not retried: waiting will not fix the request."""
+    server.handler = json_handler(error_body("invalid_request"), status=500)
+    async with make_client(server.base_url) as client:
+        with pytest.raises(InvalidRequestError):
+            await client.generate_text(model="m", prompt="p")
+    assert len(server.requests) == 1
+
+
+async def test_rate_limit_in_a_200_envelope_is_retried(server: LocalServer) -> None:
+    """A 200 whose envelope says rate_limit_exceeded is retried like a 429."""
+    server.handler = sequence_handler(
+        json_handler(error_body("rate_limit_exceeded")), json_handler(success_body("fine"))
+    )
+    async with make_client(server.base_url) as client:
+        result = await client.generate_text(model="m", prompt="p")
+    assert (result.text, result.retries, len(server.requests)) == ("fine", 1, 2)
+
+
+async def test_retry_after_above_max_raises_at_once(server: LocalServer) -> None:
+    """A Retry-After above max_retry_after is not slept through: RateLimitError at once, with retry_after."""
+    server.handler = _rate_limited(**{"Retry-After": "30"})
+    policy = RetryPolicy(max_retries=3, initial_delay=0.001, max_retry_after=5.0)
+    async with make_client(server.base_url, retry=policy) as client:
+        started = time.monotonic()
+        with pytest.raises(RateLimitError) as info:
+            await client.generate_text(model="m", prompt="p")
+    assert time.monotonic() - started < 0.5
+    assert info.value.retry_after == 30.0
+    assert len(server.requests) == 1
+
+
+async def test_retry_after_ms_is_waited(server: LocalServer) -> None:
+    """retry-after-ms: 150 makes the client wait about 150 ms before the second request."""
+    arrivals: list[float] = []
+    inner = sequence_handler(_rate_limited(**{"retry-after-ms": "150"}), json_handler(success_body()))
+
+    async def timed(request: web.Request) -> web.StreamResponse:
+        arrivals.append(time.monotonic())
+        return await inner(request)
+
+    server.handler = timed
+    async with make_client(server.base_url) as client:
+        result = await client.generate_text(model="m", prompt="p")
+    assert result.retries == 1
+    assert 0.14 <= arrivals[1] - arrivals[0] < 0.9
+
+
+async def test_retry_after_http_date_in_the_past_retries_at_once(server: LocalServer) -> None:
+    """A Retry-After HTTP date already past means retry now, not a parse failure or a long backoff."""
+    past = email.utils.formatdate(time.time() - 10, usegmt=True)
+    server.handler = sequence_handler(_rate_limited(**{"Retry-After": past}), json_handler(success_body()))
+    policy = RetryPolicy(max_retries=1, initial_delay=5.0)  # a fallback to backoff would time the test out
+    async with make_client(server.base_url, retry=policy) as client:
+        started = time.monotonic()
+        result = await client.generate_text(model="m", prompt="p")
+    assert time.monotonic() - started < 1.0
+    assert result.retries == 1
+
+
+async def test_exhausted_retries_raise_the_last_error(server: LocalServer) -> None:
+    """After max_retries failed retries, the error of the last attempt is raised unchanged."""
+    attempt = 0
+
+    async def failing(request: web.Request) -> web.StreamResponse:
+        nonlocal attempt
+        attempt += 1
+        return web.json_response(
+            error_body("upstream_down", f"failure {attempt}"),
+            status=503,
+            headers={"x-request-id": f"req_{attempt}"},
+        )
+
+    server.handler = failing
+    async with make_client(server.base_url, retry=FAST_RETRY) as client:
+        with pytest.raises(ServerError) as info:
+            await client.generate_text(model="m", prompt="p")
+    assert len(server.requests) == 3
+    assert info.value.message == "failure 3"
+    assert info.value.request_id == "req_3"
+
+
+async def test_exhausted_rate_limit_keeps_retry_after(server: LocalServer) -> None:
+    """A RateLimitError raised after the last retry keeps its retry_after."""
+    server.handler = _rate_limited(**{"Retry-After": "0"})
+    async with make_client(server.base_url, retry=FAST_RETRY) as client:
+        with pytest.raises(RateLimitError) as info:
+            await client.generate_text(model="m", prompt="p")
+    assert info.value.retry_after == 0.0
+    assert len(server.requests) == 3
+
+
+async def test_per_call_max_retries_overrides_the_client(server: LocalServer) -> None:
+    """max_retries= on a call replaces the client's count for that call only."""
+    server.handler = _rate_limited(**{"Retry-After": "0"})
+    async with make_client(server.base_url, retry=FAST_RETRY) as client:
+        with pytest.raises(RateLimitError):
+            await client.generate_text(model="m", prompt="p", max_retries=0)
+        assert len(server.requests) == 1
+        with pytest.raises(RateLimitError):
+            await client.generate_text(model="m", prompt="p", max_retries=4)
+    assert len(server.requests) == 1 + 5
+
+
+async def test_max_retries_shortcut_is_used_without_a_policy(server: LocalServer) -> None:
+    """AsyncNebulaClient(max_retries=1) retries exactly once."""
+    server.handler = _rate_limited(**{"Retry-After": "0"})
+    async with make_client(server.base_url, retry=None, max_retries=1) as client:
+        with pytest.raises(RateLimitError):
+            await client.generate_text(model="m", prompt="p")
+    assert len(server.requests) == 2
+
+
+async def test_connection_refused_is_a_connection_error_retried(caplog: pytest.LogCaptureFixture) -> None:
+    """A refused connection raises APIConnectionError (not a timeout) after max_retries retries."""
+    caplog.set_level("DEBUG", logger="nebula_async")
+    base_url = f"http://127.0.0.1:{free_port()}/v1"
+    async with make_client(base_url, retry=FAST_RETRY) as client:
+        started = time.monotonic()
+        with pytest.raises(APIConnectionError) as info:
+            await client.generate_text(model="m", prompt="p")
+    assert time.monotonic() - started < 1.0
+    assert not isinstance(info.value, APITimeoutError)
+    mine = [r for r in caplog.records if r.name == "nebula_async"]
+    assert len([r for r in mine if r.levelname == "DEBUG"]) == 3  # one line per attempt
+    assert len([r for r in mine if r.levelname == "WARNING"]) == 2  # one line per retry
+
+
+async def test_connection_refused_without_retries_is_one_attempt(caplog: pytest.LogCaptureFixture) -> None:
+    """With max_retries=0 a refused connection fails after a single attempt."""
+    caplog.set_level("DEBUG", logger="nebula_async")
+    async with make_client(f"http://127.0.0.1:{free_port()}/v1", retry=NO_RETRY) as client:
+        with pytest.raises(APIConnectionError):
+            await client.generate_text(model="m", prompt="p")
+    assert len([r for r in caplog.records if r.name == "nebula_async"]) == 1
+
+
+async def _drop_without_answer(conn: RawConnection) -> None:
+    if await conn.read_request() is not None:
+        conn.abort()
+
+
+async def _cut_body_then_answer(conn: RawConnection) -> None:
+    if await conn.read_request() is None:
+        return
+    body = json.dumps(success_body("complete")).encode()
+    head = http_head(200, {"Content-Type": "application/json", "Content-Length": str(len(body))})
+    if conn.index == 0:
+        await conn.send(head, body[:20])  # half the promised body, then the connection dies
+        await asyncio.sleep(0.01)
+        conn.abort()
+        return
+    await conn.send(head + body)
+
+
+async def test_dropped_connection_is_a_connection_error_retried() -> None:
+    """A server that drops the connection without answering gives APIConnectionError after every retry."""
+    async with RawServer(_drop_without_answer) as raw, make_client(raw.base_url) as client:
+        with pytest.raises(APIConnectionError) as info:
+            await client.generate_text(model="m", prompt="p")
+    assert not isinstance(info.value, APITimeoutError)
+    assert raw.connections == 3
+
+
+async def test_body_cut_short_is_retried() -> None:
+    """A response whose body stops short of its Content-Length is retried and the next answer returned."""
+    async with RawServer(_cut_body_then_answer) as raw, make_client(raw.base_url) as client:
+        result = await client.generate_text(model="m", prompt="p")
+    assert (result.text, result.retries) == ("complete", 1)
+    assert len(raw.requests) == 2

@@ -1,0 +1,357 @@
+"""Streams over real sockets: SSE framing, byte-level splits, truncation, drops and stream retries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from aiohttp import web
+
+from nebula_async import APIConnectionError, RateLimitError, RetryPolicy, ServerError, TextChunk
+from nebula_async._sse import MAX_LINE_BYTES
+from tests.conftest import LocalServer
+from tests.helpers import error_body, sse
+from tests.integration._support import (
+    LAST_CHUNK,
+    NO_RETRY,
+    SSE_HEAD_CHUNKED,
+    SSE_HEAD_UNTIL_CLOSE,
+    RawConnection,
+    RawServer,
+    chunk,
+    collect,
+    events,
+    http_chunk,
+    json_handler,
+    make_client,
+    open_stream,
+    sequence_handler,
+    stream_handler,
+)
+
+FAST_RETRY_3 = RetryPolicy(max_retries=3, initial_delay=0.001, max_delay=0.002)
+
+
+def _data(text: str, finish_reason: str | None = None) -> bytes:
+    """Return one event's JSON payload as bytes, non-ASCII kept as UTF-8."""
+    return json.dumps(chunk(text, finish_reason), ensure_ascii=False).encode()
+
+
+async def test_stream_chunks_text_finish_reason_and_request_id(server: LocalServer) -> None:
+    """A stream yields each event as a TextChunk; .text, .finish_reason and .request_id follow them."""
+    server.handler = stream_handler(
+        events("Here's", " a", " simple", " program", finish_reason="length"),
+        headers={"x-request-id": "req_s1"},
+    )
+    seen: list[tuple[TextChunk, str, str | None]] = []
+    async with make_client(server.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
+        request_id_on_entry = stream.request_id  # known once entered, before the first chunk
+        async for piece in stream:
+            seen.append((piece, stream.text, stream.finish_reason))
+    assert request_id_on_entry == "req_s1"
+    assert seen == [
+        (TextChunk("Here's", None), "Here's", None),
+        (TextChunk(" a", None), "Here's a", None),
+        (TextChunk(" simple", None), "Here's a simple", None),
+        (TextChunk(" program", "length"), "Here's a simple program", "length"),
+    ]
+    assert stream.finish_reason == "length"
+    assert stream.retries == 0
+
+
+async def test_plain_async_for_without_async_with(server: LocalServer) -> None:
+    """A plain ``async for`` over stream_text() reads the whole stream and ends cleanly."""
+    async with make_client(server.base_url) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        texts = [piece.text async for piece in stream]
+    assert texts == ["Hello", ",", " World", "!"]
+    assert stream.text == "Hello, World!"
+    assert stream.finish_reason == "stop"
+    assert stream.request_id == "req_stream"
+
+
+async def test_crlf_cr_comments_unknown_fields_and_done(server: LocalServer) -> None:
+    """CRLF, CR and LF line ends, comments, unknown fields, `data:` without a space, and [DONE] all parse."""
+    body = (
+        b": this is a comment\r\n\r\n"
+        b"data:" + _data("A") + b"\r\n\r\n"  # no space after the colon, CRLF
+        b"data: " + _data("B") + b"\r\r"  # CR only
+        b"event: message\nid: 7\nretry: 100\nfoo: bar\ndata: " + _data("C") + b"\n\r\n"  # mixed LF + CRLF
+        b":keep-alive\n"
+        b'data: {"text": "D",\ndata:  "finish_reason": null}\n\n'  # two data lines joined by \n
+        b"data: " + _data("E", "stop") + b"\r\n\r\n"
+        b"data: [DONE]\n\n"
+    )
+    server.handler = stream_handler(body)
+    async with make_client(server.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
+        texts = [piece.text async for piece in stream]
+    assert texts == ["A", "B", "C", "D", "E"]
+    assert stream.finish_reason == "stop"
+
+
+async def test_crlf_split_between_writes(server: LocalServer) -> None:
+    """A CRLF whose CR and LF arrive in different reads is one line end, not an extra blank line."""
+    server.handler = stream_handler(
+        b"data: " + _data("one") + b"\r",
+        b"\n\r",
+        b"\ndata: " + _data("two", "stop") + b"\r",
+        b"\n\r\n",
+        delay=0.01,
+    )
+    async with make_client(server.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
+        texts = [piece.text async for piece in stream]
+    assert texts == ["one", "two"]
+
+
+async def test_done_in_its_own_late_write_after_the_final_event(server: LocalServer) -> None:
+    """A [DONE] that trails the final event by a few ms is accepted and the stream ends normally."""
+    server.handler = stream_handler(events("a", "b"), b"data: [DONE]\n\n", delay=0.03)
+    async with make_client(server.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
+        texts = [piece.text async for piece in stream]
+    assert texts == ["a", "b"]
+    assert stream.finish_reason == "stop"
+
+
+async def test_events_written_byte_by_byte() -> None:
+    """Events written one byte at a time, each flushed, give exactly the events written whole."""
+    payload = b": hi\r\n\r\n" + events("Hé", "l", "lo 😀") + b"data: [DONE]\n\n"
+
+    async def handle(conn: RawConnection) -> None:
+        await conn.read_request()
+        await conn.send(SSE_HEAD_UNTIL_CLOSE)
+        await conn.send(*(payload[i : i + 1] for i in range(len(payload))), pause=0.0005)
+
+    async with RawServer(handle) as raw, make_client(raw.base_url, retry=NO_RETRY) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        texts = [piece.text async for piece in stream]
+    assert texts == ["Hé", "l", "lo 😀"]
+    assert stream.text == "Héllo 😀"
+    assert stream.finish_reason == "stop"
+    assert stream.request_id == "req_raw"
+
+
+async def test_multibyte_utf8_split_across_reads() -> None:
+    """A 2-byte and a 4-byte UTF-8 character cut across separate network reads decode intact."""
+    line = b"data: " + _data("caf\u00e9 \U0001f600!", "stop") + b"\n\n"
+    e_acute = line.index("é".encode())
+    emoji = line.index("😀".encode())
+    pieces = [
+        line[: e_acute + 1],
+        line[e_acute + 1 : emoji + 1],
+        line[emoji + 1 : emoji + 3],
+        line[emoji + 3 :],
+    ]
+    assert b"".join(pieces) == line
+
+    async def handle(conn: RawConnection) -> None:
+        await conn.read_request()
+        await conn.send(SSE_HEAD_UNTIL_CLOSE)
+        await conn.send(*pieces, pause=0.01)
+
+    async with RawServer(handle) as raw, make_client(raw.base_url, retry=NO_RETRY) as client:
+        texts = [piece.text async for piece in client.stream_text(model="m", prompt="p")]
+    assert texts == ["café 😀!"]
+
+
+async def test_eof_before_finish_reason_is_a_connection_error(server: LocalServer) -> None:
+    """A stream that ends cleanly without a finish_reason raises APIConnectionError, not a short success."""
+    server.handler = stream_handler(sse(chunk("partial")), sse(chunk(" answer")), delay=0.01)
+    received: list[str] = []
+    async with make_client(server.base_url) as client:
+        with pytest.raises(APIConnectionError) as info:
+            await collect(client.stream_text(model="m", prompt="p"), received)
+    assert received == ["partial", " answer"]
+    assert info.value.request_id is None
+    assert len(server.requests) == 1  # text reached the caller: a retry would repeat it
+
+
+async def test_eof_inside_an_event_is_a_connection_error(server: LocalServer) -> None:
+    """A stream cut inside its final event (no blank line after it) raises APIConnectionError."""
+    server.handler = stream_handler(sse(chunk("a")), b"data: " + _data("b", "stop") + b"\n", delay=0.01)
+    received: list[str] = []
+    async with make_client(server.base_url) as client:
+        with pytest.raises(APIConnectionError):
+            await collect(client.stream_text(model="m", prompt="p"), received)
+    assert received == ["a"]
+
+
+async def test_empty_stream_is_retried_then_fails(server: LocalServer) -> None:
+    """A 200 event stream with no event at all is a connection error, retried since nothing was delivered."""
+    server.handler = stream_handler(b": nothing to say\n\n")
+    async with make_client(server.base_url, retry=RetryPolicy(max_retries=1, initial_delay=0.001)) as client:
+        with pytest.raises(APIConnectionError):
+            await collect(client.stream_text(model="m", prompt="p"))
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("framing", ["chunked", "until-close"])
+async def test_drop_mid_stream_is_not_retried(framing: str) -> None:
+    """A connection dropped after events reached the caller raises APIConnectionError and is never retried."""
+    delivered = asyncio.Event()
+
+    async def handle(conn: RawConnection) -> None:
+        await conn.read_request()
+        if framing == "chunked":
+            await conn.send(SSE_HEAD_CHUNKED, http_chunk(sse(chunk("Hel"))), http_chunk(sse(chunk("lo"))))
+        else:
+            await conn.send(SSE_HEAD_UNTIL_CLOSE, sse(chunk("Hel")), sse(chunk("lo")))
+        await delivered.wait()  # the caller holds both chunks: only now cut the connection
+        conn.abort()
+
+    received: list[str] = []
+    async with RawServer(handle) as raw, make_client(raw.base_url, retry=FAST_RETRY_3) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        with pytest.raises(APIConnectionError) as info:
+            await collect(stream, received, on_chunk=lambda got: _set_when(len(got) == 2, delivered))
+    assert received == ["Hel", "lo"]  # never "Hel", "lo", "Hel", ...
+    assert raw.connections == 1
+    assert len(raw.requests) == 1
+    assert info.value.request_id == "req_raw"
+
+
+@pytest.mark.parametrize("when", ["before-headers", "after-headers"])
+async def test_drop_before_any_event_is_retried(when: str) -> None:
+    """A connection dropped before the first event is retried and the next attempt's stream is delivered."""
+
+    async def handle(conn: RawConnection) -> None:
+        if await conn.read_request() is None:
+            return
+        if conn.index == 0:
+            if when == "after-headers":
+                await conn.send(SSE_HEAD_CHUNKED, http_chunk(b": warming up\n\n"))
+            conn.abort()
+            return
+        await conn.send(SSE_HEAD_CHUNKED, http_chunk(events("fresh", " start")), LAST_CHUNK)
+
+    async with (
+        RawServer(handle) as raw,
+        make_client(raw.base_url) as client,
+        client.stream_text(model="m", prompt="p") as stream,
+    ):
+        texts = [piece.text async for piece in stream]
+    assert texts == ["fresh", " start"]
+    assert stream.retries == 1
+    assert len(raw.requests) == 2
+
+
+async def test_error_event_before_first_chunk_is_retried(server: LocalServer) -> None:
+    """A rate_limit_exceeded event before any chunk is retried, and the retry's text is delivered once."""
+    server.handler = sequence_handler(
+        stream_handler(sse(error_body("rate_limit_exceeded", "busy"))),
+        stream_handler(events("second", " try"), headers={"x-request-id": "req_2"}),
+    )
+    async with make_client(server.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
+        texts = [piece.text async for piece in stream]
+    assert texts == ["second", " try"]
+    assert stream.text == "second try"
+    assert stream.retries == 1
+    assert stream.request_id == "req_2"
+    assert len(server.requests) == 2
+
+
+async def test_error_event_before_first_chunk_exhausts_retries(server: LocalServer) -> None:
+    """Rate-limit events on every attempt raise RateLimitError after max_retries retries."""
+    server.handler = stream_handler(sse(error_body("rate_limit_exceeded", "busy")))
+    async with make_client(server.base_url) as client:
+        with pytest.raises(RateLimitError) as info:
+            await collect(client.stream_text(model="m", prompt="p"))
+    assert info.value.status_code == 200
+    assert len(server.requests) == 3
+
+
+async def test_429_at_stream_open_is_retried(server: LocalServer) -> None:
+    """A 429 answering the stream request is retried before any event, then streamed normally."""
+    server.handler = sequence_handler(
+        json_handler(error_body("rate_limit_exceeded"), status=429, headers={"Retry-After": "0"}),
+        stream_handler(events("ok")),
+    )
+    async with make_client(server.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
+        texts = [piece.text async for piece in stream]
+    assert texts == ["ok"]
+    assert stream.retries == 1
+
+
+async def test_chunks_in_the_same_read_as_an_error_come_first(server: LocalServer) -> None:
+    """Chunks that arrive in the same read as an error event are delivered before the error is raised."""
+    server.handler = stream_handler(
+        sse(chunk("one"), chunk(" two"), error_body("rate_limit_exceeded", "quota hit"))  # one write
+    )
+    received: list[str] = []
+    async with make_client(server.base_url) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        with pytest.raises(RateLimitError):
+            await collect(stream, received, enter=True)
+    assert received == ["one", " two"]
+    assert stream.text == "one two"
+    assert len(server.requests) == 1  # text was delivered: the rate limit is not retried
+
+
+async def test_final_event_in_same_read_as_trailing_garbage_events(server: LocalServer) -> None:
+    """Events after the one carrying finish_reason are not delivered: the stream ends at the final event."""
+    server.handler = stream_handler(sse(chunk("end", "stop"), chunk("ghost")))
+    async with make_client(server.base_url) as client:
+        texts = [piece.text async for piece in client.stream_text(model="m", prompt="p")]
+    assert texts == ["end"]
+
+
+async def test_many_events_in_one_write(server: LocalServer) -> None:
+    """Two thousand events written at once arrive complete and in order."""
+    texts = [f"w{i} " for i in range(2000)]
+    server.handler = stream_handler(events(*texts))
+    async with make_client(server.base_url) as client:
+        got = [piece.text async for piece in client.stream_text(model="m", prompt="p")]
+    assert got == texts
+
+
+async def test_stream_can_be_iterated_after_it_ended(server: LocalServer) -> None:
+    """Iterating a finished stream again yields nothing and raises nothing."""
+    async with make_client(server.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
+        first = [piece.text async for piece in stream]
+        again = [piece.text async for piece in stream]
+    assert first == ["Hello", ",", " World", "!"]
+    assert again == []
+
+
+async def test_keep_alive_comments_between_events_are_ignored(server: LocalServer) -> None:
+    """Keep-alive comments between events do not produce chunks."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = await open_stream(request)
+        for i in range(3):
+            await response.write(b": keep-alive\n\n")
+            await response.write(sse(chunk(str(i))))
+        await response.write(b": keep-alive\n\n" + sse(chunk("!", "stop")))
+        await response.write_eof()
+        return response
+
+    server.handler = handler
+    async with make_client(server.base_url) as client:
+        texts = [piece.text async for piece in client.stream_text(model="m", prompt="p")]
+    assert texts == ["0", "1", "2", "!"]
+
+
+def _set_when(condition: bool, event: asyncio.Event) -> None:
+    if condition:
+        event.set()
+
+
+async def test_one_large_event_across_many_reads(server: LocalServer) -> None:
+    """A single 3 MB event, necessarily split over many reads, arrives whole and quickly."""
+    big = "z" * 3_000_000
+    server.handler = stream_handler(sse(chunk(big, "stop")))
+    async with make_client(server.base_url, retry=NO_RETRY) as client:
+        started = time.monotonic()
+        texts = await collect(client.stream_text(model="m", prompt="p"))
+    assert texts == [big]
+    assert time.monotonic() - started < 1.0
+
+
+async def test_endless_line_is_rejected_not_buffered(server: LocalServer) -> None:
+    """A stream line longer than the decoder's limit fails with ServerError instead of growing memory."""
+    server.handler = stream_handler(b"data: " + b"x" * (MAX_LINE_BYTES + 1024))
+    async with make_client(server.base_url) as client:
+        with pytest.raises(ServerError, match="longer than"):
+            await collect(client.stream_text(model="m", prompt="p"))
+    assert len(server.requests) == 1  # a malformed stream will not get better by asking again

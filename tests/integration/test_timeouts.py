@@ -1,0 +1,222 @@
+"""Timeouts against slow and stalled real servers: each raises APITimeoutError, quickly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+
+from nebula_async import APIConnectionError, APITimeoutError, RetryPolicy, Timeout
+from tests.conftest import LocalServer
+from tests.helpers import sse, success_body
+from tests.integration._support import NO_RETRY, chunk, collect, make_client, open_stream
+
+# Long enough that no test could pass by waiting it out; a handler is cancelled when its client leaves.
+STALL = 5.0
+
+
+async def _slow_json(request: web.Request) -> web.StreamResponse:
+    await asyncio.sleep(STALL)
+    return web.json_response(success_body())
+
+
+async def _stall_after_one_event(request: web.Request) -> web.StreamResponse:
+    response = await open_stream(request, {"x-request-id": "req_stall"})
+    await response.write(sse(chunk("first")))
+    await asyncio.sleep(STALL)
+    return response
+
+
+@pytest.mark.parametrize(
+    "timeout", [Timeout(read=0.1), 0.2, Timeout(total=0.2)], ids=["read", "number", "total"]
+)
+async def test_slow_server_times_out(server: LocalServer, timeout: float | Timeout) -> None:
+    """A server slower than the read or total timeout gives APITimeoutError, well before it answers."""
+    server.handler = _slow_json
+    async with make_client(server.base_url, timeout=timeout, retry=NO_RETRY) as client:
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError):
+            await client.generate_text(model="m", prompt="p")
+    assert time.monotonic() - started < 1.0
+
+
+async def test_per_call_timeout_overrides_the_client(server: LocalServer) -> None:
+    """timeout= on one call replaces the client's generous default for that call."""
+    server.handler = _slow_json
+    async with make_client(server.base_url, retry=NO_RETRY) as client:
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError):
+            await client.generate_text(model="m", prompt="p", timeout=0.1)
+    assert time.monotonic() - started < 1.0
+
+
+async def test_timeouts_are_retried(server: LocalServer) -> None:
+    """A timed-out attempt is retried: max_retries=1 sends the request twice before raising."""
+    server.handler = _slow_json
+    policy = RetryPolicy(max_retries=1, initial_delay=0.001)
+    async with make_client(server.base_url, timeout=Timeout(read=0.1), retry=policy) as client:
+        with pytest.raises(APITimeoutError):
+            await client.generate_text(model="m", prompt="p")
+    assert len(server.requests) == 2
+
+
+async def test_slow_body_after_headers_times_out(server: LocalServer) -> None:
+    """Headers on time but a body that stalls half-way still gives APITimeoutError."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"status": "success", "data": {"text": "hal')
+        await asyncio.sleep(STALL)
+        return response
+
+    server.handler = handler
+    async with make_client(server.base_url, timeout=Timeout(read=0.1), retry=NO_RETRY) as client:
+        with pytest.raises(APITimeoutError):
+            await client.generate_text(model="m", prompt="p")
+
+
+async def test_stalled_stream_read_timeout(server: LocalServer) -> None:
+    """A stream that stops sending after one event raises APITimeoutError once the read timeout passes."""
+    server.handler = _stall_after_one_event
+    received: list[str] = []
+    async with make_client(server.base_url, timeout=Timeout(read=0.2)) as client:
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError) as info:
+            await collect(client.stream_text(model="m", prompt="p"), received)
+    assert time.monotonic() - started < 1.0
+    assert received == ["first"]
+    assert info.value.request_id == "req_stall"
+    assert len(server.requests) == 1  # "first" was delivered: not retried
+
+
+async def test_stalled_stream_stream_idle_timeout(server: LocalServer) -> None:
+    """A silent stream fails after stream_idle even when the read timeout is much longer."""
+    server.handler = _stall_after_one_event
+    async with make_client(server.base_url, timeout=Timeout(read=30, stream_idle=0.2)) as client:
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError):
+            await asyncio.wait_for(collect(client.stream_text(model="m", prompt="p")), 3)
+    assert time.monotonic() - started < 1.0
+
+
+async def test_keep_alives_do_not_reset_stream_idle(server: LocalServer) -> None:
+    """A stream that only sends `: keep-alive` every 20 ms fails once stream_idle passes without data."""
+    stop = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = await open_stream(request)
+        await response.write(sse(chunk("only this")))
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
+            await response.write(b": keep-alive\n\n")
+        return response
+
+    server.handler = handler
+    received: list[str] = []
+    async with make_client(server.base_url, timeout=Timeout(stream_idle=0.2)) as client:
+        started = time.monotonic()
+        try:
+            with pytest.raises(APITimeoutError):
+                await asyncio.wait_for(collect(client.stream_text(model="m", prompt="p"), received), 2)
+        finally:
+            stop.set()
+    elapsed = time.monotonic() - started
+    assert 0.18 <= elapsed < 1.0
+    assert received == ["only this"]
+
+
+async def test_keep_alives_only_from_the_start(server: LocalServer) -> None:
+    """Keep-alives with no data event at all also trip stream_idle, with APITimeoutError."""
+    stop = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = await open_stream(request)
+        while not stop.is_set():
+            await response.write(b":\n\n")
+            await asyncio.sleep(0.02)
+        return response
+
+    server.handler = handler
+    async with make_client(server.base_url, timeout=Timeout(stream_idle=0.2), retry=NO_RETRY) as client:
+        try:
+            with pytest.raises(APITimeoutError):
+                await asyncio.wait_for(collect(client.stream_text(model="m", prompt="p")), 3)
+        finally:
+            stop.set()
+
+
+async def test_data_events_reset_stream_idle(server: LocalServer) -> None:
+    """Data events every 50 ms keep a stream alive for longer than stream_idle: it is not a total timeout."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = await open_stream(request)
+        for i in range(9):
+            await response.write(sse(chunk(str(i))))
+            await asyncio.sleep(0.05)
+        await response.write(sse(chunk("end", "stop")))
+        await response.write_eof()
+        return response
+
+    server.handler = handler
+    async with make_client(server.base_url, timeout=Timeout(stream_idle=0.2)) as client:
+        started = time.monotonic()
+        texts = [piece.text async for piece in client.stream_text(model="m", prompt="p")]
+    assert time.monotonic() - started > 0.3  # longer than stream_idle in total
+    assert texts == [*map(str, range(9)), "end"]
+
+
+@pytest.fixture
+def backlog_full_port() -> Iterator[int]:
+    """A listening port whose accept queue is full, so a new connection's handshake never completes."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port: int = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):  # the handshake completes or stalls on its own
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_connect_timeout_is_a_timeout(backlog_full_port: int) -> None:
+    """A connection that cannot be established in Timeout(connect=...) raises APITimeoutError."""
+    base_url = f"http://127.0.0.1:{backlog_full_port}/v1"
+    async with make_client(base_url, timeout=Timeout(connect=0.2), retry=NO_RETRY) as client:
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError) as info:
+            await client.generate_text(model="m", prompt="p")
+    assert time.monotonic() - started < 1.0
+    assert isinstance(info.value, APIConnectionError)  # a timeout is also a connection error
+
+
+async def test_total_timeout_covers_waiting_for_a_pooled_connection(server: LocalServer) -> None:
+    """With the only connection busy, a call with total=0.2 fails in time instead of queueing on."""
+    server.handler = _slow_json
+    async with make_client(server.base_url, max_connections=1, retry=NO_RETRY) as client:
+        busy = asyncio.create_task(client.generate_text(model="m", prompt="busy"))
+        try:
+            await asyncio.sleep(0.05)  # the first call now holds the connection
+            started = time.monotonic()
+            with pytest.raises(APITimeoutError):
+                await client.generate_text(model="m", prompt="queued", timeout=Timeout(total=0.2))
+            assert time.monotonic() - started < 1.0
+        finally:
+            busy.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await busy
+    assert [r["body"]["prompt"] for r in server.requests] == ["busy"]
