@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
-import platform
 import weakref
+from collections import deque
 from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -20,15 +21,18 @@ from ._config import (
     DEFAULT_MAX_RETRIES,
     ENV_API_KEY,
     ENV_BASE_URL,
+    Headers,
     RetryPolicy,
     Timeout,
+    build_headers,
+    check_api_key,
+    check_base_url,
 )
 from ._errors import NebulaError
 from ._models import GenerateRequest, TextGeneration, unstructure_request
 from ._parse import parse_generation
 from ._retry import retry_delay
 from ._stream import TextStream
-from ._version import __version__
 
 if TYPE_CHECKING:
     import aiohttp
@@ -41,10 +45,8 @@ logger = logging.getLogger("nebula_async")
 # A library does not print: without the application's logging set up, retry warnings stay silent.
 logger.addHandler(logging.NullHandler())
 
-USER_AGENT = f"nebula-sdk/{__version__} (nebula_async; Python {platform.python_version()})"
-
 # Typed parameters: passing one through extra_body would bypass its validation.
-_RESERVED_BODY_KEYS = frozenset({"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream"})
+_RESERVED_BODY_KEYS = frozenset(field.name for field in attrs.fields(GenerateRequest)) | {"stream"}
 
 _BATCH_ERRORS = (NebulaError, ValueError, TypeError)  # what one failed item of generate_many can raise
 
@@ -70,40 +72,34 @@ class AsyncNebulaClient:
         default_headers: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
-        if not key:
-            raise NebulaError(f"no API key: pass api_key=... or set the {ENV_API_KEY} environment variable")
-        if not isinstance(key, str):
-            raise TypeError(f"api_key must be a str, got {type(key).__name__}")
-        if key.strip() != key or not key.isprintable():
-            # The key itself must never be echoed, so only say what is wrong with it.
-            raise ValueError("api_key contains whitespace or control characters; check how it was read")
-        self._base_url = _check_base_url(base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL)
+        key = check_api_key(api_key if api_key is not None else os.environ.get(ENV_API_KEY))
+        if base_url is not None:
+            self._base_url = check_base_url(base_url, "base_url")
+        elif os.environ.get(ENV_BASE_URL):
+            self._base_url = check_base_url(os.environ[ENV_BASE_URL], ENV_BASE_URL)
+        else:
+            self._base_url = DEFAULT_BASE_URL
         self._timeout = Timeout.coerce(timeout)
+        default_policy = RetryPolicy(max_retries=max_retries)  # checks max_retries even when retry wins
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
-        self._retry = retry if retry is not None else RetryPolicy(max_retries=max_retries)
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-            raise ValueError(f"max_connections must be an int >= 1, got {max_connections!r}")
+        self._retry = retry if retry is not None else default_policy
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError(f"max_connections must be an int, got {type(max_connections).__name__}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self._max_connections = max_connections
         if session is not None and not _is_client_session(session):
             raise TypeError(f"session must be an aiohttp.ClientSession, got {type(session).__name__}")
         self._session = session
         self._transport: Transport | None = None
+        self._closed = False
         self._streams: weakref.WeakSet[TextStream] = weakref.WeakSet()  # open ones, closed by aclose()
-        headers = {
-            "Authorization": f"Bearer {key}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        }
-        for name, value in (default_headers or {}).items():
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise TypeError(f"default_headers must map str to str, got {name!r}: {type(value).__name__}")
-            headers[name] = value
+        # Finished streams handing their connection back, with the response each one drains.
+        self._drains: dict[asyncio.Task[None], aiohttp.ClientResponse] = {}
         # Built once per client, not per call.
-        self._headers = headers
-        self._stream_headers = {**headers, "Accept": "text/event-stream"}
+        self._headers = build_headers(key, default_headers)
+        self._stream_headers = Headers({**self._headers, "Accept": "text/event-stream"})
 
     @property
     def base_url(self) -> str:
@@ -132,12 +128,21 @@ class AsyncNebulaClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool (not a session you passed in); idempotent."""
-        if self._transport is None:
-            self._transport = self._new_transport()
+        """Close the connection pool (not a session you passed in) and open streams; idempotent."""
+        if self._closed:
+            return
+        if self._transport is not None:
+            self._transport.check_loop()
+        self._closed = True
         for stream in list(self._streams):
-            stream._discard()
-        await self._transport.aclose()
+            stream._close()
+        drains, self._drains = self._drains, {}
+        for task, response in drains.items():
+            task.cancel()
+            response.close()  # a task cancelled before its first step never runs its own cleanup
+        await asyncio.gather(*drains, return_exceptions=True)
+        if self._transport is not None:
+            await self._transport.aclose()
 
     async def generate_text(
         self,
@@ -193,15 +198,29 @@ class AsyncNebulaClient:
     ) -> list[Any]:
         """Run many generations, at most ``concurrency`` at once; results come in input order.
 
-        ``requests`` holds GenerateRequest objects or dicts of generate_text's keywords, and is
-        read lazily (an endless generator is fine as long as it ends). With ``return_exceptions``
+        ``requests`` holds GenerateRequest objects or dicts of generate_text's keywords (a list, a
+        generator or an async generator). It is read lazily, only as fast as requests are sent, so a
+        generator of millions of prompts never becomes millions of tasks. With ``return_exceptions``
         a failed item's exception stands in its place; otherwise the first failure cancels the
         rest and is raised.
         """
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        return await self._generate_many(requests, concurrency, return_exceptions, pull_in_thread=False)
+
+    async def _generate_many(
+        self,
+        requests: Iterable[GenerateRequest | Mapping[str, Any]]
+        | AsyncIterable[GenerateRequest | Mapping[str, Any]],
+        concurrency: int,
+        return_exceptions: bool,
+        *,
+        pull_in_thread: bool,
+    ) -> list[Any]:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+            raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         results: list[Any] = []
-        next_item = _item_source(requests)
+        next_item = _item_source(requests, pull_in_thread=pull_in_thread, batch=concurrency)
 
         async def worker() -> None:
             while True:
@@ -264,19 +283,27 @@ class AsyncNebulaClient:
         return True
 
     def _get_transport(self) -> Transport:
+        if self._closed:
+            raise RuntimeError("this client is closed; create a new client to make more calls")
         transport = self._transport
         if transport is None:
-            transport = self._transport = self._new_transport()
+            from ._http import Transport  # aiohttp is imported on first use, not with the package
+
+            transport = self._transport = Transport(
+                url=self._base_url + "/text/generate",
+                max_connections=self._max_connections,
+                session=self._session,
+            )
         return transport
 
-    def _new_transport(self) -> Transport:
-        from ._http import Transport  # aiohttp is imported on first use, not with the package
-
-        return Transport(
-            url=self._base_url + "/text/generate",
-            max_connections=self._max_connections,
-            session=self._session,
-        )
+    def _drain_later(self, response: aiohttp.ClientResponse) -> None:
+        """Read the tail of a finished stream in the background, then hand its connection back."""
+        if self._closed or self._transport is None:
+            response.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._transport.drain(response))
+        self._drains[task] = response
+        task.add_done_callback(lambda done: self._drains.pop(done, None))
 
     def _policy(self, max_retries: int | None) -> RetryPolicy:
         if max_retries is None:
@@ -287,17 +314,6 @@ class AsyncNebulaClient:
         return self._timeout if timeout is None else Timeout.coerce(timeout)
 
 
-def _check_base_url(url: str) -> str:
-    if not isinstance(url, str):
-        raise TypeError(f"base_url must be a str, got {type(url).__name__}")
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
-        raise ValueError(f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {url!r}")
-    if "?" in rest or "#" in rest:
-        raise ValueError(f"base_url must not have a query or fragment, got {url!r}")
-    return url.rstrip("/")
-
-
 def _is_client_session(session: object) -> bool:
     import aiohttp  # only reached when a session is passed, which means aiohttp is loaded already
 
@@ -306,6 +322,8 @@ def _is_client_session(session: object) -> bool:
 
 def _encode(request: GenerateRequest, extra_body: Mapping[str, Any] | None, *, stream: bool) -> bytes:
     payload = unstructure_request(request)
+    if extra_body is not None and not isinstance(extra_body, Mapping):
+        raise TypeError(f"extra_body must be a dict of JSON values, got {type(extra_body).__name__}")
     if extra_body:
         clash = _RESERVED_BODY_KEYS.intersection(extra_body)
         if clash:
@@ -317,8 +335,10 @@ def _encode(request: GenerateRequest, extra_body: Mapping[str, Any] | None, *, s
         payload["stream"] = True
     try:
         text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except TypeError as exc:
         raise TypeError(f"extra_body must hold only JSON values: {exc}") from None
+    except ValueError as exc:  # NaN or infinity, or a circular reference
+        raise ValueError(f"extra_body must hold only JSON values: {exc}") from None
     try:
         return text.encode()
     except UnicodeEncodeError:
@@ -339,8 +359,15 @@ def _unencodable_field(payload: Mapping[str, Any]) -> str:
 def _item_source(
     requests: Iterable[GenerateRequest | Mapping[str, Any]]
     | AsyncIterable[GenerateRequest | Mapping[str, Any]],
+    *,
+    pull_in_thread: bool,
+    batch: int,
 ) -> Any:
-    """Return an async function giving the next item as a 1-tuple, or None at the end."""
+    """Return an async function giving the next item as a 1-tuple, or None at the end.
+
+    With ``pull_in_thread`` a plain iterable is read in a worker thread, ``batch`` items at a time:
+    the sync client's caller code must not run in (and stall) the event loop every call shares.
+    """
     if isinstance(requests, AsyncIterable):
         iterator = aiter(requests)
         lock = asyncio.Lock()  # an async generator can't be advanced by two workers at once
@@ -369,4 +396,15 @@ def _item_source(
             return (item,)
         return None
 
-    return next_sync
+    if not pull_in_thread:
+        return next_sync
+    pulled: deque[Any] = deque()
+    pull_lock = asyncio.Lock()  # a generator can't be advanced from two threads at once
+
+    async def next_threaded() -> tuple[Any] | None:
+        async with pull_lock:
+            if not pulled:
+                pulled.extend(await asyncio.to_thread(lambda: list(itertools.islice(sync_iterator, batch))))
+            return (pulled.popleft(),) if pulled else None
+
+    return next_threaded

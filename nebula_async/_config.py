@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import math
+import platform
+import re
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
+
+from ._version import __version__
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -13,8 +19,13 @@ __all__ = [
     "DEFAULT_MAX_RETRIES",
     "ENV_API_KEY",
     "ENV_BASE_URL",
+    "USER_AGENT",
+    "Headers",
     "RetryPolicy",
     "Timeout",
+    "build_headers",
+    "check_api_key",
+    "check_base_url",
 ]
 
 DEFAULT_BASE_URL = "https://api.inference.nebulablock.com/v1"
@@ -22,6 +33,7 @@ DEFAULT_MAX_RETRIES = 2
 DEFAULT_MAX_CONNECTIONS = 100
 ENV_API_KEY = "NEBULA_API_KEY"
 ENV_BASE_URL = "NEBULA_BASE_URL"
+USER_AGENT = f"nebula-sdk/{__version__} (nebula_async; Python {platform.python_version()})"
 
 
 def _seconds_or_none(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -79,6 +91,8 @@ class Timeout:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"timeout must be a number of seconds or a Timeout, got {type(value).__name__}")
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {value!r}")
         return cls(connect=value, read=value, total=value, stream_idle=value)
 
 
@@ -100,3 +114,94 @@ class RetryPolicy:
     max_delay: float = attrs.field(default=8.0, validator=_non_negative)
     jitter: bool = attrs.field(default=True, validator=_boolean)
     max_retry_after: float = attrs.field(default=60.0, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        if self.initial_delay > self.max_delay:
+            raise ValueError(
+                f"initial_delay ({self.initial_delay:g}) must not exceed max_delay ({self.max_delay:g})"
+            )
+
+
+def check_api_key(key: object) -> str:
+    """Return ``key`` if it can be sent as a Bearer token; the message never echoes it."""
+    if not key:
+        raise _missing_key_error()
+    if not isinstance(key, str):
+        raise TypeError(f"api_key must be a str, got {type(key).__name__}")
+    if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+        raise ValueError("api_key must be printable ASCII without spaces; check how it was read or pasted")
+    return key
+
+
+def _missing_key_error() -> Exception:
+    from ._errors import NebulaError  # here, to keep this module free of the error tree
+
+    return NebulaError(f"no API key: pass api_key=... or set the {ENV_API_KEY} environment variable")
+
+
+def check_base_url(url: object, source: str) -> str:
+    """Return ``url`` without its trailing slash if usable; ``source`` names where it came from in errors."""
+    if not isinstance(url, str):
+        raise TypeError(f"{source} must be a str, got {type(url).__name__}")
+    example = f"such as {DEFAULT_BASE_URL!r}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # parsing the port is what raises for a bad one
+    except ValueError as exc:
+        raise ValueError(f"{source} is not a valid URL ({exc}); use one {example}") from None
+    if parts.username is not None or parts.password is not None:
+        # Not echoed: the URL holds a secret. aiohttp would also refuse it beside our Authorization.
+        raise ValueError(f"{source} must not contain credentials; pass the key as api_key= instead")
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        raise ValueError(f"{source} must be an http(s) URL {example}, got {url!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{source} must not have a query or fragment, got {url!r}")
+    return url.rstrip("/")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RFC 9110 token)
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters; tab is allowed
+
+
+class Headers(dict[str, str]):
+    """Request headers whose repr hides the key: they sit in frames that tracebacks may print."""
+
+    def __repr__(self) -> str:
+        return repr({k: "<redacted>" if k.lower() == "authorization" else v for k, v in self.items()})
+
+
+def build_headers(api_key: str, default_headers: Mapping[str, str] | None) -> Headers:
+    """Return our headers with ``default_headers`` checked and merged over them (not Authorization)."""
+    headers = Headers(
+        {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+    )
+    if default_headers is None:
+        return headers
+    if not isinstance(default_headers, Mapping):
+        raise TypeError(f"default_headers must be a dict of str to str, got {type(default_headers).__name__}")
+    for name, value in default_headers.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ValueError(f"default_headers: {name!r} is not a valid header name")
+        if not isinstance(value, str):
+            raise TypeError(f"default_headers[{name!r}] must be a str, got {type(value).__name__}")
+        if _BAD_VALUE.search(value) or not _latin1(value):
+            raise ValueError(f"default_headers[{name!r}] holds a line break or a character HTTP can't carry")
+        if name.lower() == "authorization":
+            raise ValueError("default_headers must not set Authorization: pass the key as api_key= instead")
+        for ours in [k for k in headers if k.lower() == name.lower()]:
+            del headers[ours]  # header names are case-insensitive: the caller's replaces ours
+        headers[name] = value
+    return headers
+
+
+def _latin1(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -145,6 +145,8 @@ class ServerError(APIError):
 class APIConnectionError(NebulaError):
     """The API could not be reached, or the connection broke before the answer was complete."""
 
+    _permanent = False  # set on errors that retrying can't fix, such as a bad TLS certificate
+
     def __init__(self, message: str, *, request_id: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -187,8 +189,13 @@ def error_from_response(status: int, body: object, headers: Mapping[str, str]) -
     retry_after = parse_retry_after(headers, now=time.time())
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
-        cls = _BY_STATUS.get(status, ServerError)
-        message = f"unexpected response from the API: {_preview(body)}"
+        if 300 <= status < 400:
+            # Redirects are not followed: a POST turned into a GET, or the key sent elsewhere.
+            location = headers.get("location") or "an unnamed address"
+            message = f"the API redirected to {location}; if it moved, set base_url to the new address"
+        else:
+            message = f"unexpected response from the API: {_preview(body)}"
+        cls = _fallback_class(status) if status >= 300 else ServerError  # a 2xx that isn't ours is broken
         return cls(message, status_code=status, request_id=request_id, retry_after=retry_after)
     raw_code = error.get("code")
     code = raw_code if isinstance(raw_code, str) and raw_code else None
@@ -199,7 +206,7 @@ def error_from_response(status: int, body: object, headers: Mapping[str, str]) -
         else "the API returned an error without a message"
     )
     details = error.get("details")
-    cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status) or (ServerError if status >= 500 else APIError)
+    cls = _BY_CODE.get(code or "") or _fallback_class(status)
     return cls(
         message[:_MAX_MESSAGE_CHARS],
         code=code,
@@ -208,6 +215,10 @@ def error_from_response(status: int, body: object, headers: Mapping[str, str]) -
         request_id=request_id,
         retry_after=retry_after,
     )
+
+
+def _fallback_class(status: int) -> type[APIError]:
+    return _BY_STATUS.get(status) or (ServerError if status >= 500 else APIError)
 
 
 def _preview(body: object) -> str:

@@ -1,40 +1,67 @@
-"""The aiohttp boundary: session lifecycle, sending, and mapping aiohttp's errors to ours.
+"""The aiohttp boundary: session lifecycle, sending and reading, and mapping aiohttp's errors to ours.
 
 Imported on first use, not with the package: aiohttp takes longer to import than the rest of the SDK.
+Every aiohttp call of the SDK is made here, inside ``_map_transport_errors``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import aiohttp
 from yarl import URL
 
 from ._config import Timeout
-from ._errors import APIConnectionError, APITimeoutError, NebulaError
+from ._errors import APIConnectionError, APITimeoutError
 
-__all__ = ["Transport", "transport_error"]
+__all__ = ["Transport"]
 
 logger = logging.getLogger("nebula_async")
 
+_DRAIN_SECONDS = 1.0  # after a stream's final event, how long the rest of its body may take
+_DRAIN_BYTES = 64 * 1024  # and how much of it we read, to keep the connection for the pool
 
-def transport_error(exc: BaseException, request_id: str | None = None) -> NebulaError:
-    """Map an aiohttp or timeout exception to APITimeoutError or APIConnectionError."""
-    # Timeouts first: aiohttp's ServerTimeoutError is also a ClientConnectionError.
-    if isinstance(exc, asyncio.TimeoutError):
-        return APITimeoutError("timed out waiting for the API", request_id=request_id)
-    return APIConnectionError(f"connection to the API failed: {describe(exc)}", request_id=request_id)
+# What aiohttp raises for the network or the peer, given raise_for_status=False and no redirects
+# (ClientResponseError then only means a malformed response). Anything else is a bug and propagates.
+_TRANSPORT_ERRORS = (
+    asyncio.TimeoutError,
+    aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError,
+    aiohttp.ClientResponseError,
+)
+# Retrying cannot fix a certificate or fingerprint that doesn't match.
+_PERMANENT_ERRORS = (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch)
 
 
-def describe(exc: BaseException) -> str:
-    """Name an aiohttp error in one line; never repr(): some reprs hold the request headers, key included."""
+def _describe(exc: BaseException) -> str:
+    # Never repr(): some aiohttp reprs hold the request headers, and so the API key.
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-TRANSPORT_ERRORS = (asyncio.TimeoutError, aiohttp.ClientError)
+@contextlib.contextmanager
+def _map_transport_errors(request_id: str | None = None) -> Iterator[None]:
+    try:
+        yield
+    except asyncio.TimeoutError as exc:  # first: aiohttp's timeouts are also ClientConnectionErrors
+        raise APITimeoutError("timed out waiting for the API", request_id=request_id) from exc
+    except _TRANSPORT_ERRORS as exc:
+        error = APIConnectionError(f"connection to the API failed: {_describe(exc)}", request_id=request_id)
+        error._permanent = isinstance(exc, _PERMANENT_ERRORS)
+        raise error from exc
+
+
+async def _read_to_end(response: aiohttp.ClientResponse) -> bool:
+    read = 0
+    while read <= _DRAIN_BYTES:
+        data = await response.content.readany()
+        if not data:
+            return True
+        read += len(data)
+    return False  # more trailing data than we will read
 
 
 class Transport:
@@ -49,10 +76,8 @@ class Transport:
         self._closed = False
         self._timeouts: dict[tuple[Timeout, bool], aiohttp.ClientTimeout] = {}
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def check_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._closed:
-            raise RuntimeError("this client is closed; create a new client to make more calls")
         if self._loop is None:
             self._loop = loop
         elif loop is not self._loop:
@@ -61,6 +86,11 @@ class Transport:
                 "this client was first used in another event loop; create one client per event loop "
                 "(or use nebula_sync.NebulaClient from threads)"
             )
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("this client is closed; create a new client to make more calls")
+        self.check_loop()
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
             self._session = aiohttp.ClientSession(
@@ -78,8 +108,9 @@ class Transport:
                 # Silence longer than stream_idle breaks the idle limit too: let the socket say so.
                 read = timeout.stream_idle if read is None else min(read, timeout.stream_idle)
             cached = aiohttp.ClientTimeout(
-                # A stream has no total: it is bounded by read and stream-idle timeouts instead.
+                # A stream has no total, only the wait for a connection (pool and connect) does.
                 total=None if stream else timeout.total,
+                connect=timeout.total if stream else None,
                 sock_connect=timeout.connect,
                 sock_read=read,
             )
@@ -90,48 +121,64 @@ class Transport:
     async def post(
         self, body: bytes, headers: Mapping[str, str], timeout: aiohttp.ClientTimeout, attempt: int
     ) -> aiohttp.ClientResponse:
-        """Send one request and return the response with its body unread; map transport errors."""
+        """Send one request and return the response with its body unread."""
         session = self._get_session()
         started = time.monotonic()
         try:
-            response = await session.post(self.url, data=body, headers=headers, timeout=timeout)
-        except TRANSPORT_ERRORS as exc:
-            logger.debug(
-                "POST %s failed after %.1f ms (attempt %d): %s",
-                self.url,
-                (time.monotonic() - started) * 1000,
-                attempt,
-                describe(exc),
-            )
-            raise transport_error(exc) from exc
-        logger.debug(
-            "POST %s -> %d in %.1f ms (attempt %d)",
-            self.url,
-            response.status,
-            (time.monotonic() - started) * 1000,
-            attempt,
-        )
+            with _map_transport_errors():
+                response = await session.post(
+                    self.url,
+                    data=body,
+                    headers=headers,
+                    timeout=timeout,
+                    # The status is ours to map, and a redirect would turn the POST into a GET.
+                    raise_for_status=False,
+                    allow_redirects=False,
+                )
+        except APIConnectionError as exc:
+            elapsed = (time.monotonic() - started) * 1000
+            logger.debug("POST %s failed after %.1f ms (attempt %d): %s", self.url, elapsed, attempt, exc)
+            raise
+        elapsed = (time.monotonic() - started) * 1000
+        logger.debug("POST %s -> %d in %.1f ms (attempt %d)", self.url, response.status, elapsed, attempt)
         return response
 
     @staticmethod
     async def read_body(response: aiohttp.ClientResponse) -> bytes:
-        """Read a whole body and release the connection; map transport errors."""
+        """Read a whole body and release the connection."""
         try:
-            return await response.read()
-        except TRANSPORT_ERRORS as exc:
-            raise transport_error(exc, response.headers.get("x-request-id")) from exc
+            with _map_transport_errors(response.headers.get("x-request-id")):
+                return await response.read()
         finally:
             response.release()
 
-    @property
-    def closed(self) -> bool:
-        """Say whether aclose() was called."""
-        return self._closed
+    @staticmethod
+    async def read_chunk(response: aiohttp.ClientResponse, request_id: str | None) -> bytes:
+        """Return the next bytes that arrived (as many as there are), or b"" at the end of the body."""
+        with _map_transport_errors(request_id):
+            return await response.content.readany()
+
+    @staticmethod
+    async def drain(response: aiohttp.ClientResponse) -> None:
+        """Read what is left of a body, briefly, then release it to the pool, or close it if it won't end."""
+        try:
+            ended = await asyncio.wait_for(_read_to_end(response), _DRAIN_SECONDS)
+        except _TRANSPORT_ERRORS:  # slow or broken: the connection is not worth keeping
+            ended = False
+        except BaseException:
+            response.close()
+            raise
+        if ended:
+            response.release()
+        else:
+            response.close()
 
     async def aclose(self) -> None:
         """Close the session if we made it; idempotent."""
         if self._closed:
             return
+        if self._loop is not None:
+            self.check_loop()  # closing from another loop would leak the sockets silently
         self._closed = True
         session, self._session = self._session, None
         if self._owned and session is not None and not session.closed:

@@ -47,7 +47,7 @@ def parse_event(data: str, headers: Mapping[str, str]) -> TextChunk:
     payload = parse_json(data, 200, headers)
     if not isinstance(payload, dict):
         raise _malformed(200, headers, f"a stream event is not a JSON object: {data[:200]!r}")
-    if "error" in payload or payload.get("status") == "error":
+    if isinstance(payload.get("error"), dict) or payload.get("status") == "error":
         raise _error(200, payload, headers)
     try:
         return structure_chunk(payload)

@@ -9,6 +9,7 @@ __all__ = ["MAX_LINE_BYTES", "SSEDecoder", "SSEProtocolError", "ServerSentEvent"
 # One event's line never comes near this; a server that never sends a line end must not make us
 # buffer without bound.
 MAX_LINE_BYTES = 4 * 1024 * 1024
+_BOM = b"\xef\xbb\xbf"
 
 
 class SSEProtocolError(ValueError):
@@ -32,11 +33,15 @@ class SSEDecoder:
     fields are ignored; an event with no ``data`` is not dispatched.
     """
 
-    __slots__ = ("_buffer", "_data", "_event", "_last_id", "_retry", "_skip_lf")
+    __slots__ = ("_at_start", "_data", "_event", "_last_id", "_partial", "_partial_len", "_retry", "_skip_lf")
 
     def __init__(self) -> None:
-        self._buffer = b""  # the start of a line whose end has not arrived yet
+        # The start of a line whose end has not arrived yet, as parts: joined once the end comes,
+        # so a long line sent in many reads costs linear time, not quadratic.
+        self._partial: list[bytes] = []
+        self._partial_len = 0
         self._skip_lf = False  # the last chunk ended in CR: an LF opening the next one belongs to it
+        self._at_start = True  # a UTF-8 byte order mark may open the stream, and is dropped
         self._data: list[str] = []
         self._event = ""
         self._last_id: str | None = None
@@ -50,18 +55,28 @@ class SSEDecoder:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        if self._buffer:
-            chunk = self._buffer + chunk
-            self._buffer = b""
-        if not chunk:
+        if self._at_start:
+            chunk = b"".join(self._partial) + chunk
+            self._partial.clear()
+            self._partial_len = 0
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                self._keep_partial(chunk)  # maybe a BOM split across reads: wait for more
+                return []
+            self._at_start = False
+            if chunk.startswith(_BOM):
+                chunk = chunk[len(_BOM) :]
+        if b"\n" not in chunk and b"\r" not in chunk:
+            self._keep_partial(chunk)
             return []
+        if self._partial:
+            chunk = b"".join(self._partial) + chunk
+            self._partial.clear()
+            self._partial_len = 0
         # bytes.splitlines splits on exactly LF, CRLF and CR: the three SSE line ends.
         lines = chunk.splitlines(keepends=True)
         last = lines[-1]
         if last[-1:] not in (b"\n", b"\r"):
-            if len(last) > MAX_LINE_BYTES:
-                raise SSEProtocolError(f"event stream line longer than {MAX_LINE_BYTES} bytes")
-            self._buffer = last
+            self._keep_partial(last)
             lines.pop()
         elif last[-1:] == b"\r":
             self._skip_lf = True
@@ -78,6 +93,14 @@ class SSEDecoder:
                 continue
             self._process(line)
         return events
+
+    def _keep_partial(self, data: bytes) -> None:
+        if not data:
+            return
+        self._partial_len += len(data)
+        if self._partial_len > MAX_LINE_BYTES:
+            raise SSEProtocolError(f"event stream line longer than {MAX_LINE_BYTES} bytes")
+        self._partial.append(data)
 
     def _process(self, line: bytes) -> None:
         if line[:1] == b":":  # a comment, often a keep-alive
@@ -109,4 +132,4 @@ class SSEDecoder:
 
     def pending(self) -> bool:
         """Say whether a partial line or an undispatched event is buffered (a truncated stream)."""
-        return bool(self._buffer) or bool(self._data)
+        return bool(self._partial) or bool(self._data)

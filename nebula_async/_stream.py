@@ -19,11 +19,9 @@ if TYPE_CHECKING:
     import aiohttp
 
     from ._client import AsyncNebulaClient
+    from ._http import Transport
 
 __all__ = ["TextStream"]
-
-_DRAIN_SECONDS = 1.0  # after the final event, how long the rest of the body may take to arrive
-_DRAIN_BYTES = 64 * 1024  # and how much of it we read, to keep the connection for the pool
 
 
 class TextStream:
@@ -32,7 +30,8 @@ class TextStream:
     Nothing is sent until ``async with`` or the first iteration. Use ``async with`` (or call
     ``aclose()``) when you may stop early: the connection is released at once. A stream that is
     iterated to its end releases it by itself. The stream is retried only before its first chunk
-    reaches you, so no text is delivered twice.
+    reaches you, so no text is delivered twice; a stream that failed, was cancelled or was closed
+    early raises RuntimeError if used again: start a new one.
     """
 
     def __init__(self, client: AsyncNebulaClient, body: bytes, policy: RetryPolicy, timeout: Timeout) -> None:
@@ -40,6 +39,7 @@ class TextStream:
         self._body = body
         self._policy = policy
         self._timeout = timeout
+        self._transport: Transport | None = None
         self._response: aiohttp.ClientResponse | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._decoder = SSEDecoder()
@@ -52,6 +52,7 @@ class TextStream:
         self._ended = False  # the final event (or [DONE]) has been read
         self._closed = False
         self._error: NebulaError | None = None  # raised once the chunks read before it are delivered
+        self._failure: BaseException | None = None  # what ended the stream early: it can't resume
         self._idle_limit: float | None = None
         self._idle_deadline: float | None = None
 
@@ -105,18 +106,19 @@ class TextStream:
 
     async def aclose(self) -> None:
         """Release the connection; idempotent. A stream closed before its end cannot be iterated again."""
+        self._close()
+
+    def _close(self) -> None:
         if self._closed:
             return
-        if self._ended and not self._buffered:
-            await self._finish()
+        self._closed = True
+        if self._ended and not self._buffered and self._error is None:
+            self._finish()
         else:
-            # Closed before its end: what was read but not delivered is dropped, and iterating
-            # again goes to _advance, which says the stream is closed.
+            # Closed before its end: what was read but not delivered is dropped.
             self._buffered.clear()
             self._error = None
-            self._ended = False
-        self._closed = True
-        self._discard()
+            self._discard()
 
     # The sync TextStream drives these two: one thread hop per network read, not one per chunk.
     def _next_buffered(self) -> TextChunk | None:
@@ -135,18 +137,17 @@ class TextStream:
         while not self._buffered:
             if self._error is not None:
                 error, self._error = self._error, None
-                self._discard()
+                self._fail(error)
                 raise error
             if self._ended:
-                await self._finish()
+                self._finish()
                 return False
             await self._advance(read=True)
         return True
 
     async def _advance(self, *, read: bool) -> None:
         """Open the response if needed and, if ``read``, consume one network read; retry while allowed."""
-        if self._closed:
-            raise RuntimeError("this stream was closed before its end; start a new one with stream_text()")
+        self._check_usable()
         while True:
             try:
                 if self._response is None and not self._ended:
@@ -156,19 +157,37 @@ class TextStream:
                 return
             except NebulaError as err:
                 self._discard()
+                if self._closed:  # aclose() from another task cut the read short: not a failure to retry
+                    raise RuntimeError("this stream was closed while it was being read") from err
                 # Once text reached the caller a retry would deliver it twice.
                 if self._delivered or not await self._client._wait_before_retry(
                     self._policy, self._attempts, err
                 ):
+                    self._fail(err)
                     raise
+                self._check_usable()  # closed while we slept
                 self._decoder = SSEDecoder()
                 self._buffered.clear()
-            except BaseException:  # cancelled, or a bug: never leave the connection checked out
-                self._discard()
+            except BaseException as exc:  # cancelled, or a bug: never leave the connection checked out
+                self._fail(exc)
                 raise
 
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError(
+                f"this stream failed earlier ({type(self._failure).__name__}); "
+                "start a new one with stream_text()"
+            ) from self._failure
+        if self._closed:
+            raise RuntimeError("this stream was closed before its end; start a new one with stream_text()")
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failure = exc
+        self._buffered.clear()
+        self._discard()
+
     async def _open(self) -> None:
-        transport = self._client._get_transport()
+        transport = self._transport = self._client._get_transport()
         self._attempts += 1
         client_timeout = transport.client_timeout(self._timeout, stream=True)
         response = await transport.post(
@@ -191,17 +210,14 @@ class TextStream:
         self._idle_deadline = self._loop.time() + self._idle_limit if self._idle_limit else None
 
     async def _read(self) -> None:
-        from ._http import TRANSPORT_ERRORS, transport_error
-
         response = self._response
         assert response is not None
+        assert self._transport is not None
         assert self._loop is not None
-        try:
-            data = await response.content.readany()
-        except TRANSPORT_ERRORS as exc:
-            raise transport_error(exc, self._request_id) from exc
+        data = await self._transport.read_chunk(response, self._request_id)
         if not data:
-            raise APIConnectionError("the stream ended before its final event", request_id=self._request_id)
+            where = "in the middle of an event" if self._decoder.pending() else "before its final event"
+            raise APIConnectionError(f"the stream ended {where}", request_id=self._request_id)
         try:
             events = self._decoder.feed(data)
         except SSEProtocolError as exc:
@@ -213,10 +229,11 @@ class TextStream:
             if event.event not in ("message", "error"):
                 continue  # event types of a newer API: not ours to interpret
             got_data = True
-            if event.data == DONE:
-                self._ended = True
-                break
             try:
+                if event.data == DONE:  # we stop at the final event, so this one came before it
+                    raise APIConnectionError(
+                        "the stream sent [DONE] before its final event", request_id=self._request_id
+                    )
                 chunk = parse_event(event.data, response.headers)
             except NebulaError as err:
                 if not self._buffered:
@@ -236,32 +253,16 @@ class TextStream:
                     f"no data event in the stream for {self._idle_limit:g} s", request_id=self._request_id
                 )
 
-    async def _finish(self) -> None:
-        """After the final event: read the rest of the body, briefly, so the connection can be reused."""
+    def _finish(self) -> None:
+        """After the final event: hand the connection back to the pool, draining the body's tail if any."""
         response, self._response = self._response, None
         if response is None:
             return
-        from ._http import TRANSPORT_ERRORS
-
-        try:
-            await asyncio.wait_for(self._drain(response), _DRAIN_SECONDS)
-        except TRANSPORT_ERRORS:
-            response.close()  # a slow or broken tail: the connection is not worth keeping
-        except BaseException:
-            response.close()
-            raise
-        else:
+        if response.content.at_eof():
             response.release()
-
-    @staticmethod
-    async def _drain(response: aiohttp.ClientResponse) -> None:
-        read = 0
-        while read <= _DRAIN_BYTES:
-            data = await response.content.readany()
-            if not data:
-                return
-            read += len(data)
-        raise asyncio.TimeoutError  # more trailing data than we will read: treat as a slow tail
+        else:
+            # Not on the caller's time: the loop ends as soon as the final chunk is delivered.
+            self._client._drain_later(response)
 
     def _discard(self) -> None:
         """Close the response now: an unread body means the connection cannot be reused."""
@@ -277,19 +278,21 @@ class TextStream:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        _warn(
-            "TextStream was not closed: use 'async with client.stream_text(...)' or call aclose()",
-            ResourceWarning,
-            source=self,
-            stacklevel=2,
-        )
         try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            response.close()
-            return
-        # Collected in another thread (a forgotten sync stream): close in the loop's own thread.
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: its sockets are gone anyway
-            loop.call_soon_threadsafe(response.close)
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                response.close()
+            else:
+                # Collected in another thread (a forgotten sync stream): close in the loop's own thread.
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: its sockets are gone
+                    loop.call_soon_threadsafe(response.close)
+        finally:  # warn after closing: under -W error the warning raises, and must not leak the connection
+            _warn(
+                "TextStream was not closed: use 'async with client.stream_text(...)' or call aclose()",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )

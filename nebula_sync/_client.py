@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import logging
+import os
 import threading
 import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["NebulaClient"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("nebula_async")
 
 
 class NebulaClient:
@@ -63,10 +67,12 @@ class NebulaClient:
         )
         portal_cm = start_blocking_portal(name="nebula-sync")
         self._portal = portal_cm.__enter__()
+        self._pid = os.getpid()
         loop_thread = self._portal.call(threading.get_ident)
         # Runs on close(), on garbage collection and at interpreter exit, whichever comes first:
         # a portal never exited would leave the session unclosed.
         self._finalizer = weakref.finalize(self, _shutdown, portal_cm, self._portal, self._async, loop_thread)
+        _live_clients.add(self)
 
     def __repr__(self) -> str:
         return f"NebulaClient(base_url={self._async.base_url!r}, max_retries={self._async.retry.max_retries})"
@@ -83,8 +89,17 @@ class NebulaClient:
         """Close the connection pool and stop the client's thread; idempotent."""
         self._finalizer()
 
+    @property
+    def closed(self) -> bool:
+        """Say whether close() was called (or the client was left behind by a fork)."""
+        return not self._finalizer.alive
+
     def _run(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         if not self._finalizer.alive:
+            if os.getpid() != self._pid:
+                raise RuntimeError(
+                    "this NebulaClient was created in another process; create a new one after fork"
+                )
             raise RuntimeError("this client is closed; create a new NebulaClient to make more calls")
         future = self._portal.start_task_soon(partial(fn, *args, **kwargs))
         try:
@@ -149,7 +164,7 @@ class NebulaClient:
             timeout=timeout,
             max_retries=max_retries,
         )
-        return TextStream(stream, self._run)
+        return TextStream(stream, self)
 
     def generate_many(
         self,
@@ -160,8 +175,9 @@ class NebulaClient:
         return_exceptions: bool = False,
     ) -> list[Any]:
         """Run many generations concurrently; see AsyncNebulaClient.generate_many."""
+        # Your iterable is read in a worker thread, never in the event loop all calls share.
         return self._run(
-            self._async.generate_many, requests, concurrency=concurrency, return_exceptions=return_exceptions
+            self._async._generate_many, requests, concurrency, return_exceptions, pull_in_thread=True
         )
 
 
@@ -177,10 +193,33 @@ def _shutdown(
         return
     try:
         portal.call(client.aclose)
+    except RuntimeError:  # the portal already stopped (late in interpreter shutdown)
+        pass
+    except Exception:  # at exit or in GC an error can only be printed as noise: log it, stop anyway
+        logger.debug("closing the client failed", exc_info=True)
+    try:
         # Calls still running (say, sleeping before a retry) are cancelled, not waited for:
         # close() and interpreter exit must not hang on them.
         portal.call(portal.stop, True)
-    except RuntimeError:  # the portal already stopped (late in interpreter shutdown)
+    except RuntimeError:
         pass
     finally:
         portal_cm.__exit__(None, None, None)
+
+
+# A forked child has the client objects but not their event-loop thread: waiting on it would hang
+# every call and the child's exit, so the child forgets them (their parent still owns them).
+_live_clients: weakref.WeakSet[NebulaClient] = weakref.WeakSet()
+# What the child's forgotten finalizers held, kept for good: collecting the portal's context manager
+# would run its exit, which joins the thread that the child does not have.
+_left_by_fork: list[object] = []
+
+
+def _forget_clients_after_fork() -> None:
+    for client in list(_live_clients):
+        _left_by_fork.append(client._finalizer.detach())
+    _live_clients.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forget_clients_after_fork)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING
 
 from nebula_async import TextChunk
 from nebula_async import TextStream as AsyncTextStream
 
-__all__ = ["TextStream"]
+if TYPE_CHECKING:
+    from ._client import NebulaClient
 
-T = TypeVar("T")
+__all__ = ["TextStream"]
 
 
 class TextStream:
@@ -21,9 +21,10 @@ class TextStream:
     one chunk per trip.
     """
 
-    def __init__(self, stream: AsyncTextStream, run: Callable[..., Any]) -> None:
+    def __init__(self, stream: AsyncTextStream, client: NebulaClient) -> None:
         self._stream = stream
-        self._run: Callable[[Callable[[], Awaitable[T]]], T] = run
+        self._client = client
+        self._run = client._run
 
     @property
     def text(self) -> str:
@@ -74,4 +75,6 @@ class TextStream:
 
     def close(self) -> None:
         """Release the connection; idempotent."""
+        if self._client.closed:
+            return  # closing the client closed its streams
         self._run(self._stream.aclose)

@@ -340,9 +340,9 @@ def test_bad_base_url_is_rejected(base_url: Any, error: type[Exception]) -> None
 
 
 def test_bad_env_base_url_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A malformed NEBULA_BASE_URL raises at construction instead of at the first call."""
+    """A malformed NEBULA_BASE_URL raises at construction, naming the variable it came from."""
     monkeypatch.setenv("NEBULA_BASE_URL", "not a url")
-    with pytest.raises(ValueError, match="base_url"):
+    with pytest.raises(ValueError, match="NEBULA_BASE_URL"):
         AsyncNebulaClient("k")
 
 
@@ -359,7 +359,18 @@ def test_key_with_whitespace_is_rejected_without_echoing_it(key: str) -> None:
     ("kwargs", "error"),
     [
         ({"max_connections": 0}, ValueError),
-        ({"max_connections": True}, ValueError),
+        ({"max_connections": True}, TypeError),
+        ({"max_connections": "10"}, TypeError),
+        ({"max_retries": "3", "retry": RetryPolicy()}, TypeError),
+        ({"timeout": 0}, ValueError),
+        ({"default_headers": {"Authorization": "Bearer other"}}, ValueError),
+        ({"default_headers": {"X-Bad": "a\r\nInjected: 1"}}, ValueError),
+        ({"default_headers": {"Bad Name": "v"}}, ValueError),
+        ({"api_key": "sk-\u00e9t\u00e9"}, ValueError),
+        ({"base_url": "http://:8080/v1"}, ValueError),
+        ({"base_url": "http://[::1/v1"}, ValueError),
+        ({"base_url": "http://127.0.0.1:99999/v1"}, ValueError),
+        ({"base_url": "http://user:pw@127.0.0.1/v1"}, ValueError),
         ({"retry": 3}, TypeError),
         ({"timeout": "10"}, TypeError),
         ({"max_retries": -1}, ValueError),
@@ -368,9 +379,10 @@ def test_key_with_whitespace_is_rejected_without_echoing_it(key: str) -> None:
     ],
 )
 def test_bad_constructor_arguments_raise(kwargs: dict[str, Any], error: type[Exception]) -> None:
-    """A bad constructor argument raises at construction, not at the first call."""
-    with pytest.raises(error):
-        AsyncNebulaClient("k", base_url=BASE_URL, **kwargs)
+    """A bad constructor argument raises at construction, not at the first call, without echoing the key."""
+    with pytest.raises(error) as info:
+        AsyncNebulaClient(**{"api_key": "k", "base_url": BASE_URL, **kwargs})
+    assert "pw@" not in str(info.value)  # a URL holding credentials is not echoed
 
 
 def test_retry_policy_wins_over_max_retries() -> None:

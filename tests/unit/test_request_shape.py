@@ -226,15 +226,28 @@ async def test_extra_body_clashing_with_a_parameter_is_refused(mock_api: MockAPI
     assert mock_api.requests == {}
 
 
-@pytest.mark.parametrize("value", [object(), {1, 2}, float("nan"), float("inf"), b"bytes"])
-async def test_extra_body_non_json_value_is_a_type_error(mock_api: MockAPI, value: object) -> None:
-    """An extra_body value JSON cannot represent raises TypeError before anything is sent."""
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (object(), TypeError),
+        ({1, 2}, TypeError),
+        (b"bytes", TypeError),
+        (float("nan"), ValueError),
+        (float("inf"), ValueError),
+    ],
+)
+async def test_extra_body_non_json_value_is_refused(
+    mock_api: MockAPI, value: object, error: type[Exception]
+) -> None:
+    """An extra_body value JSON cannot carry (a wrong type, or NaN/inf) raises before anything is sent."""
     mock_api.post(ENDPOINT, payload=success_body())
     async with make_client() as client:
-        with pytest.raises(TypeError, match="extra_body"):
+        with pytest.raises(error, match="extra_body"):
             await client.generate_text(model="m", prompt="p", extra_body={"x": value})
-        with pytest.raises(TypeError, match="extra_body"):
+        with pytest.raises(error, match="extra_body"):
             client.stream_text(model="m", prompt="p", extra_body={"x": value})
+        with pytest.raises(TypeError, match="extra_body must be a dict"):
+            await client.generate_text(model="m", prompt="p", extra_body=["seed"])  # type: ignore[arg-type]  # the mistake under test
     assert mock_api.requests == {}
 
 
