@@ -71,8 +71,9 @@ class Timeout:
 
     - ``connect``: opening a TCP connection.
     - ``read``: the longest wait between two reads from the socket (for streams too).
-    - ``total``: a whole non-streaming call, including waiting for a pooled connection; streams
-      have no total, they are bounded by ``read`` and ``stream_idle`` instead.
+    - ``total``: a whole non-streaming call, including waiting for a pooled connection. A stream
+      has no overall limit: ``total`` bounds only its wait for a connection, then ``read`` and
+      ``stream_idle`` bound its silences.
     - ``stream_idle``: the longest wait between two ``data`` events in a stream; comments and
       keep-alive lines do not reset it, so a stalled stream still fails.
     """

@@ -35,7 +35,8 @@ class NebulaClient:
 
     Takes the same arguments as AsyncNebulaClient, except ``session`` (an aiohttp session belongs
     to one event loop, and this client runs its own). ``close()`` is optional: a client that is
-    never closed is shut down cleanly when collected or at interpreter exit.
+    never closed is shut down cleanly when collected or at interpreter exit. After ``os.fork()``
+    the child can't use a client made before it: create a new one there.
     """
 
     def __init__(
