@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import os
 import weakref
-from collections import deque
 from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ._batch import ItemSource
 from ._config import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_CONNECTIONS,
@@ -220,11 +219,11 @@ class AsyncNebulaClient:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         results: list[Any] = []
-        next_item = _item_source(requests, pull_in_thread=pull_in_thread, batch=concurrency)
+        source = ItemSource(requests, in_thread=pull_in_thread)
 
         async def worker() -> None:
             while True:
-                item = await next_item()
+                item = await source.next()
                 if item is None:
                     return
                 # The slot is taken before any await, so results keep input order.
@@ -245,6 +244,8 @@ class AsyncNebulaClient:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        finally:
+            source.close()
         return results
 
     async def _generate_item(self, item: GenerateRequest | Mapping[str, Any]) -> TextGeneration:
@@ -272,6 +273,8 @@ class AsyncNebulaClient:
 
     async def _wait_before_retry(self, policy: RetryPolicy, attempt: int, error: NebulaError) -> bool:
         """Sleep before retry ``attempt`` and return True, or return False to give up."""
+        if self._closed:  # closing the client is what broke the call: say so, don't retry
+            raise RuntimeError("this client was closed while the call was running") from error
         delay = retry_delay(policy, attempt, error)
         if delay is None:
             return False
@@ -354,57 +357,3 @@ def _unencodable_field(payload: Mapping[str, Any]) -> str:
         except UnicodeEncodeError:
             return name if name in _RESERVED_BODY_KEYS else f"extra_body[{name!r}]"
     return "the request"  # unreachable in practice: encode() failed, so some field is at fault
-
-
-def _item_source(
-    requests: Iterable[GenerateRequest | Mapping[str, Any]]
-    | AsyncIterable[GenerateRequest | Mapping[str, Any]],
-    *,
-    pull_in_thread: bool,
-    batch: int,
-) -> Any:
-    """Return an async function giving the next item as a 1-tuple, or None at the end.
-
-    With ``pull_in_thread`` a plain iterable is read in a worker thread, ``batch`` items at a time:
-    the sync client's caller code must not run in (and stall) the event loop every call shares.
-    """
-    if isinstance(requests, AsyncIterable):
-        iterator = aiter(requests)
-        lock = asyncio.Lock()  # an async generator can't be advanced by two workers at once
-        done = False
-
-        async def next_async() -> tuple[Any] | None:
-            nonlocal done
-            async with lock:
-                if done:
-                    return None
-                try:
-                    return (await anext(iterator),)
-                except StopAsyncIteration:
-                    done = True
-                    return None
-
-        return next_async
-    if not isinstance(requests, Iterable) or isinstance(requests, (str, bytes, Mapping)):
-        raise TypeError(
-            f"requests must be an iterable of GenerateRequest or dicts, got {type(requests).__name__}"
-        )
-    sync_iterator = iter(requests)
-
-    async def next_sync() -> tuple[Any] | None:
-        for item in sync_iterator:
-            return (item,)
-        return None
-
-    if not pull_in_thread:
-        return next_sync
-    pulled: deque[Any] = deque()
-    pull_lock = asyncio.Lock()  # a generator can't be advanced from two threads at once
-
-    async def next_threaded() -> tuple[Any] | None:
-        async with pull_lock:
-            if not pulled:
-                pulled.extend(await asyncio.to_thread(lambda: list(itertools.islice(sync_iterator, batch))))
-            return (pulled.popleft(),) if pulled else None
-
-    return next_threaded

@@ -193,6 +193,9 @@ class TextStream:
         response = await transport.post(
             self._body, self._client._stream_headers, client_timeout, self._attempts
         )
+        if self._closed:  # aclose() from another task while we waited for the headers
+            response.close()
+            raise RuntimeError("this stream was closed while it was being read")
         self._response = response
         self._client._streams.add(self)
         self._loop = asyncio.get_running_loop()

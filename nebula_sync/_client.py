@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import logging
 import os
@@ -74,6 +75,7 @@ class NebulaClient:
         # a portal never exited would leave the session unclosed.
         self._finalizer = weakref.finalize(self, _shutdown, portal_cm, self._portal, self._async, loop_thread)
         _live_clients.add(self)
+        _watch_for_exit()
 
     def __repr__(self) -> str:
         return f"NebulaClient(base_url={self._async.base_url!r}, max_retries={self._async.retry.max_retries})"
@@ -106,11 +108,13 @@ class NebulaClient:
         try:
             return future.result()
         except concurrent.futures.CancelledError:
-            if self._finalizer.alive:
+            if not self.closed:
                 raise
+            _park_if_exiting()
             raise RuntimeError("this client was closed while the call was running") from None
         except BaseException:  # KeyboardInterrupt too: cancel the call underneath, then re-raise
             future.cancel()
+            _park_if_exiting()
             raise
 
     def generate_text(
@@ -206,6 +210,31 @@ def _shutdown(
         pass
     finally:
         portal_cm.__exit__(None, None, None)
+
+
+# At interpreter exit the clients are closed (by their finalizers), which ends the calls still
+# running. Only daemon threads can be mid-call then, and they are about to vanish: rather than have
+# each print a traceback while the interpreter shuts down, they wait quietly for the end.
+_exiting = False
+_exit_hook_registered = False
+
+
+def _watch_for_exit() -> None:
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        _exit_hook_registered = True
+        # Registered after weakref.finalize's own exit hook, so it runs before it (atexit is LIFO).
+        atexit.register(_note_exit)
+
+
+def _note_exit() -> None:
+    global _exiting
+    _exiting = True
+
+
+def _park_if_exiting() -> None:
+    if _exiting and threading.current_thread() is not threading.main_thread():
+        threading.Event().wait()
 
 
 # A forked child has the client objects but not their event-loop thread: waiting on it would hang

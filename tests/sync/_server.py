@@ -48,6 +48,18 @@ class ThreadedServer:
         with self._lock:
             return len(self.requests)
 
+    @property
+    def open_connections(self) -> int:
+        """How many client connections the server holds open right now, counted in its own loop."""
+        assert self._runner is not None
+        assert self._runner.server is not None
+        server = self._runner.server
+
+        async def count() -> int:
+            return len(server.connections)
+
+        return asyncio.run_coroutine_threadsafe(count(), self._loop).result(timeout=5)
+
     def start(self) -> ThreadedServer:
         """Start the loop thread and the server; return once it accepts connections."""
         self._thread.start()
