@@ -35,6 +35,9 @@ def _portal_tasks(client: NebulaClient) -> int:
 def interrupt_main() -> Iterator[Callable[[Callable[[], bool]], None]]:
     """Return a function that, from a helper thread, sends SIGINT to the main thread once ``condition()``."""
     assert threading.current_thread() is threading.main_thread()  # SIGINT lands in the main thread only
+    # A process started in the background by a non-interactive shell (as some CI runners do)
+    # inherits SIGINT as ignored: install Python's handler so Ctrl-C is what is tested.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threads: list[threading.Thread] = []
 
     def arm(condition: Callable[[], bool]) -> None:
@@ -47,9 +50,12 @@ def interrupt_main() -> Iterator[Callable[[Callable[[], bool]], None]]:
         threads.append(thread)
         thread.start()
 
-    yield arm
-    for thread in threads:
-        thread.join(5)
+    try:
+        yield arm
+    finally:
+        for thread in threads:
+            thread.join(5)
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_keyboard_interrupt_cancels_the_call_underneath(
