@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -207,3 +208,13 @@ def error_status(code: str, status: int) -> Handler:
         return web.json_response(error_body(code, "nope"), status=status, headers={"x-request-id": "req_e"})
 
     return handler
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True

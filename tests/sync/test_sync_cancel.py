@@ -14,16 +14,7 @@ from aiohttp import web
 
 from nebula_sync import NebulaClient, RetryPolicy
 from tests.helpers import KEY, error_body
-from tests.sync._server import ThreadedServer, slow, stalled_stream
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+from tests.sync._server import ThreadedServer, slow, stalled_stream, wait_for
 
 
 def _portal_tasks(client: NebulaClient) -> int:
@@ -42,7 +33,7 @@ def interrupt_main() -> Iterator[Callable[[Callable[[], bool]], None]]:
 
     def arm(condition: Callable[[], bool]) -> None:
         def fire() -> None:
-            if _wait_for(condition, 5.0):
+            if wait_for(condition, 5.0):
                 time.sleep(0.05)  # let the caller settle into its blocking wait
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]  # the main thread has an ident
 
@@ -71,8 +62,8 @@ def test_keyboard_interrupt_cancels_the_call_underneath(
             client.generate_text(model="m", prompt="p")
         assert time.monotonic() - started < 2.0
         # The request's connection was closed: the server's handler saw the cancellation.
-        assert _wait_for(lambda: threaded_server.cancelled == 1)
-        assert _wait_for(lambda: _portal_tasks(client) == idle_tasks)
+        assert wait_for(lambda: threaded_server.cancelled == 1)
+        assert wait_for(lambda: _portal_tasks(client) == idle_tasks)
         # The only pooled connection is free again, and the client still works.
         threaded_server.release()
         assert client.generate_text(model="m", prompt="again").text == "echo: again"
@@ -96,8 +87,8 @@ def test_keyboard_interrupt_during_a_stream_releases_it(
         with pytest.raises(KeyboardInterrupt):
             read_all()
         assert got == ["w0 ", "w1 "]
-        assert _wait_for(lambda: threaded_server.cancelled == 1)
-        assert _wait_for(lambda: _portal_tasks(client) == idle_tasks)
+        assert wait_for(lambda: threaded_server.cancelled == 1)
+        assert wait_for(lambda: _portal_tasks(client) == idle_tasks)
         started = time.monotonic()
         assert client.generate_text(model="m", prompt="next").text == "echo: next"
         assert time.monotonic() - started < 1.0
@@ -117,7 +108,7 @@ def test_close_is_prompt_while_a_call_waits_on_the_server(threaded_server: Threa
 
     worker = threading.Thread(target=call)
     worker.start()
-    assert _wait_for(lambda: threaded_server.request_count == 1)
+    assert wait_for(lambda: threaded_server.request_count == 1)
     started = time.monotonic()
     client.close()
     assert time.monotonic() - started < 1.0
@@ -126,7 +117,7 @@ def test_close_is_prompt_while_a_call_waits_on_the_server(threaded_server: Threa
     assert "result" not in outcome
     # The pending call ends with an error the caller can understand, not a hang.
     assert isinstance(outcome["error"], Exception)
-    assert _wait_for(lambda: threaded_server.cancelled == 1)
+    assert wait_for(lambda: threaded_server.cancelled == 1)
 
 
 def test_close_is_prompt_while_a_call_waits_to_retry(threaded_server: ThreadedServer) -> None:
@@ -149,7 +140,7 @@ def test_close_is_prompt_while_a_call_waits_to_retry(threaded_server: ThreadedSe
 
     worker = threading.Thread(target=call, daemon=True)
     worker.start()
-    assert _wait_for(lambda: threaded_server.request_count == 1)
+    assert wait_for(lambda: threaded_server.request_count == 1)
     time.sleep(0.1)  # the call is now sleeping out the Retry-After
     started = time.monotonic()
     client.close()

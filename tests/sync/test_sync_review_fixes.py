@@ -16,7 +16,7 @@ from aiohttp import web
 
 from nebula_sync import NebulaClient, RetryPolicy
 from tests.helpers import KEY, error_body
-from tests.sync._server import ThreadedServer, echo, stalled_stream
+from tests.sync._server import ThreadedServer, echo, stalled_stream, wait_for
 from tests.sync.conftest import PORTAL_THREAD, portal_threads
 from tests.sync.test_sync_exit import PRELUDE, run_code
 
@@ -24,15 +24,6 @@ CLOSED_MID_CALL = "closed while the call was running"
 CLOSED_MID_STREAM = "stream was closed while it was being read"
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="this platform has no os.fork")
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 # --- fork ----------------------------------------------------------------------------------------
@@ -213,7 +204,7 @@ def test_closing_a_finished_stream_after_the_client_is_a_no_op(threaded_server: 
     stream.close()
     assert stream.text == "echo: p"
     assert stream.finish_reason == "stop"
-    assert _wait_for(lambda: threaded_server.open_connections == 0)
+    assert wait_for(lambda: threaded_server.open_connections == 0)
 
 
 def test_client_close_closes_a_half_read_stream(threaded_server: ThreadedServer) -> None:
@@ -227,8 +218,8 @@ def test_client_close_closes_a_half_read_stream(threaded_server: ThreadedServer)
     client.close()
     assert time.monotonic() - started < 1.0
     # The server sees the connection go away while its handler still waits to finish the stream.
-    assert _wait_for(lambda: threaded_server.open_connections == 0)
-    assert _wait_for(lambda: threaded_server.cancelled == 1)
+    assert wait_for(lambda: threaded_server.open_connections == 0)
+    assert wait_for(lambda: threaded_server.cancelled == 1)
     stream.close()
     stream.close()
 
@@ -487,7 +478,7 @@ def test_close_ends_every_running_call_promptly(threaded_server: ThreadedServer)
     threads = [threading.Thread(target=run, args=item, daemon=True) for item in calls.items()]
     for thread in threads:
         thread.start()
-    assert _wait_for(lambda: threaded_server.request_count == 6 and chunks == ["w0 "])
+    assert wait_for(lambda: threaded_server.request_count == 6 and chunks == ["w0 "])
     time.sleep(0.1)  # the 429s are now being slept out
     started = time.monotonic()
     client.close()
@@ -526,7 +517,7 @@ def _race_close(server: ThreadedServer) -> None:
     threads = [threading.Thread(target=hammer, args=(i,), daemon=True) for i in range(8)]
     for thread in threads:
         thread.start()
-    assert _wait_for(lambda: all(results))
+    assert wait_for(lambda: all(results))
     client.close()
     deadline = time.monotonic() + 5
     for thread in threads:
