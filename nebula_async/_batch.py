@@ -3,95 +3,120 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import queue
-import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["ItemSource"]
+__all__ = ["CallerFedSource", "EscapedExit", "ItemSource", "check_requests"]
 
 _END = object()
 
 
-class ItemSource:
-    """Hand the items of ``requests`` to concurrent workers, one at a time, as 1-tuples; None at the end.
+class EscapedExit(Exception):
+    """Carries a SystemExit or KeyboardInterrupt raised by the caller's async iterable out of the event loop.
 
-    With ``in_thread`` a plain iterable is read by a daemon thread of its own, one item per request
-    for one: the sync client's callers' code must neither run in (and stall) the event loop every
-    call shares, nor hold up ``close()`` or interpreter exit when it blocks.
+    Raised as is inside the loop, either would stop the sync client's loop thread; the sync client
+    re-raises ``original`` in the caller's thread instead.
     """
 
-    def __init__(self, requests: Iterable[Any] | AsyncIterable[Any], *, in_thread: bool) -> None:
-        self._lock = asyncio.Lock()  # a generator can't be advanced by two workers at once
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(repr(original))
+        self.original = original
+
+
+def check_requests(requests: object) -> None:
+    """Raise TypeError unless ``requests`` is an iterable (or async iterable) of requests."""
+    if isinstance(requests, AsyncIterable):
+        return
+    if not isinstance(requests, Iterable) or isinstance(requests, (str, bytes, Mapping)):
+        raise TypeError(
+            f"requests must be an iterable of GenerateRequest or dicts, got {type(requests).__name__}"
+        )
+
+
+class ItemSource:
+    """Hand the items of ``requests`` to concurrent workers as 1-tuples; None at the end."""
+
+    def __init__(self, requests: Iterable[Any] | AsyncIterable[Any], *, carry_exits: bool = False) -> None:
+        check_requests(requests)
+        self._carry_exits = carry_exits
+        self._lock = asyncio.Lock()  # an async generator can't be advanced by two workers at once
         self._done = False
         self._async: AsyncIterator[Any] | None = None
         self._sync: Iterator[Any] | None = None
-        self._demand: queue.SimpleQueue[asyncio.Future[Any] | None] | None = None
         if isinstance(requests, AsyncIterable):
             self._async = aiter(requests)
-            return
-        if not isinstance(requests, Iterable) or isinstance(requests, (str, bytes, Mapping)):
-            raise TypeError(
-                f"requests must be an iterable of GenerateRequest or dicts, got {type(requests).__name__}"
-            )
-        self._sync = iter(requests)
-        if in_thread:
-            self._demand = queue.SimpleQueue()
-            threading.Thread(
-                target=_read_on_demand,
-                args=(self._sync, self._demand, asyncio.get_running_loop()),
-                name="nebula-batch-input",
-                daemon=True,
-            ).start()
+        else:
+            self._sync = iter(requests)
 
     async def next(self) -> tuple[Any] | None:
         """Return the next item as a 1-tuple, or None once the input is exhausted."""
-        if self._sync is not None and self._demand is None:
+        if self._sync is not None:
             for item in self._sync:  # no await: workers can't interleave here
                 return (item,)
             return None
+        assert self._async is not None
         async with self._lock:
             if self._done:
                 return None
-            if self._async is not None:
+            try:
                 item = await anext(self._async, _END)
-            else:
-                assert self._demand is not None
-                future = asyncio.get_running_loop().create_future()
-                self._demand.put(future)
-                item = await future
+            except (SystemExit, KeyboardInterrupt) as exc:
+                if not self._carry_exits:
+                    raise
+                raise EscapedExit(exc) from exc
             if item is _END:
                 self._done = True
                 return None
             return (item,)
 
-    def close(self) -> None:
-        """Let the reader thread, if any, end once it is free: nothing more will be asked of it."""
-        if self._demand is not None:
-            self._demand.put(None)
+
+class CallerFedSource:
+    """Items of a plain iterable, read on demand by the thread that waits for the call (the sync client's).
+
+    The caller's code then runs in the caller's thread, as it would without the SDK: not in the
+    event loop every call shares, and not in a thread of ours (thread-bound objects such as a
+    sqlite3 cursor keep working, and Ctrl-C or sys.exit in it behave as usual).
+    """
+
+    def __init__(self, requests: Iterable[Any]) -> None:
+        check_requests(requests)
+        self._iterator = iter(requests)
+        self._demand: queue.SimpleQueue[asyncio.Future[Any] | None] = queue.SimpleQueue()
+        self._lock = asyncio.Lock()  # binds to the running loop on first use, not here
+        self._done = False
+
+    async def next(self) -> tuple[Any] | None:
+        """Ask the caller's thread for the next item; None once the input is exhausted."""
+        async with self._lock:
+            if self._done:
+                return None
+            future = asyncio.get_running_loop().create_future()
+            self._demand.put(future)
+            item = await future
+            if item is _END:
+                self._done = True
+                return None
+            return (item,)
+
+    def serve(self, call: concurrent.futures.Future[Any]) -> None:
+        """In the caller's thread: answer the call's requests for items until the call is done."""
+        call.add_done_callback(lambda _: self._demand.put(None))
+        while True:
+            future = self._demand.get()
+            if future is None:
+                return
+            try:
+                item = next(self._iterator, _END)
+            except Exception as exc:  # the iterable's own error: it fails the call, as it would inline
+                _settle(future, exc, failed=True)
+            else:
+                _settle(future, item, failed=False)
 
 
-def _read_on_demand(
-    iterator: Iterator[Any],
-    demand: queue.SimpleQueue[asyncio.Future[Any] | None],
-    loop: asyncio.AbstractEventLoop,
-) -> None:
-    while True:
-        future = demand.get()
-        if future is None:
-            return
-        try:
-            item = next(iterator, _END)
-        except BaseException as exc:  # the caller's generator failed: the error is theirs, in their call
-            _hand_over(loop, future, exc, failed=True)
-            return
-        if not _hand_over(loop, future, item, failed=False) or item is _END:
-            return
-
-
-def _hand_over(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: Any, *, failed: bool
-) -> bool:
+def _settle(future: asyncio.Future[Any], value: Any, *, failed: bool) -> None:
     def settle() -> None:
         if future.done():  # the worker waiting for it was cancelled
             return
@@ -100,8 +125,5 @@ def _hand_over(
         else:
             future.set_result(value)
 
-    try:
-        loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # the loop is closed: the call is over, and so is this thread
-        return False
-    return True
+    with contextlib.suppress(RuntimeError):  # the loop is closed: the call is over
+        future.get_loop().call_soon_threadsafe(settle)

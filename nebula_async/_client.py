@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._batch import ItemSource
+from ._batch import CallerFedSource, ItemSource
 from ._config import (
+    CLIENT_CLOSED,
     DEFAULT_BASE_URL,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_RETRIES,
@@ -139,9 +140,11 @@ class AsyncNebulaClient:
         for task, response in drains.items():
             task.cancel()
             response.close()  # a task cancelled before its first step never runs its own cleanup
-        await asyncio.gather(*drains, return_exceptions=True)
-        if self._transport is not None:
-            await self._transport.aclose()
+        try:
+            await asyncio.gather(*drains, return_exceptions=True)
+        finally:  # even if this aclose() is cancelled: a second call would find the client closed
+            if self._transport is not None:
+                await self._transport.aclose()
 
     async def generate_text(
         self,
@@ -203,23 +206,16 @@ class AsyncNebulaClient:
         a failed item's exception stands in its place; otherwise the first failure cancels the
         rest and is raised.
         """
-        return await self._generate_many(requests, concurrency, return_exceptions, pull_in_thread=False)
+        return await self._generate_many(ItemSource(requests), concurrency, return_exceptions)
 
     async def _generate_many(
-        self,
-        requests: Iterable[GenerateRequest | Mapping[str, Any]]
-        | AsyncIterable[GenerateRequest | Mapping[str, Any]],
-        concurrency: int,
-        return_exceptions: bool,
-        *,
-        pull_in_thread: bool,
+        self, source: ItemSource | CallerFedSource, concurrency: int, return_exceptions: bool
     ) -> list[Any]:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int):
             raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         results: list[Any] = []
-        source = ItemSource(requests, in_thread=pull_in_thread)
 
         async def worker() -> None:
             while True:
@@ -244,8 +240,6 @@ class AsyncNebulaClient:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        finally:
-            source.close()
         return results
 
     async def _generate_item(self, item: GenerateRequest | Mapping[str, Any]) -> TextGeneration:
@@ -273,11 +267,11 @@ class AsyncNebulaClient:
 
     async def _wait_before_retry(self, policy: RetryPolicy, attempt: int, error: NebulaError) -> bool:
         """Sleep before retry ``attempt`` and return True, or return False to give up."""
-        if self._closed:  # closing the client is what broke the call: say so, don't retry
-            raise RuntimeError("this client was closed while the call was running") from error
         delay = retry_delay(policy, attempt, error)
         if delay is None:
             return False
+        if self._closed:  # the retry can't be sent, and closing is likely what broke the call
+            raise RuntimeError("this client was closed while the call was running") from error
         logger.warning(
             "retrying in %.3f s (retry %d of %d) after %s: %s",
             delay, attempt, policy.max_retries, type(error).__name__, error,
@@ -287,7 +281,7 @@ class AsyncNebulaClient:
 
     def _get_transport(self) -> Transport:
         if self._closed:
-            raise RuntimeError("this client is closed; create a new client to make more calls")
+            raise RuntimeError(CLIENT_CLOSED)
         transport = self._transport
         if transport is None:
             from ._http import Transport  # aiohttp is imported on first use, not with the package

@@ -14,6 +14,7 @@ import attrs
 from ._version import __version__
 
 __all__ = [
+    "CLIENT_CLOSED",
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_RETRIES",
@@ -33,6 +34,7 @@ DEFAULT_MAX_RETRIES = 2
 DEFAULT_MAX_CONNECTIONS = 100
 ENV_API_KEY = "NEBULA_API_KEY"
 ENV_BASE_URL = "NEBULA_BASE_URL"
+CLIENT_CLOSED = "this client is closed; create a new client to make more calls"
 USER_AGENT = f"nebula-sdk/{__version__} (nebula_async; Python {platform.python_version()})"
 
 
@@ -155,7 +157,7 @@ def check_base_url(url: object, source: str) -> str:
         raise ValueError(f"{source} must not contain credentials; pass the key as api_key= instead")
     if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
         raise ValueError(f"{source} must be an http(s) URL {example}, got {url!r}")
-    if parts.query or parts.fragment:
+    if "?" in url or "#" in url:  # even a bare one: the endpoint path would land after it
         raise ValueError(f"{source} must not have a query or fragment, got {url!r}")
     return url.rstrip("/")
 

@@ -1,7 +1,7 @@
 """The aiohttp boundary: session lifecycle, sending and reading, and mapping aiohttp's errors to ours.
 
 Imported on first use, not with the package: aiohttp takes longer to import than the rest of the SDK.
-Every aiohttp call of the SDK is made here, inside ``_map_transport_errors``.
+Every aiohttp call that can fail on the network is made here, inside ``_map_transport_errors``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import time
 from collections.abc import Iterator, Mapping
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ._config import Timeout
+from ._config import CLIENT_CLOSED, Timeout
 from ._errors import APIConnectionError, APITimeoutError
 
 __all__ = ["Transport"]
@@ -49,9 +50,19 @@ def _map_transport_errors(request_id: str | None = None) -> Iterator[None]:
     except asyncio.TimeoutError as exc:  # first: aiohttp's timeouts are also ClientConnectionErrors
         raise APITimeoutError("timed out waiting for the API", request_id=request_id) from exc
     except _TRANSPORT_ERRORS as exc:
+        if isinstance(exc, aiohttp.ClientResponseError):
+            _redact(exc)  # chained below: its request_info holds our headers, and so the key
         error = APIConnectionError(f"connection to the API failed: {_describe(exc)}", request_id=request_id)
         error._permanent = isinstance(exc, _PERMANENT_ERRORS)
         raise error from exc
+
+
+def _redact(exc: aiohttp.ClientResponseError) -> None:
+    info = exc.request_info
+    headers = CIMultiDict(info.headers)
+    if "Authorization" in headers:
+        headers["Authorization"] = "<redacted>"
+    exc.request_info = aiohttp.RequestInfo(info.url, info.method, CIMultiDictProxy(headers), info.real_url)
 
 
 async def _read_to_end(response: aiohttp.ClientResponse) -> bool:
@@ -89,7 +100,7 @@ class Transport:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
-            raise RuntimeError("this client is closed; create a new client to make more calls")
+            raise RuntimeError(CLIENT_CLOSED)
         self.check_loop()
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
@@ -135,6 +146,16 @@ class Transport:
                     raise_for_status=False,
                     allow_redirects=False,
                 )
+        except asyncio.CancelledError:
+            # Closing the pool cancels the calls waiting for one of its connections: that is our
+            # aclose(), not a cancellation of the caller's task (which, on 3.11+, we can tell apart).
+            task = asyncio.current_task()
+            cancelling = getattr(task, "cancelling", None)
+            if self._closed and not (cancelling is not None and cancelling()):
+                raise APIConnectionError(
+                    "the client was closed while the call waited for a connection"
+                ) from None
+            raise
         except APIConnectionError as exc:
             elapsed = (time.monotonic() - started) * 1000
             logger.debug("POST %s failed after %.1f ms (attempt %d): %s", self.url, elapsed, attempt, exc)

@@ -48,12 +48,10 @@ class TextStream:
         self._finish_reason: str | None = None
         self._request_id: str | None = None
         self._attempts = 0
-        self._delivered = False
         self._ended = False  # the final event (or [DONE]) has been read
         self._closed = False
         self._error: NebulaError | None = None  # raised once the chunks read before it are delivered
         self._failure: BaseException | None = None  # what ended the stream early: it can't resume
-        self._idle_limit: float | None = None
         self._idle_deadline: float | None = None
 
     @property
@@ -123,10 +121,10 @@ class TextStream:
     # The sync TextStream drives these two: one thread hop per network read, not one per chunk.
     def _next_buffered(self) -> TextChunk | None:
         """Deliver the next chunk already read, without waiting, or None."""
-        if not self._buffered:
+        try:
+            chunk = self._buffered.popleft()
+        except IndexError:  # empty; or emptied by a client.close() from another thread just now
             return None
-        chunk = self._buffered.popleft()
-        self._delivered = True
         self._parts.append(chunk.text)
         if chunk.finish_reason is not None:
             self._finish_reason = chunk.finish_reason
@@ -156,21 +154,31 @@ class TextStream:
                     await self._read()
                 return
             except NebulaError as err:
-                self._discard()
-                if self._closed:  # aclose() from another task cut the read short: not a failure to retry
-                    raise RuntimeError("this stream was closed while it was being read") from err
-                # Once text reached the caller a retry would deliver it twice.
-                if self._delivered or not await self._client._wait_before_retry(
-                    self._policy, self._attempts, err
-                ):
-                    self._fail(err)
-                    raise
-                self._check_usable()  # closed while we slept
-                self._decoder = SSEDecoder()
-                self._buffered.clear()
+                error = err
             except BaseException as exc:  # cancelled, or a bug: never leave the connection checked out
                 self._fail(exc)
                 raise
+            # Outside the except clause, so that a cancellation while we wait marks the stream failed.
+            await self._before_retry(error)
+
+    async def _before_retry(self, error: NebulaError) -> None:
+        """Wait before the next attempt, or raise ``error`` (or what stops it being retried)."""
+        self._discard()
+        if self._closed:  # aclose() from another task cut the read short: not a failure to retry
+            raise RuntimeError("this stream was closed while it was being read") from error
+        try:
+            # Once text reached the caller a retry would deliver it twice.
+            retry = not self._parts and await self._client._wait_before_retry(
+                self._policy, self._attempts, error
+            )
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        if not retry:
+            self._fail(error)
+            raise error
+        self._check_usable()  # closed while we slept
+        self._buffered.clear()
 
     def _check_usable(self) -> None:
         if self._failure is not None:
@@ -209,8 +217,8 @@ class TextStream:
                 status_code=response.status,
                 request_id=self._request_id,
             )
-        self._idle_limit = self._timeout.stream_idle
-        self._idle_deadline = self._loop.time() + self._idle_limit if self._idle_limit else None
+        idle = self._timeout.stream_idle
+        self._idle_deadline = None if idle is None else self._loop.time() + idle
 
     async def _read(self) -> None:
         response = self._response
@@ -247,13 +255,14 @@ class TextStream:
             if chunk.finish_reason is not None:
                 self._ended = True
                 break
-        if self._idle_deadline is not None and self._idle_limit is not None:
+        idle = self._timeout.stream_idle
+        if self._idle_deadline is not None and idle is not None:
             now = self._loop.time()
             if got_data:
-                self._idle_deadline = now + self._idle_limit
+                self._idle_deadline = now + idle
             elif now > self._idle_deadline:
                 raise APITimeoutError(
-                    f"no data event in the stream for {self._idle_limit:g} s", request_id=self._request_id
+                    f"no data event in the stream for {idle:g} s", request_id=self._request_id
                 )
 
     def _finish(self) -> None:
@@ -270,6 +279,7 @@ class TextStream:
     def _discard(self) -> None:
         """Close the response now: an unread body means the connection cannot be reused."""
         response, self._response = self._response, None
+        self._decoder = SSEDecoder()  # a half-read event of this response must not prefix the next
         if response is not None:
             response.close()
 

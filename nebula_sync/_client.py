@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import logging
 import os
 import threading
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from nebula_async import AsyncNebulaClient, GenerateRequest, RetryPolicy, TextGeneration, Timeout
-from nebula_async._config import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RETRIES
+from nebula_async._batch import CallerFedSource, EscapedExit, ItemSource
+from nebula_async._config import CLIENT_CLOSED, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RETRIES
 
 from ._stream import TextStream
 
@@ -97,16 +99,33 @@ class NebulaClient:
         """Say whether close() was called (or the client was left behind by a fork)."""
         return not self._finalizer.alive
 
-    def _run(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+    def _run(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        _serve: Callable[[concurrent.futures.Future[T]], None] | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run ``fn(*args, **kwargs)`` in the client's loop and wait; ``_serve`` works for it meanwhile."""
         if not self._finalizer.alive:
+            _park_if_exiting()  # a daemon thread still calling at exit: see _park_if_exiting
             if os.getpid() != self._pid:
                 raise RuntimeError(
                     "this NebulaClient was created in another process; create a new one after fork"
                 )
-            raise RuntimeError("this client is closed; create a new NebulaClient to make more calls")
-        future = self._portal.start_task_soon(partial(fn, *args, **kwargs))
+            raise RuntimeError(CLIENT_CLOSED)
         try:
+            future = self._portal.start_task_soon(partial(fn, *args, **kwargs))
+        except RuntimeError:  # the portal stopped between the check above and now
+            _park_if_exiting()
+            raise RuntimeError(CLIENT_CLOSED) from None
+        try:
+            if _serve is not None:
+                _serve(future)
             return future.result()
+        except EscapedExit as exc:  # a SystemExit or Ctrl-C raised by your code inside the loop
+            raise exc.original from None
         except concurrent.futures.CancelledError:
             if not self.closed:
                 raise
@@ -180,10 +199,12 @@ class NebulaClient:
         return_exceptions: bool = False,
     ) -> list[Any]:
         """Run many generations concurrently; see AsyncNebulaClient.generate_many."""
-        # Your iterable is read in a worker thread, never in the event loop all calls share.
-        return self._run(
-            self._async._generate_many, requests, concurrency, return_exceptions, pull_in_thread=True
-        )
+        if isinstance(requests, AsyncIterable):  # an async generator only runs in the event loop
+            in_loop = ItemSource(requests, carry_exits=True)
+            return self._run(self._async._generate_many, in_loop, concurrency, return_exceptions)
+        # A plain iterable is read here, in your thread, never in the event loop all calls share.
+        fed = CallerFedSource(requests)
+        return self._run(self._async._generate_many, fed, concurrency, return_exceptions, _serve=fed.serve)
 
 
 def _shutdown(
@@ -197,17 +218,17 @@ def _shutdown(
         threading.Thread(target=_shutdown, args=(portal_cm, portal, client, -1), daemon=True).start()
         return
     try:
-        portal.call(client.aclose)
-    except RuntimeError:  # the portal already stopped (late in interpreter shutdown)
-        pass
-    except Exception:  # at exit or in GC an error can only be printed as noise: log it, stop anyway
-        logger.debug("closing the client failed", exc_info=True)
-    try:
-        # Calls still running (say, sleeping before a retry) are cancelled, not waited for:
-        # close() and interpreter exit must not hang on them.
-        portal.call(portal.stop, True)
-    except RuntimeError:
-        pass
+        try:
+            portal.call(client.aclose)
+        except RuntimeError:  # the portal already stopped (late in interpreter shutdown)
+            pass
+        except Exception:  # at exit or in GC an error can only be printed as noise: log it, stop anyway
+            logger.debug("closing the client failed", exc_info=True)
+        finally:  # even on Ctrl-C: the finalizer runs once, so this is the only chance
+            with contextlib.suppress(RuntimeError):
+                # Calls still running (say, sleeping before a retry) are cancelled, not waited for:
+                # close() and interpreter exit must not hang on them.
+                portal.call(portal.stop, True)
     finally:
         portal_cm.__exit__(None, None, None)
 

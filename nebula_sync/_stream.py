@@ -62,8 +62,8 @@ class TextStream:
         return self
 
     def __next__(self) -> TextChunk:
-        # The event-loop thread only touches the stream while we wait on it, so reading what it
-        # already buffered from this thread is safe.
+        # The event-loop thread fills the buffer only while we wait on it; the one exception, a
+        # client.close() from another thread emptying it, makes _next_buffered return None.
         chunk = self._stream._next_buffered()
         if chunk is not None:
             return chunk

@@ -247,13 +247,13 @@ def test_closing_a_half_read_stream_after_the_client_is_quiet_at_exit() -> None:
     assert elapsed < 5.0
 
 
-# --- generate_many reads the caller's iterable off the event loop ---------------------------------
+# --- generate_many reads the caller's iterable in the caller's thread ------------------------------
 
 
-def test_generate_many_reads_the_iterable_outside_the_event_loop_thread(
+def test_generate_many_reads_the_iterable_in_the_calling_thread(
     client: NebulaClient, threaded_server: ThreadedServer
 ) -> None:
-    """The caller's generator runs in a worker thread, never in the client's event-loop thread."""
+    """The caller's generator runs in the caller's own thread, never in the client's event-loop thread."""
     loop_thread = client._portal.call(threading.current_thread)
     seen: list[threading.Thread] = []
 
@@ -267,7 +267,32 @@ def test_generate_many_reads_the_iterable_outside_the_event_loop_thread(
     assert [r.text for r in results] == [f"echo: p{i}" for i in range(5)]
     assert len(seen) == 6
     assert loop_thread.name == PORTAL_THREAD
-    assert [t.name for t in seen if t is loop_thread or t.name == PORTAL_THREAD] == []
+    assert seen == [threading.current_thread()] * 6  # thread-bound inputs (a sqlite3 cursor) work
+
+
+def test_base_exception_in_the_generator_reaches_the_caller_and_the_client_survives(
+    client: NebulaClient, threaded_server: ThreadedServer
+) -> None:
+    """KeyboardInterrupt raised by the caller's generator propagates as is, and the client keeps working."""
+
+    def interrupted() -> Iterator[dict[str, str]]:
+        yield {"model": "m", "prompt": "p0"}
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        client.generate_many(interrupted(), concurrency=1)
+    assert client.generate_text(model="m", prompt="after").text == "echo: after"
+
+
+def test_an_error_in_the_generator_fails_the_call_with_that_error(client: NebulaClient) -> None:
+    """A ValueError raised by the caller's generator is what generate_many raises."""
+
+    def broken() -> Iterator[dict[str, str]]:
+        yield {"model": "m", "prompt": "p0"}
+        raise ValueError("bad row 2")
+
+    with pytest.raises(ValueError, match="bad row 2"):
+        client.generate_many(broken(), concurrency=1)
 
 
 def test_a_slow_generator_does_not_stall_other_threads(
@@ -363,7 +388,7 @@ def test_each_batch_request_is_sent_as_soon_as_its_item_is_read(threaded_server:
 
 
 def test_close_does_not_wait_for_a_blocked_input_generator(threaded_server: ThreadedServer) -> None:
-    """close() returns in < 1 s while generate_many waits on its generator for an item; the call fails."""
+    """close() returns in < 1 s while generate_many's thread waits in its generator; the call then fails."""
     client = NebulaClient(KEY, base_url=threaded_server.base_url)
     gate = threading.Event()
     waiting = threading.Event()
@@ -395,7 +420,9 @@ def test_close_does_not_wait_for_a_blocked_input_generator(threaded_server: Thre
     try:
         closer.join(1.0)
         assert not closer.is_alive(), "close() is waiting for the caller's generator to yield"
-        worker.join(1.0)
+        # The generator runs in the caller's own thread, so the call can only end once it yields.
+        gate.set()
+        worker.join(2.0)
         assert isinstance(outcome.get("error"), RuntimeError), outcome
         assert CLOSED_MID_CALL in str(outcome["error"])
     finally:

@@ -1,0 +1,334 @@
+"""Regression tests for the second review's async findings, each over a real socket on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sys
+import traceback
+import warnings
+from collections.abc import Awaitable, Callable, Iterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from nebula_async import (
+    APIConnectionError,
+    AsyncNebulaClient,
+    InvalidRequestError,
+    RetryPolicy,
+    ServerError,
+    TextGeneration,
+)
+from tests.conftest import LocalServer
+from tests.helpers import error_body, success_body
+from tests.integration._support import (
+    NO_RETRY,
+    SECRET_KEY,
+    Handler,
+    RawConnection,
+    RawServer,
+    collect,
+    events,
+    make_client,
+    open_stream,
+    wait_until,
+)
+
+STALL = 5.0  # a handler stalls this long; it is cancelled as soon as its client disconnects
+RETRYING = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.002)
+CLOSED_MID_CALL = "closed while the call was running"
+
+Call = Callable[[AsyncNebulaClient], Awaitable[object]]
+
+
+async def _generate(client: AsyncNebulaClient) -> object:
+    return await client.generate_text(model="m", prompt="p")
+
+
+async def _stream(client: AsyncNebulaClient) -> object:
+    return await collect(client.stream_text(model="m", prompt="p"))
+
+
+CALLS = pytest.mark.parametrize("call", [_generate, _stream], ids=["generate", "stream"])
+
+
+@pytest.fixture
+def unraisables(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
+    """Collect what ``__del__`` methods raise during the test, instead of letting pytest fail on it."""
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args.exc_value))
+    return seen
+
+
+def _slow_success(delay: float) -> Handler:
+    """Answer every request with a success after ``delay`` s."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(delay)
+        return web.json_response(success_body("slow"))
+
+    return handler
+
+
+# --- 1. aclose() while calls wait for a pooled connection -----------------------------------------
+
+
+async def test_aclose_fails_calls_waiting_for_a_pooled_connection_with_runtime_error(
+    server: LocalServer,
+) -> None:
+    """aclose() ends the call holding the only connection and the two queued behind it with RuntimeError."""
+    server.handler = _slow_success(STALL)
+    client = make_client(server.base_url, max_connections=1, retry=RETRYING)
+    tasks = [asyncio.create_task(client.generate_text(model="m", prompt=f"p{i}")) for i in range(3)]
+    await wait_until(lambda: len(server.requests) == 1)  # p0 holds the connection; p1 and p2 wait for it
+    await client.aclose()
+    outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2)
+    assert [type(outcome) for outcome in outcomes] == [RuntimeError] * 3
+    assert all(CLOSED_MID_CALL in str(outcome) for outcome in outcomes)
+    assert [task.cancelled() for task in tasks] == [False] * 3  # nobody cancelled them
+    assert [r["body"]["prompt"] for r in server.requests] == ["p0"]  # no retry, no queued call sent
+
+
+async def test_call_cancelled_by_its_caller_while_aclose_runs_stays_cancelled(server: LocalServer) -> None:
+    """A queued call that its caller cancels while aclose() runs still ends cancelled."""
+    server.handler = _slow_success(STALL)
+    client = make_client(server.base_url, max_connections=1, retry=RETRYING)
+    holder = asyncio.create_task(client.generate_text(model="m", prompt="p0"))
+    queued = asyncio.create_task(client.generate_text(model="m", prompt="p1"))
+    await wait_until(lambda: len(server.requests) == 1)
+    queued.cancel()
+    await client.aclose()
+    outcomes = await asyncio.wait_for(asyncio.gather(holder, queued, return_exceptions=True), 2)
+    assert isinstance(outcomes[0], RuntimeError)
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    assert queued.cancelled()
+
+
+async def test_generate_many_over_a_client_being_closed_raises_runtime_error(server: LocalServer) -> None:
+    """generate_many(return_exceptions=True) over a client being closed raises RuntimeError."""
+    server.handler = _slow_success(STALL)
+    client = make_client(server.base_url, max_connections=1, retry=RETRYING)
+    batch = asyncio.create_task(
+        client.generate_many(
+            [{"model": "m", "prompt": f"p{i}"} for i in range(3)], concurrency=3, return_exceptions=True
+        )
+    )
+    await wait_until(lambda: len(server.requests) == 1)
+    await client.aclose()
+    [outcome] = await asyncio.wait_for(asyncio.gather(batch, return_exceptions=True), 2)
+    assert isinstance(outcome, RuntimeError)  # raised, or in the results: either way never CancelledError
+    assert CLOSED_MID_CALL in str(outcome)
+    assert not batch.cancelled()
+    assert len(server.requests) == 1
+
+
+# --- 2. a malformed response does not carry the key --------------------------------------------
+
+
+MALFORMED = {
+    "bad-status-line": b"HTTP/1.1 abc OK\r\n\r\n",
+    "bad-header": b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nBad Header\r\n\r\n",
+    "huge-header": b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 70_000 + b"\r\n\r\n",
+}
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """Yield ``exc`` and every exception chained to it, as cause or context."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending.extend([current.__cause__, current.__context__])
+
+
+@CALLS
+@pytest.mark.parametrize("payload", list(MALFORMED.values()), ids=list(MALFORMED))
+async def test_malformed_response_error_does_not_hold_the_api_key(call: Call, payload: bytes) -> None:
+    """A malformed response's error holds the key in no chained repr, request_info or traceback."""
+
+    async def handle(conn: RawConnection) -> None:
+        await conn.read_request()
+        await conn.send(payload)
+
+    async with RawServer(handle) as raw, make_client(raw.base_url, retry=NO_RETRY) as client:
+        with pytest.raises(APIConnectionError) as info:
+            await call(client)
+    cause = info.value.__cause__
+    assert isinstance(cause, aiohttp.ClientResponseError)  # the one carrying our request's headers
+    assert "Authorization" in cause.request_info.headers  # the check below is not vacuous
+    assert SECRET_KEY not in repr(dict(cause.request_info.headers))
+    assert SECRET_KEY not in repr(cause)
+    assert not [repr(e) for e in _chain(info.value) if SECRET_KEY in repr(e)]
+    assert SECRET_KEY not in "".join(traceback.format_exception(info.value))
+    assert raw.requests == [{"model": "m", "prompt": "p", **({"stream": True} if call is _stream else {})}]
+
+
+# --- 3. aclose() cancelled half-way still closes the session -------------------------------------
+
+
+def _final_then_stall() -> Handler:
+    """Answer a stream with its final event, then keep the body open for STALL s."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = await open_stream(request)
+        await response.write(events("Hi"))
+        await asyncio.sleep(STALL)
+        return response
+
+    return handler
+
+
+async def test_cancelled_aclose_still_closes_the_session(
+    server: LocalServer, unraisables: list[BaseException | None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """aclose() cancelled while it waits for a background drain still closes the session, with no warning."""
+    caplog.set_level(logging.ERROR)  # "Task was destroyed but it is pending!" is logged by asyncio
+    server.handler = _final_then_stall()
+    client = make_client(server.base_url, retry=NO_RETRY)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        texts = await collect(client.stream_text(model="m", prompt="p"))
+        assert client._drains  # the body is still open: its tail is being drained in the background
+        assert client._transport is not None
+        session = client._transport._session
+        assert session is not None
+        closing = asyncio.create_task(client.aclose())
+        await asyncio.sleep(0)  # aclose() has cancelled the drain and now waits for it
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert session.closed
+        assert client._transport._session is None
+        with pytest.raises(RuntimeError, match="client is closed"):
+            await client.generate_text(model="m", prompt="p")
+        await client.aclose()  # a second aclose() has nothing left to do
+        del session, client
+        await asyncio.sleep(0.01)
+        gc.collect()
+    assert texts == ["Hi"]
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert unraisables == []
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+# --- 4. a stream cancelled while it waits to retry ------------------------------------------------
+
+
+async def test_stream_cancelled_while_sleeping_before_a_retry_is_failed(
+    server: LocalServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream cancelled in its Retry-After sleep raises RuntimeError if used again; nothing is resent."""
+    caplog.set_level(logging.WARNING, logger="nebula_async")
+
+    async def limited_stream(request: web.Request) -> web.StreamResponse:
+        if not (await request.json()).get("stream"):
+            return web.json_response(success_body("next call"))
+        return web.json_response(
+            error_body("rate_limit_exceeded", "slow down"), status=429, headers={"Retry-After": "0.5"}
+        )
+
+    server.handler = limited_stream
+    async with make_client(server.base_url, max_connections=1, retry=RETRYING) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        reader = asyncio.create_task(collect(stream))
+        await wait_until(lambda: any("retrying in" in r.getMessage() for r in caplog.records))
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        with pytest.raises(RuntimeError, match=r"failed earlier \(CancelledError\)"):
+            await anext(stream)
+        with pytest.raises(RuntimeError, match="failed earlier"):
+            await collect(stream)
+        next_call = await asyncio.wait_for(client.generate_text(model="m", prompt="p"), 2)
+    assert next_call.text == "next call"  # the pool's only connection was not kept by the stream
+    assert [bool(r["body"].get("stream")) for r in server.requests] == [True, False]  # one stream request
+
+
+# --- 5. a caller-owned session: aclose() does not mask an in-flight call's outcome -----------------
+
+
+def _late(status: int, body: object, delay: float = 0.2) -> Handler:
+    """Answer every request with ``body`` and ``status`` after ``delay`` s."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(delay)
+        return web.json_response(body, status=status, headers={"x-request-id": "req_late"})
+
+    return handler
+
+
+async def _call_across_aclose(server: LocalServer, handler: Handler) -> object:
+    """Start a call on a caller's session, aclose() the client while it is in flight; return its outcome."""
+    server.handler = handler
+    async with aiohttp.ClientSession() as session:
+        client = make_client(server.base_url, session=session, retry=RETRYING)
+        call = asyncio.create_task(client.generate_text(model="m", prompt="p"))
+        await wait_until(lambda: len(server.requests) == 1)  # sent; the answer is 0.2 s away
+        await client.aclose()
+        assert not call.done()
+        [outcome] = await asyncio.wait_for(asyncio.gather(call, return_exceptions=True), 2)
+        assert not session.closed  # the caller's session is the caller's to close
+    return outcome
+
+
+async def test_in_flight_non_retryable_error_is_raised_as_is_after_aclose(server: LocalServer) -> None:
+    """A call in flight during aclose() (caller's session) that gets a 400 raises InvalidRequestError."""
+    outcome = await _call_across_aclose(
+        server, _late(400, error_body("invalid_request", "bad prompt"), delay=0.2)
+    )
+    assert isinstance(outcome, InvalidRequestError), repr(outcome)
+    assert outcome.status_code == 400
+    assert outcome.request_id == "req_late"
+    assert len(server.requests) == 1
+
+
+async def test_in_flight_retryable_error_after_aclose_raises_runtime_error(server: LocalServer) -> None:
+    """A call in flight during aclose() that gets a retryable 503 raises RuntimeError: no retry is sent."""
+    outcome = await _call_across_aclose(server, _late(503, error_body("server_error", "busy"), delay=0.2))
+    assert isinstance(outcome, RuntimeError), repr(outcome)
+    assert CLOSED_MID_CALL in str(outcome)
+    assert isinstance(outcome.__cause__, ServerError)
+    assert len(server.requests) == 1
+
+
+async def test_in_flight_success_after_aclose_is_returned(server: LocalServer) -> None:
+    """A call in flight during aclose() (caller's session) that gets a 200 returns its result."""
+    outcome = await _call_across_aclose(server, _late(200, success_body("made it"), delay=0.2))
+    assert isinstance(outcome, TextGeneration), repr(outcome)
+    assert outcome.text == "made it"
+
+
+# --- 6. a bare "?" or "#" ends base_url ------------------------------------------------------------
+
+
+BARE_MARKERS = [
+    "http://127.0.0.1:8080/v1?",
+    "http://127.0.0.1:8080/v1#",
+    "http://127.0.0.1:8080/v1/?",
+    "http://127.0.0.1:8080/v1?#",
+    "http://127.0.0.1:8080?",
+]
+
+
+@pytest.mark.parametrize("base_url", BARE_MARKERS)
+def test_base_url_ending_in_a_bare_query_or_fragment_marker_is_rejected(base_url: str) -> None:
+    """A base_url ending in a bare "?" or "#" raises ValueError when the client is constructed."""
+    with pytest.raises(ValueError, match="must not have a query or fragment"):
+        AsyncNebulaClient(SECRET_KEY, base_url=base_url)
+
+
+@pytest.mark.parametrize("base_url", BARE_MARKERS[:2])
+def test_env_base_url_ending_in_a_bare_marker_is_rejected(
+    base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NEBULA_BASE_URL ending in a bare "?" or "#" raises ValueError naming the variable."""
+    monkeypatch.setenv("NEBULA_BASE_URL", base_url)
+    with pytest.raises(ValueError, match="NEBULA_BASE_URL must not have a query or fragment"):
+        AsyncNebulaClient(SECRET_KEY)
