@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from nebula_async import AsyncNebulaClient, RetryPolicy, TextStream
@@ -246,3 +247,17 @@ async def collect(
         if on_chunk is not None:
             on_chunk(out)
     return out
+
+
+async def generate_once(client: AsyncNebulaClient) -> object:
+    """Make one non-streaming call; a CALLS case."""
+    return await client.generate_text(model="m", prompt="p")
+
+
+async def stream_once(client: AsyncNebulaClient) -> object:
+    """Read one stream to its end; a CALLS case."""
+    return await collect(client.stream_text(model="m", prompt="p"))
+
+
+# Runs a test once per path that sends a request: a plain call and a stream.
+CALLS = pytest.mark.parametrize("call", [generate_once, stream_once], ids=["generate", "stream"])

@@ -25,6 +25,7 @@ from nebula_async import (
 from tests.conftest import LocalServer
 from tests.helpers import error_body, success_body
 from tests.integration._support import (
+    CALLS,
     NO_RETRY,
     SECRET_KEY,
     Handler,
@@ -34,6 +35,7 @@ from tests.integration._support import (
     events,
     make_client,
     open_stream,
+    stream_once,
     wait_until,
 )
 
@@ -42,25 +44,6 @@ RETRYING = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.002)
 CLOSED_MID_CALL = "closed while the call was running"
 
 Call = Callable[[AsyncNebulaClient], Awaitable[object]]
-
-
-async def _generate(client: AsyncNebulaClient) -> object:
-    return await client.generate_text(model="m", prompt="p")
-
-
-async def _stream(client: AsyncNebulaClient) -> object:
-    return await collect(client.stream_text(model="m", prompt="p"))
-
-
-CALLS = pytest.mark.parametrize("call", [_generate, _stream], ids=["generate", "stream"])
-
-
-@pytest.fixture
-def unraisables(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
-    """Collect what ``__del__`` methods raise during the test, instead of letting pytest fail on it."""
-    seen: list[BaseException | None] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args.exc_value))
-    return seen
 
 
 def _slow_success(delay: float) -> Handler:
@@ -170,7 +153,9 @@ async def test_malformed_response_error_does_not_hold_the_api_key(call: Call, pa
     assert SECRET_KEY not in repr(cause)
     assert not [repr(e) for e in _chain(info.value) if SECRET_KEY in repr(e)]
     assert SECRET_KEY not in "".join(traceback.format_exception(info.value))
-    assert raw.requests == [{"model": "m", "prompt": "p", **({"stream": True} if call is _stream else {})}]
+    assert raw.requests == [
+        {"model": "m", "prompt": "p", **({"stream": True} if call is stream_once else {})}
+    ]
 
 
 # --- 3. aclose() cancelled half-way still closes the session -------------------------------------

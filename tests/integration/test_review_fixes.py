@@ -34,6 +34,7 @@ from nebula_async import (
 from tests.conftest import LocalServer
 from tests.helpers import error_body, sse, success_body
 from tests.integration._support import (
+    CALLS,
     NO_RETRY,
     SECRET_KEY,
     SSE_HEAD_UNTIL_CLOSE,
@@ -63,25 +64,6 @@ Call = Callable[[AsyncNebulaClient], Awaitable[object]]
 _tls_server_works = pytest.mark.skipif(
     sys.version_info < (3, 11), reason="the test TLS server needs Python 3.11+"
 )
-
-
-async def _generate(client: AsyncNebulaClient) -> object:
-    return await client.generate_text(model="m", prompt="p")
-
-
-async def _stream(client: AsyncNebulaClient) -> object:
-    return await collect(client.stream_text(model="m", prompt="p"))
-
-
-CALLS = pytest.mark.parametrize("call", [_generate, _stream], ids=["generate", "stream"])
-
-
-@pytest.fixture
-def unraisables(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
-    """Collect what ``__del__`` methods raise during the test, instead of letting pytest fail on it."""
-    seen: list[BaseException | None] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args.exc_value))
-    return seen
 
 
 def _stream_then_json(*first: bytes, stall: float = STALL) -> Handler:
