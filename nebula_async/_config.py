@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ._errors import NebulaError
 from ._version import __version__
 
 __all__ = [
@@ -128,18 +129,12 @@ class RetryPolicy:
 def check_api_key(key: object) -> str:
     """Return ``key`` if it can be sent as a Bearer token; the message never echoes it."""
     if not key:
-        raise _missing_key_error()
+        raise NebulaError(f"no API key: pass api_key=... or set the {ENV_API_KEY} environment variable")
     if not isinstance(key, str):
         raise TypeError(f"api_key must be a str, got {type(key).__name__}")
     if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
         raise ValueError("api_key must be printable ASCII without spaces; check how it was read or pasted")
     return key
-
-
-def _missing_key_error() -> Exception:
-    from ._errors import NebulaError  # here, to keep this module free of the error tree
-
-    return NebulaError(f"no API key: pass api_key=... or set the {ENV_API_KEY} environment variable")
 
 
 def check_base_url(url: object, source: str) -> str:

@@ -218,3 +218,20 @@ def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+def call_in_thread(
+    call: Callable[[], Any], *, daemon: bool = False
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """Start ``call`` in a thread; its outcome dict gets "result" or "error" (whatever it raised)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:  # whatever it is, the test inspects it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=daemon)
+    thread.start()
+    return thread, outcome

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from nebula_sync import NebulaClient, RetryPolicy
 from tests.helpers import KEY, error_body
-from tests.sync._server import ThreadedServer, slow, stalled_stream, wait_for
+from tests.sync._server import ThreadedServer, call_in_thread, slow, stalled_stream, wait_for
 
 
 def _portal_tasks(client: NebulaClient) -> int:
@@ -98,16 +98,7 @@ def test_close_is_prompt_while_a_call_waits_on_the_server(threaded_server: Threa
     """close() returns at once while another thread's call waits on a silent server; that call fails."""
     threaded_server.behaviour = slow
     client = NebulaClient(KEY, base_url=threaded_server.base_url, retry=RetryPolicy(initial_delay=0.001))
-    outcome: dict[str, Any] = {}
-
-    def call() -> None:
-        try:
-            outcome["result"] = client.generate_text(model="m", prompt="p")
-        except BaseException as exc:  # whatever it is, the test inspects it
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=call)
-    worker.start()
+    worker, outcome = call_in_thread(lambda: client.generate_text(model="m", prompt="p"))
     assert wait_for(lambda: threaded_server.request_count == 1)
     started = time.monotonic()
     client.close()
@@ -116,7 +107,8 @@ def test_close_is_prompt_while_a_call_waits_on_the_server(threaded_server: Threa
     assert not worker.is_alive()
     assert "result" not in outcome
     # The pending call ends with an error the caller can understand, not a hang.
-    assert isinstance(outcome["error"], Exception)
+    assert isinstance(outcome["error"], RuntimeError)
+    assert "closed while the call was running" in str(outcome["error"])
     assert wait_for(lambda: threaded_server.cancelled == 1)
 
 
@@ -130,16 +122,7 @@ def test_close_is_prompt_while_a_call_waits_to_retry(threaded_server: ThreadedSe
 
     threaded_server.behaviour = always_429
     client = NebulaClient(KEY, base_url=threaded_server.base_url)
-    outcome: dict[str, Any] = {}
-
-    def call() -> None:
-        try:
-            outcome["result"] = client.generate_text(model="m", prompt="p")
-        except BaseException as exc:  # whatever it is, the test inspects it
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=call, daemon=True)
-    worker.start()
+    worker, outcome = call_in_thread(lambda: client.generate_text(model="m", prompt="p"), daemon=True)
     assert wait_for(lambda: threaded_server.request_count == 1)
     time.sleep(0.1)  # the call is now sleeping out the Retry-After
     started = time.monotonic()
@@ -147,5 +130,6 @@ def test_close_is_prompt_while_a_call_waits_to_retry(threaded_server: ThreadedSe
     elapsed = time.monotonic() - started
     worker.join(10)
     assert elapsed < 1.0, f"close() waited {elapsed:.1f} s for a pending retry sleep"
-    assert isinstance(outcome.get("error"), Exception)
+    assert isinstance(outcome.get("error"), RuntimeError)
+    assert "closed while the call was running" in str(outcome["error"])
     assert threaded_server.request_count == 1  # no retry was sent after close()

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from nebula_sync import NebulaClient, RetryPolicy
 from tests.helpers import KEY, error_body
-from tests.sync._server import ThreadedServer, echo, stalled_stream, wait_for
+from tests.sync._server import ThreadedServer, call_in_thread, echo, stalled_stream, wait_for
 from tests.sync.conftest import PORTAL_THREAD, portal_threads
 from tests.sync.test_sync_exit import PRELUDE, run_code
 
@@ -311,16 +311,7 @@ def test_a_slow_generator_does_not_stall_other_threads(
             yield {"model": "m", "prompt": f"p{i}"}
         exhausted.set()
 
-    outcome: dict[str, Any] = {}
-
-    def batch() -> None:
-        try:
-            outcome["results"] = client.generate_many(slow_prompts(), concurrency=2)
-        except BaseException as exc:  # whatever it is, the test inspects it
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=batch)
-    worker.start()
+    worker, outcome = call_in_thread(lambda: client.generate_many(slow_prompts(), concurrency=2))
     try:
         assert started.wait(2)
         for i in range(3):
@@ -334,7 +325,7 @@ def test_a_slow_generator_does_not_stall_other_threads(
         worker.join(10)
     assert not worker.is_alive()
     assert "error" not in outcome, outcome.get("error")
-    assert [r.text for r in outcome["results"]] == ["echo: p0", "echo: p1", "echo: p2"]
+    assert [r.text for r in outcome["result"]] == ["echo: p0", "echo: p1", "echo: p2"]
 
 
 def test_a_generator_that_calls_the_client_works(
@@ -346,20 +337,11 @@ def test_a_generator_that_calls_the_client_works(
         for i in range(3):
             yield {"model": "m", "prompt": client.generate_text(model="m", prompt=f"seed{i}").text}
 
-    outcome: dict[str, Any] = {}
-
-    def batch() -> None:
-        try:
-            outcome["results"] = client.generate_many(seeded(), concurrency=2)
-        except BaseException as exc:  # whatever it is, the test inspects it
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=batch)
-    worker.start()
+    worker, outcome = call_in_thread(lambda: client.generate_many(seeded(), concurrency=2))
     worker.join(10)
     assert not worker.is_alive(), "generate_many hung on a generator that calls the client"
     assert "error" not in outcome, outcome.get("error")
-    assert [r.text for r in outcome["results"]] == [f"echo: echo: seed{i}" for i in range(3)]
+    assert [r.text for r in outcome["result"]] == [f"echo: echo: seed{i}" for i in range(3)]
     assert threaded_server.request_count == 6
 
 
@@ -400,20 +382,11 @@ def test_close_does_not_wait_for_a_blocked_input_generator(threaded_server: Thre
         gate.wait(10)  # say, queue.get() on a queue nobody feeds any more
         yield {"model": "m", "prompt": "late"}
 
-    outcome: dict[str, Any] = {}
-
-    def batch() -> None:
-        try:
-            outcome["results"] = client.generate_many(queue_fed(), concurrency=1)
-        except BaseException as exc:  # whatever it is, the test inspects it
-            outcome["error"] = exc
-
     def close() -> None:
         client.close()
         outcome["closed_in"] = time.monotonic() - started
 
-    worker = threading.Thread(target=batch, daemon=True)
-    worker.start()
+    worker, outcome = call_in_thread(lambda: client.generate_many(queue_fed(), concurrency=1), daemon=True)
     assert waiting.wait(2)
     time.sleep(0.05)
     started = time.monotonic()
