@@ -1,0 +1,77 @@
+"""pytest plugin (entry point ``pytest11``): fixtures that run a FakeNebulaServer and clients for it.
+
+Kept outside ``nebula_async.testing`` and free of imports at load time: pytest loads it in every
+project where the SDK is installed, so it must cost nothing until a fixture is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from nebula_async import AsyncNebulaClient
+    from nebula_async.testing import FakeNebulaServer
+    from nebula_sync import NebulaClient
+
+__all__ = ["nebula_client", "nebula_server", "nebula_sync_client", "pytest_configure"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``nebula_server`` marker."""
+    config.addinivalue_line(
+        "markers",
+        "nebula_server(**kwargs): keyword arguments for the FakeNebulaServer of the nebula_server fixture",
+    )
+
+
+@pytest.fixture
+def nebula_server(request: pytest.FixtureRequest) -> Iterator[FakeNebulaServer]:
+    """Run a fresh FakeNebulaServer for the test, in a thread of its own (so sync and async tests can use it).
+
+    ``@pytest.mark.nebula_server(models=["gpt-4"], token_delay=0.01)`` passes arguments to it.
+    """
+    from nebula_async.testing import FakeNebulaServer
+
+    marker = request.node.get_closest_marker("nebula_server")
+    if marker is not None and marker.args:
+        raise pytest.UsageError("@pytest.mark.nebula_server takes keyword arguments only")
+    kwargs: dict[str, Any] = dict(marker.kwargs) if marker is not None else {}
+    with FakeNebulaServer(**kwargs).run_in_thread() as server:
+        yield server
+
+
+@pytest.fixture
+def nebula_sync_client(nebula_server: FakeNebulaServer) -> Iterator[NebulaClient]:
+    """A ``nebula_sync.NebulaClient`` pointed at ``nebula_server``, closed after the test."""
+    from nebula_sync import NebulaClient
+
+    with NebulaClient(api_key=nebula_server.api_key, base_url=nebula_server.base_url) as client:
+        yield client
+
+
+async def _nebula_client(nebula_server: FakeNebulaServer) -> AsyncIterator[AsyncNebulaClient]:
+    """An ``AsyncNebulaClient`` pointed at ``nebula_server``, in the test's loop, closed after it."""
+    from nebula_async import AsyncNebulaClient
+
+    async with AsyncNebulaClient(api_key=nebula_server.api_key, base_url=nebula_server.base_url) as client:
+        yield client
+
+
+def _needs_pytest_asyncio(nebula_server: FakeNebulaServer) -> None:
+    """Stands in for nebula_client when pytest-asyncio is missing."""
+    raise pytest.UsageError(
+        "the nebula_client fixture needs pytest-asyncio (pip install pytest-asyncio); "
+        "or use nebula_sync_client"
+    )
+
+
+nebula_client: Any
+try:
+    from pytest_asyncio import fixture as _async_fixture
+except ImportError:  # pragma: no cover - pytest-asyncio is in our dev extra
+    nebula_client = pytest.fixture(name="nebula_client")(_needs_pytest_asyncio)
+else:
+    nebula_client = _async_fixture(name="nebula_client")(_nebula_client)

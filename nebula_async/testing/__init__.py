@@ -1,0 +1,44 @@
+"""A realistic local Nebula API for tests, load tests and offline work: ``FakeNebulaServer``.
+
+The server is aiohttp.web on a real socket on 127.0.0.1. It speaks the API reference's protocol:
+``POST /v1/text/generate``, Bearer auth, the success and error envelopes, the five error codes
+(with ``details`` naming the offending field), and server-sent events, one per token, when
+``stream`` is true. Its answers are deterministic: the same request always gets the same text;
+``usage`` counts tokens with :func:`count_tokens`; streamed chunks concatenate to exactly the
+non-streamed text of the same request.
+
+::
+
+    from nebula_async import AsyncNebulaClient
+    from nebula_async.testing import FakeNebulaServer
+
+    async with FakeNebulaServer(models=["gpt-4"]) as server:
+        server.fail_next(2, status=429, code="rate_limit_exceeded", retry_after=0.1)
+        async with AsyncNebulaClient(server.api_key, base_url=server.base_url) as client:
+            result = await client.generate_text(model="gpt-4", prompt="Hi")
+        assert result.retries == 2
+
+Installed with the SDK, its pytest plugin gives the fixtures ``nebula_server``,
+``nebula_client`` (an ``AsyncNebulaClient``; needs pytest-asyncio) and ``nebula_sync_client``;
+``@pytest.mark.nebula_server(...)`` passes arguments to the server. ``python -m
+nebula_async.testing --port 8080`` runs it standalone.
+
+Speed, one core (Python 3.11, 2-core x86-64 VM; server pinned to one core, load from raw aiohttp on
+the other; ``python benchmarks/fake_server.py``): THROUGHPUT_TBD.
+"""
+
+from ._generate import count_tokens, default_reply, tokenize
+from ._server import DEFAULT_API_KEY, FakeNebulaServer
+from ._state import DEFAULT_MODELS, FakeModel, RecordedHeaders, RecordedRequest
+
+__all__ = [
+    "DEFAULT_API_KEY",
+    "DEFAULT_MODELS",
+    "FakeModel",
+    "FakeNebulaServer",
+    "RecordedHeaders",
+    "RecordedRequest",
+    "count_tokens",
+    "default_reply",
+    "tokenize",
+]

@@ -1,0 +1,96 @@
+"""Run FakeNebulaServer standalone until Ctrl-C: ``python -m nebula_async.testing --port 8080``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from ._server import FakeNebulaServer
+from ._state import FakeModel
+
+
+def _model(value: str) -> FakeModel:
+    name, sep, context = value.rpartition(":")
+    if not sep:
+        return FakeModel(value)
+    try:
+        return FakeModel(name, int(context))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME:CONTEXT_LENGTH, got {value!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m nebula_async.testing",
+        description="Serve a fake Nebula text-generation API on this machine, until Ctrl-C.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)")
+    parser.add_argument(
+        "--api-key", action="append", dest="api_keys", metavar="KEY",
+        help="accept only this key (repeatable; default: any non-empty key)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--model", action="append", dest="models", type=_model, default=[], metavar="NAME[:CONTEXT]",
+        help="add a model, e.g. gpt-4 or gpt-4:8192 (repeatable; the six documented ones are always there)",
+    )  # fmt: skip
+    parser.add_argument("--time-to-first-token", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--token-delay", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--requests-per-second", type=int, metavar="N", help="per-key rate limit")
+    parser.add_argument("--requests-per-minute", type=int, metavar="N", help="per-key rate limit")
+    parser.add_argument(
+        "--token-quota", type=int, metavar="TOKENS", help="tokens per key before insufficient_quota"
+    )
+    parser.add_argument("--quiet", action="store_true", help="do not print a line per request")
+    return parser
+
+
+async def _serve(server: FakeNebulaServer, *, any_key: bool) -> None:
+    async with server:
+        keys = "any non-empty Bearer key" if any_key else "the --api-key keys only"
+        print(f"FakeNebulaServer at {server.base_url} ({keys}; Ctrl-C to stop)", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' loop
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and serve until interrupted; return the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        server = FakeNebulaServer(
+            host=args.host,
+            port=args.port,
+            api_keys=args.api_keys,
+            models=args.models,
+            time_to_first_token=args.time_to_first_token,
+            token_delay=args.token_delay,
+            requests_per_second=args.requests_per_second,
+            requests_per_minute=args.requests_per_minute,
+            token_quota=args.token_quota,
+            access_log=not args.quiet,
+        )
+    except (TypeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        asyncio.run(_serve(server, any_key=args.api_keys is None))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:  # the port is taken, or the address is not ours
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The fake server's plain state: models, recorded requests, scripted faults and per-key limits.
+
+No aiohttp here (only multidict, for headers). One lock guards it all: a test thread scripts
+faults while the server's own thread (``run_in_thread``) answers requests.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import attrs
+from multidict import CIMultiDict, CIMultiDictProxy
+
+__all__ = [
+    "DEFAULT_CONTEXT_LENGTH",
+    "DEFAULT_MODELS",
+    "FakeModel",
+    "Fault",
+    "Limits",
+    "RecordedHeaders",
+    "RecordedRequest",
+    "Script",
+    "merge_models",
+    "seconds_header",
+]
+
+DEFAULT_CONTEXT_LENGTH = 8192
+
+
+def _positive_int(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{attribute.name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be >= 1, got {value}")
+
+
+def _name(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"a model name must be a non-empty str, got {value!r}")
+
+
+@attrs.frozen
+class FakeModel:
+    """A model the fake server knows; prompts longer than ``context_length`` tokens are rejected."""
+
+    name: str = attrs.field(validator=_name)
+    context_length: int = attrs.field(default=DEFAULT_CONTEXT_LENGTH, validator=_positive_int)
+
+
+# The API reference's table, with each model family's published context window.
+DEFAULT_MODELS = (
+    FakeModel("DeepSeek-V3-0324", 131072),
+    FakeModel("DeepSeek-R1-Distill-Llama-70B", 131072),
+    FakeModel("DeepSeek-R1-Distill-Qwen-32B", 131072),
+    FakeModel("Llama3.3-70B", 131072),
+    FakeModel("Qwen-QwQ-32B", 32768),
+    FakeModel("Qwen2.5-Coder-32B", 32768),
+)
+
+
+def merge_models(models: Iterable[str | FakeModel], *, default_models: bool) -> dict[str, FakeModel]:
+    """Return the server's model table: the defaults (if kept), then ``models`` added or replacing by name."""
+    if isinstance(models, (str, FakeModel)):
+        raise TypeError("models must be a list of names or FakeModel objects, e.g. models=['gpt-4']")
+    table = {m.name: m for m in DEFAULT_MODELS} if default_models else {}
+    for model in models:
+        spec = FakeModel(model) if isinstance(model, str) else model
+        if not isinstance(spec, FakeModel):
+            raise TypeError(f"models: expected a name or a FakeModel, got {type(model).__name__}")
+        table[spec.name] = spec
+    if not table:
+        raise ValueError("the fake server needs at least one model: pass models=[...] or keep the defaults")
+    return table
+
+
+class RecordedHeaders(Mapping[str, str]):
+    """A request's headers: case-insensitive lookup, and a repr that hides the Authorization value."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._headers = CIMultiDictProxy(CIMultiDict(headers))
+
+    def __getitem__(self, name: str) -> str:
+        return self._headers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers)
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+    def getall(self, name: str) -> list[str]:
+        """Return every value sent for ``name`` (a header may repeat)."""
+        return self._headers.getall(name, [])
+
+    def __repr__(self) -> str:
+        shown = {k: "<redacted>" if k.lower() == "authorization" else v for k, v in self._headers.items()}
+        return f"RecordedHeaders({shown!r})"
+
+
+@attrs.define
+class RecordedRequest:
+    """One request the fake server received, for assertions.
+
+    ``json`` is the decoded body (None when it was not JSON); ``time`` is ``time.time()`` on
+    arrival; ``status`` is the HTTP status answered (None while in progress, or when a fault dropped
+    the connection). ``api_key`` is the Bearer key sent; it, like the Authorization header, is
+    never shown in a repr.
+    """
+
+    method: str
+    path: str
+    headers: RecordedHeaders = attrs.field(converter=RecordedHeaders)
+    body: bytes = attrs.field(repr=False)
+    json: Any
+    time: float
+    request_id: str
+    api_key: str | None = attrs.field(default=None, repr=False)
+    status: int | None = None
+
+
+@attrs.frozen
+class Fault:
+    """One scripted misbehaviour; ``kind`` picks which, the rest are its settings."""
+
+    kind: str  # "fail", "html", "delay", "disconnect", "drop_stream", "error_event"
+    status: int = 500
+    code: str | None = None
+    message: str = ""
+    details: Mapping[str, Any] | None = None
+    retry_after: float | None = None
+    seconds: float = 0.0
+    events: int = 0
+
+
+class Script:
+    """Faults queued for the next requests, in order; stream faults wait for the next valid stream."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self._request_faults: collections.deque[Fault] = collections.deque()
+        self._stream_faults: collections.deque[Fault] = collections.deque()
+
+    def add(self, fault: Fault, count: int) -> None:
+        queue = self._stream_faults if fault.kind in ("drop_stream", "error_event") else self._request_faults
+        with self._lock:
+            queue.extend([fault] * count)
+
+    def next_request_fault(self) -> Fault | None:
+        with self._lock:
+            return self._request_faults.popleft() if self._request_faults else None
+
+    def next_stream_fault(self) -> Fault | None:
+        with self._lock:
+            return self._stream_faults.popleft() if self._stream_faults else None
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._request_faults) + len(self._stream_faults)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._request_faults.clear()
+            self._stream_faults.clear()
+
+
+class Limits:
+    """Per-key sliding-window rate limits and token quotas."""
+
+    def __init__(
+        self,
+        lock: threading.Lock,
+        *,
+        requests_per_second: int | None,
+        requests_per_minute: int | None,
+        token_quota: int | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lock = lock
+        self._clock = clock
+        self._windows = [(n, w) for n, w in ((requests_per_second, 1.0), (requests_per_minute, 60.0)) if n]
+        self._admitted: dict[str, list[collections.deque[float]]] = {}
+        self.token_quota = token_quota
+        self._used: dict[str, int] = {}
+
+    def admit(self, key: str) -> float | None:
+        """Count one request for ``key``; return None if allowed, else the seconds until it would be."""
+        if not self._windows:
+            return None
+        now = self._clock()
+        with self._lock:
+            windows = self._admitted.setdefault(key, [collections.deque() for _ in self._windows])
+            wait = 0.0
+            for (limit, seconds), times in zip(self._windows, windows, strict=True):
+                while times and now - times[0] >= seconds:
+                    times.popleft()
+                if len(times) >= limit:  # the oldest admitted request leaves the window first
+                    wait = max(wait, times[0] + seconds - now)
+            if wait > 0:
+                return wait
+            for times in windows:
+                times.append(now)
+            return None
+
+    def quota_left(self, key: str) -> bool:
+        """Whether ``key`` has tokens left under the quota."""
+        with self._lock:
+            return self.token_quota is None or self._used.get(key, 0) < self.token_quota
+
+    def charge(self, key: str, tokens: int) -> None:
+        with self._lock:
+            self._used[key] = self._used.get(key, 0) + tokens
+
+    def used(self, key: str) -> int:
+        with self._lock:
+            return self._used.get(key, 0)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._admitted.clear()
+            self._used.clear()
+
+
+def seconds_header(seconds: float) -> dict[str, str]:
+    """Return Retry-After (whole seconds, rounded up, as HTTP requires) and retry-after-ms (exact)."""
+    return {"Retry-After": str(math.ceil(seconds)), "retry-after-ms": str(math.ceil(seconds * 1000))}
