@@ -45,7 +45,9 @@ def default_reply(model: str, prompt: str, temperature: float, top_p: float) -> 
     Two to four sentences of five to twelve words, chosen by a generator seeded with the model,
     prompt, temperature and top_p: the same request always gets the same text, on any machine.
     """
-    rng = random.Random(f"{model}\x00{prompt}\x00{float(temperature)!r}\x00{float(top_p)!r}")
+    # + 0.0 turns -0.0 into 0.0: equal numbers must give equal text (the cache treats them as one).
+    seed = f"{model}\x00{prompt}\x00{float(temperature) + 0.0!r}\x00{float(top_p) + 0.0!r}"
+    rng = random.Random(seed.encode("utf-8", "surrogatepass"))
     sentences = []
     for _ in range(rng.randint(2, 4)):
         words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 12)))

@@ -420,7 +420,8 @@ class FakeNebulaServer:
             return _error(rid, 401, "invalid_api_key", "Invalid API key")
         wait = self._limits.admit(key)
         if wait is not None:
-            return _error(rid, 429, "rate_limit_exceeded", "Too many requests", headers=seconds_header(wait))
+            limits = {"rate_limit": self._limits.describe()}
+            return _error(rid, 429, "rate_limit_exceeded", "Too many requests", limits, seconds_header(wait))
         if raw is None:
             return _error(rid, 413, "invalid_request", f"The request body is over {_MAX_BODY} bytes")
         content_type = request.headers.get("Content-Type", "")
@@ -454,7 +455,7 @@ class FakeNebulaServer:
         result = generate(text, max_tokens=limit, stop=params.stop)
         self._limits.charge(key, prompt_tokens + result.completion_tokens)
         if params.stream:
-            return await self._stream(request, rid, result)
+            return await self._stream(request, record, result)
         pause = self._pacing(len(result.chunks))
         if pause:
             await asyncio.sleep(pause)
@@ -500,15 +501,22 @@ class FakeNebulaServer:
     def _pacing(self, events: int) -> float:
         return self.time_to_first_token + self.token_delay * max(0, events - 1)
 
-    async def _stream(self, request: web.BaseRequest, rid: str, result: Generation) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.BaseRequest, record: RecordedRequest, result: Generation
+    ) -> web.StreamResponse:
         response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "x-request-id": rid}
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "x-request-id": record.request_id,
+            }
         )
         events = _events(result)
         fault = self._script.next_stream_fault()
         sent = events if fault is None else events[: fault.events]
         with contextlib.suppress(ConnectionError):  # the client hung up: nothing left to do
             await response.prepare(request)
+            record.status = 200  # the headers are out: a cut or a cancel later doesn't change it
             if self.time_to_first_token:
                 await asyncio.sleep(self.time_to_first_token)
             if self.token_delay:

@@ -82,16 +82,22 @@ class RecordedHeaders(Mapping[str, str]):
     """A request's headers: case-insensitive lookup, and a repr that hides the Authorization value."""
 
     def __init__(self, headers: Mapping[str, str]) -> None:
-        self._headers = CIMultiDictProxy(CIMultiDict(headers))
+        # items() of a multidict (aiohttp's headers, or our own copy) keeps repeated headers.
+        source = headers._headers if isinstance(headers, RecordedHeaders) else headers
+        self._headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(source.items()))
+        names: dict[str, str] = {}
+        for name in self._headers:
+            names.setdefault(name.lower(), name)
+        self._names = list(names.values())  # a Mapping has each key once, whatever repeats on the wire
 
     def __getitem__(self, name: str) -> str:
         return self._headers[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._headers)
+        return iter(self._names)
 
     def __len__(self) -> int:
-        return len(self._headers)
+        return len(self._names)
 
     def getall(self, name: str) -> list[str]:
         """Return every value sent for ``name`` (a header may repeat)."""
@@ -191,8 +197,8 @@ class Limits:
         """Count one request for ``key``; return None if allowed, else the seconds until it would be."""
         if not self._windows:
             return None
-        now = self._clock()
         with self._lock:
+            now = self._clock()
             windows = self._admitted.setdefault(key, [collections.deque() for _ in self._windows])
             wait = 0.0
             for (limit, seconds), times in zip(self._windows, windows, strict=True):
@@ -205,6 +211,11 @@ class Limits:
             for times in windows:
                 times.append(now)
             return None
+
+    def describe(self) -> str:
+        """Say what the rate limits are, e.g. ``"requests: 2 per second and 60 per minute, per API key"``."""
+        parts = [f"{n} per {'second' if w == 1.0 else 'minute'}" for n, w in self._windows]
+        return "requests: " + " and ".join(parts) + ", per API key"
 
     def quota_left(self, key: str) -> bool:
         """Whether ``key`` has tokens left under the quota."""

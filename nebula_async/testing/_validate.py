@@ -53,7 +53,8 @@ class InvalidJSON:
 def decode_body(raw: bytes) -> object:
     """Decode a request body; a body that is not JSON gives an InvalidJSON."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        # Strict UTF-8 first: json.loads(bytes) would also take UTF-16 and a BOM.
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return InvalidJSON(str(exc))
 
@@ -99,9 +100,20 @@ def _text(body: dict[str, Any], name: str, details: dict[str, str]) -> str | Non
         details[name] = f"must be a string, got {_json_type(value)}"
     elif not value:
         details[name] = "must not be empty"
+    elif not _is_unicode(value):
+        details[name] = "must be valid Unicode: it holds a lone surrogate escape such as \\ud800"
     else:
         return value
     return None
+
+
+def _is_unicode(text: str) -> bool:
+    # JSON lets "\ud800" through; such a string is not text and cannot be encoded.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _number(
@@ -129,6 +141,9 @@ def _stop(value: object, details: dict[str, str]) -> tuple[str, ...]:
         if not isinstance(item, str) or not item:
             got = "an empty string" if item == "" else _json_type(item)
             details["stop"] = f"item {i} must be a non-empty string, got {got}"
+            return ()
+        if not _is_unicode(item):
+            details["stop"] = f"item {i} must be valid Unicode: it holds a lone surrogate escape"
             return ()
     return tuple(value)
 
