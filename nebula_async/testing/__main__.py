@@ -20,7 +20,7 @@ def _model(value: str) -> FakeModel:
         return FakeModel(value)
     try:
         return FakeModel(name, int(context))
-    except ValueError:
+    except (TypeError, ValueError):  # TypeError: an empty name
         raise argparse.ArgumentTypeError(f"expected NAME or NAME:CONTEXT_LENGTH, got {value!r}") from None
 
 
@@ -51,13 +51,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(server: FakeNebulaServer, *, any_key: bool) -> None:
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' loop
+        # Before the banner: whoever reads it may send SIGTERM at once.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with server:
         keys = "any non-empty Bearer key" if any_key else "the --api-key keys only"
         print(f"FakeNebulaServer at {server.base_url} ({keys}; Ctrl-C to stop)", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' loop
-            loop.add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
 
 

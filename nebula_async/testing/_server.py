@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import http
 import itertools
 import json
 import logging
@@ -36,7 +37,7 @@ _DEFAULT_MAX_TOKENS = 256  # the API reference's default
 _DEFAULT_TEMPERATURE = 0.7
 _DEFAULT_TOP_P = 1.0
 _MAX_BODY = 32 * 1024 * 1024  # a 131,072-token prompt fits many times over
-_SHUTDOWN_TIMEOUT = 1.0  # seconds in-flight answers get when the server stops
+_SHUTDOWN_TIMEOUT = 0.1  # astop() cancels the answers in flight; this bounds what is left
 
 _DEFAULT_CODES = {
     400: "invalid_request",
@@ -54,8 +55,8 @@ _DEFAULT_MESSAGES = {
     "server_error": "The server had an error while processing the request",
 }
 _HTML_PAGE = (
-    "<html>\r\n<head><title>{status} Bad Gateway</title></head>\r\n<body>\r\n"
-    "<center><h1>{status} Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+    "<center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 )
 
 _running_in_threads: weakref.WeakSet[FakeNebulaServer] = weakref.WeakSet()
@@ -153,6 +154,7 @@ class FakeNebulaServer:
         self._portal: BlockingPortal | None = None
         self._portal_cm: Any = None
         self._thread_lock = threading.Lock()
+        self._active: set[asyncio.Task[Any]] = set()  # tasks answering a request right now
 
     def __repr__(self) -> str:
         where = self.base_url if self._runner is not None else "not running"
@@ -300,10 +302,18 @@ class FakeNebulaServer:
         return self
 
     async def astop(self) -> None:
-        """Stop listening and close every connection; in-flight answers get a second to finish."""
+        """Stop listening and close every connection at once; answers in flight are cut off."""
         runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        if runner is None:
+            return
+        # Connections the kernel already accepted are set up over the next loop turns; closing the
+        # listener before that leaks their sockets (CPython gh-109564). Let them in, then close them.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        for task in list(self._active):  # a paced stream would otherwise hold the shutdown up
+            task.cancel()
+        await runner.cleanup()
+        await asyncio.sleep(0)  # a closed transport lets go of its socket on the next turn
 
     async def __aenter__(self) -> FakeNebulaServer:
         return await self.astart()
@@ -360,6 +370,15 @@ class FakeNebulaServer:
     # --- answering ---------------------------------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None  # aiohttp runs each connection in a task
+        self._active.add(task)
+        try:
+            return await self._handle_request(request)
+        finally:
+            self._active.discard(task)
+
+    async def _handle_request(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = f"req_{self._id_prefix}{next(self._ids):06d}"
         try:
             raw: bytes | None = await request.read()
@@ -403,7 +422,8 @@ class FakeNebulaServer:
                     request.transport.abort()
                 return None
             elif fault.kind == "html":
-                page = _HTML_PAGE.format(status=fault.status)
+                reason = _reason(fault.status)
+                page = _HTML_PAGE.format(status=fault.status, reason=reason)
                 return web.Response(
                     status=fault.status, text=page, content_type="text/html", headers={"x-request-id": rid}
                 )
@@ -571,6 +591,13 @@ def _error(
         content_type="application/json",
         headers={"x-request-id": rid, **(headers or {})},
     )
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:  # a status with no standard phrase, such as 599
+        return "Error"
 
 
 def _bearer(header: str | None) -> str | None:

@@ -238,4 +238,5 @@ class Limits:
 
 def seconds_header(seconds: float) -> dict[str, str]:
     """Return Retry-After (whole seconds, rounded up, as HTTP requires) and retry-after-ms (exact)."""
-    return {"Retry-After": str(math.ceil(seconds)), "retry-after-ms": str(math.ceil(seconds * 1000))}
+    milliseconds = math.ceil(round(seconds * 1000, 6))  # round first: 4.03 * 1000 is 4030.0000000000005
+    return {"Retry-After": str(math.ceil(seconds)), "retry-after-ms": str(milliseconds)}

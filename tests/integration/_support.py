@@ -1,8 +1,11 @@
-"""Helpers of the integration tests: handlers for the shared aiohttp server and a raw TCP server.
+"""Helpers of the integration tests: handlers for the hand-rolled aiohttp server and a raw TCP server.
 
-The shared ``server`` fixture (tests/conftest.py) speaks proper HTTP through aiohttp.web. The
-``RawServer`` here writes bytes by hand, for what aiohttp.web will not do: a response cut at an
-exact byte, a body delimited by closing the connection, a malformed status line.
+Most tests run against the ``fake`` fixture (tests/integration/conftest.py): a FakeNebulaServer,
+which speaks the API's protocol and scripts its documented faults. The hand-rolled ``server``
+fixture (tests/conftest.py) serves answers the fake won't give: malformed or unusual SSE, a 200 that
+isn't the envelope, a stall with the body left open. The ``RawServer`` here writes bytes by hand,
+for what aiohttp.web will not do: a response cut at an exact byte, a body delimited by closing the
+connection, a malformed status line.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from nebula_async import AsyncNebulaClient, RetryPolicy, TextStream
+from nebula_async import AsyncNebulaClient, GenerateRequest, RetryPolicy, TextStream
 from tests.helpers import sse
 
 # Distinctive, so a leak into a log line or an error message cannot be a coincidence.
 SECRET_KEY = "sk-integ-7f3c9e1d-SECRET-do-not-log"
+
+# What the ``fake`` fixture answers the prompt "p" (four chunks when streamed), as ``server`` does by default.
+HELLO = "Hello, World!"
 
 # Retries that wait about a millisecond: the tests measure behaviour, not backoff.
 FAST_RETRY = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.002)
@@ -36,6 +42,11 @@ def make_client(base_url: str, **kwargs: Any) -> AsyncNebulaClient:
     """Return a client for ``base_url`` with the secret key and fast retries unless overridden."""
     kwargs.setdefault("retry", FAST_RETRY)
     return AsyncNebulaClient(SECRET_KEY, base_url=base_url, **kwargs)
+
+
+def echo(request: GenerateRequest) -> str:
+    """Reply with the prompt: a ``fake.reply`` that tells each request's answer apart."""
+    return f"echo:{request.prompt}"
 
 
 def chunk(text: str, finish_reason: str | None = None) -> dict[str, Any]:
@@ -128,7 +139,6 @@ SSE_HEAD_UNTIL_CLOSE = http_head(
 SSE_HEAD_CHUNKED = http_head(
     200, {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked", "x-request-id": "req_raw"}
 )
-LAST_CHUNK = b"0\r\n\r\n"
 
 
 def http_chunk(data: bytes) -> bytes:

@@ -1,4 +1,8 @@
-"""Error answers over a real socket: the same class for the same code on every path."""
+"""Error answers over a real socket: the same class for the same code on every path.
+
+The FakeNebulaServer (``fake``) sends the documented errors; the hand-rolled ``server`` sends what it
+never does: error envelopes in a 200, answers without x-request-id, bodies that aren't the envelope.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +22,10 @@ from nebula_async import (
     RateLimitError,
     ServerError,
 )
+from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
-from tests.helpers import error_body, sse, success_body
-from tests.integration._support import NO_RETRY, chunk, collect, json_handler, make_client, stream_handler
+from tests.helpers import error_body, success_body
+from tests.integration._support import NO_RETRY, collect, json_handler, make_client
 
 # (code, the HTTP status a server would send it with, the class it must raise)
 DOCUMENTED_CODES = [
@@ -31,10 +36,8 @@ DOCUMENTED_CODES = [
     ("insufficient_quota", 429, InsufficientQuotaError),
 ]
 
-HTML_PAGE = "<html><head><title>{0}</title></head><body><h1>{0}</h1><hr>nginx</body></html>"
 
-
-def _client(server: LocalServer) -> AsyncNebulaClient:
+def _client(server: LocalServer | FakeNebulaServer) -> AsyncNebulaClient:
     return make_client(server.base_url, retry=NO_RETRY)
 
 
@@ -53,16 +56,14 @@ def _check(err: APIError, cls: type[APIError], code: str | None, status: int, re
 
 @pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
 async def test_documented_code_over_http(
-    server: LocalServer, code: str, status: int, cls: type[APIError]
+    fake: FakeNebulaServer, code: str, status: int, cls: type[APIError]
 ) -> None:
     """An HTTP error with a documented code raises its class with code, message, details, status, id."""
-    server.handler = json_handler(
-        error_body(code, "explained", model="gpt-9"), status=status, headers={"x-request-id": "req_e1"}
-    )
-    async with _client(server) as client:
+    fake.fail_next(status=status, code=code, message="explained", details={"model": "gpt-9"})
+    async with _client(fake) as client:
         with pytest.raises(cls) as info:
             await client.generate_text(model="m", prompt="p")
-    _check(info.value, cls, code, status, "req_e1")
+    _check(info.value, cls, code, status, fake.requests[0].request_id)
     assert info.value.message == "explained"
     assert info.value.details == {"model": "gpt-9"}
     assert "explained" in str(info.value)
@@ -82,45 +83,44 @@ async def test_documented_code_in_a_200_envelope(
 
 @pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
 async def test_documented_code_as_a_stream_event(
-    server: LocalServer, code: str, status: int, cls: type[APIError]
+    fake: FakeNebulaServer, code: str, status: int, cls: type[APIError]
 ) -> None:
     """An error envelope arriving as a stream event raises the same class as the HTTP error would."""
-    server.handler = stream_handler(sse(error_body(code, "mid-stream")), headers={"x-request-id": "req_e3"})
-    async with _client(server) as client:
+    fake.error_event_after(0, code=code, message="mid-stream")
+    async with _client(fake) as client:
         with pytest.raises(cls) as info:
             await collect(client.stream_text(model="m", prompt="p"), enter=True)
-    _check(info.value, cls, code, 200, "req_e3")
+    _check(info.value, cls, code, 200, fake.requests[0].request_id)
     assert info.value.message == "mid-stream"
 
 
 @pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
 async def test_documented_code_after_some_chunks(
-    server: LocalServer, code: str, status: int, cls: type[APIError]
+    fake: FakeNebulaServer, code: str, status: int, cls: type[APIError]
 ) -> None:
     """An error event after text has been delivered raises the mapped class, after that text."""
-    server.handler = stream_handler(
-        sse(chunk("Hel")), sse(chunk("lo")), sse(error_body(code, "later")), delay=0.01
-    )
+    fake.token_delay = 0.01  # each chunk in a write of its own
+    fake.error_event_after(2, code=code, message="later")  # after "Hello" and ","
     received: list[str] = []
-    async with _client(server) as client:
+    async with _client(fake) as client:
         with pytest.raises(cls):
             await collect(client.stream_text(model="m", prompt="p"), received, enter=True)
-    assert received == ["Hel", "lo"]
-    assert len(server.requests) == 1
+    assert received == ["Hello", ","]
+    assert len(fake.requests) == 1
 
 
 @pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
 async def test_documented_code_at_stream_open(
-    server: LocalServer, code: str, status: int, cls: type[APIError]
+    fake: FakeNebulaServer, code: str, status: int, cls: type[APIError]
 ) -> None:
     """An HTTP error answering a stream request raises the mapped class on entering the stream."""
-    server.handler = json_handler(error_body(code), status=status, headers={"x-request-id": "req_e4"})
-    async with _client(server) as client:
+    fake.fail_next(status=status, code=code)
+    async with _client(fake) as client:
         stream = client.stream_text(model="m", prompt="p")
         with pytest.raises(cls) as info:
             async with stream:
                 pass
-    _check(info.value, cls, code, status, "req_e4")
+    _check(info.value, cls, code, status, fake.requests[0].request_id)
 
 
 @pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
@@ -146,24 +146,16 @@ async def test_documented_code_in_a_200_envelope_at_stream_open(
         (503, ServerError),
     ],
 )
-async def test_html_error_page_maps_by_status(server: LocalServer, status: int, cls: type[APIError]) -> None:
+async def test_html_error_page_maps_by_status(
+    fake: FakeNebulaServer, status: int, cls: type[APIError]
+) -> None:
     """An HTML error page (a proxy's, not the JSON envelope) maps by status, with no code."""
-    title = f"{status} Proxy Error"
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(
-            status=status,
-            text=HTML_PAGE.format(title),
-            content_type="text/html",
-            headers={"x-request-id": "req_html"},
-        )
-
-    server.handler = handler
-    async with _client(server) as client:
+    fake.html_error_next(status=status)
+    async with _client(fake) as client:
         with pytest.raises(cls) as info:
             await client.generate_text(model="m", prompt="p")
-    _check(info.value, cls, None, status, "req_html")
-    assert title in info.value.message  # the start of the page says what went wrong
+    _check(info.value, cls, None, status, fake.requests[0].request_id)
+    assert f"<title>{status} " in info.value.message  # the start of the page says what went wrong
 
 
 @pytest.mark.parametrize(
@@ -188,19 +180,19 @@ async def test_unknown_code_falls_back_to_status(
     assert info.value.request_id is None
 
 
-async def test_code_decides_before_status(server: LocalServer) -> None:
+async def test_code_decides_before_status(fake: FakeNebulaServer) -> None:
     """model_not_found sent with HTTP 400 is a ModelNotFoundError, not a plain InvalidRequestError."""
-    server.handler = json_handler(error_body("model_not_found"), status=400)
-    async with _client(server) as client:
+    fake.fail_next(status=400, code="model_not_found")
+    async with _client(fake) as client:
         with pytest.raises(ModelNotFoundError) as info:
             await client.generate_text(model="m", prompt="p")
     assert info.value.status_code == 400
 
 
-async def test_insufficient_quota_with_402(server: LocalServer) -> None:
+async def test_insufficient_quota_with_402(fake: FakeNebulaServer) -> None:
     """insufficient_quota maps to InsufficientQuotaError whatever the status, here 402."""
-    server.handler = json_handler(error_body("insufficient_quota"), status=402)
-    async with _client(server) as client:
+    fake.fail_next(status=402, code="insufficient_quota")
+    async with _client(fake) as client:
         with pytest.raises(InsufficientQuotaError):
             await client.generate_text(model="m", prompt="p")
 

@@ -1,4 +1,8 @@
-"""generate_many over a real server: order, the concurrency bound, failures, and lazy input."""
+"""generate_many over a real server: order, the concurrency bound, failures, and lazy input.
+
+The FakeNebulaServer (``fake``) serves most; the hand-rolled ``server`` counts the calls in flight
+and fails one chosen prompt, which the fake doesn't.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ import pytest
 from aiohttp import web
 
 from nebula_async import GenerateRequest, ModelNotFoundError, TextGeneration
+from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
 from tests.helpers import error_body, success_body
-from tests.integration._support import make_client
+from tests.integration._support import echo, make_client
 
 
 class Counting:
@@ -40,16 +45,18 @@ class Counting:
             self.answered += 1
 
 
-async def test_results_keep_input_order_with_varying_delays(server: LocalServer) -> None:
+async def test_results_keep_input_order_with_varying_delays(fake: FakeNebulaServer) -> None:
     """Results come in input order even when later items finish first."""
     n = 24
-    handler = Counting(delays={f"p{i}": 0.002 * (n - i) for i in range(n)})
-    server.handler = handler
-    async with make_client(server.base_url) as client:
+    # The fake answers after token_delay per token past the first: item i takes 0.002 * (n - i + 2) s.
+    replies = {f"p{i}": "echo:p" + "." * (n - i) for i in range(n)}  # "echo", ":", "p", and n - i dots
+    fake.replies.update(replies)
+    fake.token_delay = 0.002
+    async with make_client(fake.base_url) as client:
         results = await client.generate_many(
             [{"model": "m", "prompt": f"p{i}"} for i in range(n)], concurrency=8
         )
-    assert [r.text for r in results] == [f"echo:p{i}" for i in range(n)]
+    assert [r.text for r in results] == [replies[f"p{i}"] for i in range(n)]
     assert all(isinstance(r, TextGeneration) for r in results)
 
 
@@ -65,16 +72,16 @@ async def test_at_most_concurrency_in_flight(server: LocalServer) -> None:
     assert handler.highest == 5
 
 
-async def test_return_exceptions_puts_the_error_in_place(server: LocalServer) -> None:
+async def test_return_exceptions_puts_the_error_in_place(fake: FakeNebulaServer) -> None:
     """With return_exceptions=True a failed item's exception stands at its index and the rest succeed."""
-    server.handler = Counting()
+    fake.reply = echo
     items: list[Any] = [{"model": "m", "prompt": f"p{i}"} for i in range(6)]
-    items[2] = {"model": "missing", "prompt": "p2"}
+    items[2] = {"model": "missing", "prompt": "p2"}  # a model the fake doesn't have
     items[4] = {"model": "m", "prompt": "p4", "max_tokens": 0}  # rejected before sending
-    async with make_client(server.base_url) as client:
+    async with make_client(fake.base_url) as client:
         results = await client.generate_many(items, concurrency=3, return_exceptions=True)
     assert isinstance(results[2], ModelNotFoundError)
-    assert results[2].message == "no model for p2"
+    assert results[2].message == "Model 'missing' not found"
     assert isinstance(results[4], ValueError)
     assert "max_tokens" in str(results[4])
     assert [r.text for i, r in enumerate(results) if i not in (2, 4)] == [
@@ -83,39 +90,39 @@ async def test_return_exceptions_puts_the_error_in_place(server: LocalServer) ->
         "echo:p3",
         "echo:p5",
     ]
-    assert len(server.requests) == 5
+    assert len(fake.requests) == 5
 
 
-async def test_first_failure_is_raised_and_the_rest_stop(server: LocalServer) -> None:
+async def test_first_failure_is_raised_and_the_rest_stop(fake: FakeNebulaServer) -> None:
     """With return_exceptions=False the first failure is raised and no further requests are sent."""
-    handler = Counting(delay=0.005)
-    server.handler = handler
-    items = [{"model": "missing" if i == 5 else "m", "prompt": f"p{i}"} for i in range(200)]
-    async with make_client(server.base_url) as client:
+    fake.time_to_first_token = 0.005  # each success takes 5 ms
+    items = [{"model": "missing-p5" if i == 5 else "m", "prompt": f"p{i}"} for i in range(200)]
+    async with make_client(fake.base_url) as client:
         with pytest.raises(ModelNotFoundError, match="p5"):
             await client.generate_many(items, concurrency=4)
-        sent = len(server.requests)
+        sent = len(fake.requests)
         await asyncio.sleep(0.05)
-        assert len(server.requests) == sent  # nothing is still running in the background
+        assert len(fake.requests) == sent  # nothing is still running in the background
     assert sent < 20
 
 
-async def test_a_generator_is_consumed_lazily(server: LocalServer) -> None:
+async def test_a_generator_is_consumed_lazily(fake: FakeNebulaServer) -> None:
     """A 10,000-item generator is read only as workers free up: never more than concurrency ahead."""
-    handler = Counting()
-    server.handler = handler
     concurrency = 4
     produced = 0
     worst_lead = 0
+
+    def answered() -> int:
+        return sum(r.status is not None for r in fake.requests)
 
     def items() -> Iterator[dict[str, str]]:
         nonlocal produced, worst_lead
         for i in range(10_000):
             produced += 1
-            worst_lead = max(worst_lead, produced - handler.answered)
+            worst_lead = max(worst_lead, produced - answered())
             yield {"model": "missing" if i == 60 else "m", "prompt": f"p{i}"}
 
-    async with make_client(server.base_url) as client:
+    async with make_client(fake.base_url) as client:
         with pytest.raises(ModelNotFoundError):
             await client.generate_many(items(), concurrency=concurrency)
     assert worst_lead <= concurrency + 1
@@ -166,27 +173,27 @@ async def test_an_async_generator_is_accepted(server: LocalServer) -> None:
     assert handler.highest <= 3
 
 
-async def test_dicts_and_generate_requests_mixed(server: LocalServer) -> None:
+async def test_dicts_and_generate_requests_mixed(fake: FakeNebulaServer) -> None:
     """Dict items and GenerateRequest items are both sent with exactly their fields."""
-    server.handler = Counting()
+    fake.reply = echo
     items: list[Any] = [
         {"model": "m", "prompt": "d", "temperature": 0.5, "stop": ["."]},
         GenerateRequest("m", "g", max_tokens=7, top_p=0.9),
     ]
-    async with make_client(server.base_url) as client:
+    async with make_client(fake.base_url) as client:
         results = await client.generate_many(items, concurrency=1)
     assert [r.text for r in results] == ["echo:d", "echo:g"]
-    assert [r["body"] for r in server.requests] == [
+    assert [r.json for r in fake.requests] == [
         {"model": "m", "prompt": "d", "temperature": 0.5, "stop": ["."]},
         {"model": "m", "prompt": "g", "max_tokens": 7, "top_p": 0.9},
     ]
 
 
-async def test_empty_input_gives_an_empty_list(server: LocalServer) -> None:
+async def test_empty_input_gives_an_empty_list(fake: FakeNebulaServer) -> None:
     """No items means no requests and an empty list."""
-    async with make_client(server.base_url) as client:
+    async with make_client(fake.base_url) as client:
         assert await client.generate_many([]) == []
-    assert server.requests == []
+    assert fake.requests == []
 
 
 async def test_items_are_retried_like_single_calls(server: LocalServer) -> None:

@@ -1,19 +1,22 @@
-"""Logging over real calls, and the API key: absent from every log record and every error."""
+"""Logging over real calls, and the API key: absent from every log record and every error.
+
+The FakeNebulaServer (``fake``) produces the documented failures; the hand-rolled servers send a
+stream that ends without its final event and malformed HTTP.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import traceback
 from collections.abc import Awaitable, Callable
 
 import pytest
-from aiohttp import web
 
 from nebula_async import APIConnectionError, AsyncNebulaClient, NebulaError, Timeout
+from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
-from tests.helpers import error_body, sse, success_body
+from tests.helpers import sse
 from tests.integration._support import (
     SECRET_KEY,
     SSE_HEAD_CHUNKED,
@@ -22,9 +25,7 @@ from tests.integration._support import (
     chunk,
     collect,
     free_port,
-    json_handler,
     make_client,
-    sequence_handler,
     stream_handler,
 )
 
@@ -49,22 +50,19 @@ def _assert_no_key_in_error(err: BaseException) -> None:
 
 
 async def test_debug_per_attempt_and_warning_per_retry(
-    server: LocalServer, caplog: pytest.LogCaptureFixture
+    fake: FakeNebulaServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A 429-then-success call logs a DEBUG line per attempt and one WARNING for the retry."""
     caplog.set_level(logging.DEBUG, logger="nebula_async")
-    server.handler = sequence_handler(
-        json_handler(error_body("rate_limit_exceeded", "slow"), status=429, headers={"Retry-After": "0"}),
-        json_handler(success_body()),
-    )
-    async with make_client(server.base_url) as client:
+    fake.fail_next(status=429, code="rate_limit_exceeded", message="slow", retry_after=0)
+    async with make_client(fake.base_url) as client:
         result = await client.generate_text(model="m", prompt="p")
     assert result.retries == 1
     records = _ours(caplog)
     debug = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
     warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
     assert len(debug) == 2
-    url = f"{server.base_url}/text/generate"
+    url = f"{fake.base_url}/text/generate"
     for line, status, attempt in zip(debug, ("429", "200"), ("1", "2"), strict=True):
         assert "POST" in line
         assert url in line
@@ -77,14 +75,12 @@ async def test_debug_per_attempt_and_warning_per_retry(
     _assert_no_key_in_logs(caplog)
 
 
-async def test_stream_attempts_are_logged(server: LocalServer, caplog: pytest.LogCaptureFixture) -> None:
+async def test_stream_attempts_are_logged(fake: FakeNebulaServer, caplog: pytest.LogCaptureFixture) -> None:
     """A stream retried after an error event logs each attempt at DEBUG and the retry at WARNING."""
     caplog.set_level(logging.DEBUG, logger="nebula_async")
-    server.handler = sequence_handler(
-        stream_handler(sse(error_body("rate_limit_exceeded"))),
-        stream_handler(sse(chunk("ok", "stop"))),
-    )
-    async with make_client(server.base_url) as client:
+    fake.error_event_after(0, code="rate_limit_exceeded")
+    fake.replies["p"] = "ok"
+    async with make_client(fake.base_url) as client:
         texts = [c.text async for c in client.stream_text(model="m", prompt="p")]
     assert texts == ["ok"]
     records = _ours(caplog)
@@ -94,74 +90,84 @@ async def test_stream_attempts_are_logged(server: LocalServer, caplog: pytest.Lo
 
 
 async def test_no_logging_above_debug_for_a_plain_success(
-    server: LocalServer, caplog: pytest.LogCaptureFixture
+    fake: FakeNebulaServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A successful call without retries logs nothing above DEBUG."""
     caplog.set_level(logging.DEBUG, logger="nebula_async")
-    async with make_client(server.base_url) as client:
+    async with make_client(fake.base_url) as client:
         await client.generate_text(model="m", prompt="p")
     assert [r.levelno for r in _ours(caplog)] == [logging.DEBUG]
 
 
-Scenario = Callable[[LocalServer, AsyncNebulaClient], Awaitable[object]]
+Scenario = Callable[[FakeNebulaServer, AsyncNebulaClient], Awaitable[object]]
 
 
-async def _http_500(server: LocalServer, client: AsyncNebulaClient) -> object:
-    server.handler = json_handler(error_body("internal", "boom"), status=500, headers={"x-request-id": "r"})
+async def _http_500(fake: FakeNebulaServer, client: AsyncNebulaClient) -> object:
+    fake.fail_next(3, status=500, code="internal", message="boom")
     return await client.generate_text(model="m", prompt="p")
 
 
-async def _auth_401(server: LocalServer, client: AsyncNebulaClient) -> object:
-    async def echo_key(request: web.Request) -> web.StreamResponse:
-        # A careless server echoing the header back would be the server's leak, not ours: send a fixed body.
-        return web.json_response(error_body("invalid_api_key", "Incorrect API key provided"), status=401)
-
-    server.handler = echo_key
+async def _auth_401(fake: FakeNebulaServer, client: AsyncNebulaClient) -> object:
+    # The fake answers with a fixed body: a server echoing the header back would be its leak, not ours.
+    fake.fail_next(status=401, code="invalid_api_key", message="Incorrect API key provided")
     return await client.generate_text(model="m", prompt="p")
 
 
-async def _timeout(server: LocalServer, client: AsyncNebulaClient) -> object:
-    async def slow(request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(5)
-        return web.json_response(success_body())
-
-    server.handler = slow
+async def _timeout(fake: FakeNebulaServer, client: AsyncNebulaClient) -> object:
+    fake.delay_next(5, 3)
     return await client.generate_text(model="m", prompt="p", timeout=Timeout(read=0.05))
 
 
-async def _stream_error_event(server: LocalServer, client: AsyncNebulaClient) -> object:
-    server.handler = stream_handler(sse(error_body("rate_limit_exceeded")))
+async def _stream_error_event(fake: FakeNebulaServer, client: AsyncNebulaClient) -> object:
+    fake.error_event_after(0, 3, code="rate_limit_exceeded")
     return await collect(client.stream_text(model="m", prompt="p"))
 
 
-async def _stream_eof(server: LocalServer, client: AsyncNebulaClient) -> object:
-    server.handler = stream_handler(sse(chunk("a")))
+async def _stream_drop(fake: FakeNebulaServer, client: AsyncNebulaClient) -> object:
+    fake.drop_stream_after(1)  # after a chunk was delivered: not retried
     return await collect(client.stream_text(model="m", prompt="p"))
 
 
-async def _refused(server: LocalServer, client: AsyncNebulaClient) -> object:
+async def _refused(fake: FakeNebulaServer, client: AsyncNebulaClient) -> object:
     other = make_client(f"http://127.0.0.1:{free_port()}/v1")
     async with other:
         return await other.generate_text(model="m", prompt="p")
 
 
-@pytest.mark.parametrize(
-    "scenario",
-    [_http_500, _auth_401, _timeout, _stream_error_event, _stream_eof, _refused],
-    ids=lambda f: f.__name__.strip("_"),
-)
-async def test_key_never_in_logs_or_errors(
-    server: LocalServer, caplog: pytest.LogCaptureFixture, scenario: Scenario
+async def _fail_and_check_the_key_is_hidden(
+    base_url: str, caplog: pytest.LogCaptureFixture, call: Callable[[AsyncNebulaClient], Awaitable[object]]
 ) -> None:
-    """The API key appears in no log record and in no str, repr or traceback of the error raised."""
+    """Run ``call`` on a client for ``base_url``; it must raise, and the key must be in no log or error."""
     caplog.set_level(logging.DEBUG)
-    async with make_client(server.base_url) as client:
+    async with make_client(base_url) as client:
         with pytest.raises(NebulaError) as info:
-            await scenario(server, client)
+            await call(client)
         assert SECRET_KEY not in repr(client)
     _assert_no_key_in_error(info.value)
     _assert_no_key_in_logs(caplog)
     assert _ours(caplog)  # the scenario did log something
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [_http_500, _auth_401, _timeout, _stream_error_event, _stream_drop, _refused],
+    ids=lambda f: f.__name__.strip("_"),
+)
+async def test_key_never_in_logs_or_errors(
+    fake: FakeNebulaServer, caplog: pytest.LogCaptureFixture, scenario: Scenario
+) -> None:
+    """The API key appears in no log record and in no str, repr or traceback of the error raised."""
+    await _fail_and_check_the_key_is_hidden(fake.base_url, caplog, lambda client: scenario(fake, client))
+
+
+async def test_key_never_in_logs_or_errors_of_a_stream_ended_early(
+    server: LocalServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream ending cleanly before its final event raises an error, and logs, without the key."""
+    server.handler = stream_handler(sse(chunk("a")))  # then the end of the body: the fake never does this
+    await _fail_and_check_the_key_is_hidden(
+        server.base_url, caplog, lambda client: collect(client.stream_text(model="m", prompt="p"))
+    )
 
 
 async def _malformed_status_line(conn: RawConnection) -> None:
@@ -197,9 +203,9 @@ async def test_key_never_in_protocol_errors(
     _assert_no_key_in_logs(caplog)
 
 
-async def test_key_not_in_client_or_stream_repr(server: LocalServer) -> None:
+async def test_key_not_in_client_or_stream_repr(fake: FakeNebulaServer) -> None:
     """Neither the client's nor a stream's repr shows the key."""
-    async with make_client(server.base_url) as client:
+    async with make_client(fake.base_url) as client:
         stream = client.stream_text(model="m", prompt="p")
         assert SECRET_KEY not in repr(client)
         assert SECRET_KEY not in repr(stream)

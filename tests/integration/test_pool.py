@@ -1,4 +1,9 @@
-"""The connection pool and client lifecycle: release on break, cancel and end; limits; loops; closing."""
+"""The connection pool and client lifecycle: release on break, cancel and end; limits; loops; closing.
+
+The FakeNebulaServer (``fake``) serves the plain calls, delays and paced streams; the hand-rolled
+``server`` does what it can't: count TCP connections and calls in flight, hold calls until the test
+releases them, send several events in one write and then stall with the body open.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,15 @@ import pytest
 from aiohttp import web
 
 from nebula_async import AsyncNebulaClient, TextGeneration, TextStream
+from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
 from tests.helpers import sse, success_body
 from tests.integration._support import (
+    HELLO,
     Handler,
     chunk,
     collect,
+    echo,
     events,
     make_client,
     open_stream,
@@ -229,67 +237,53 @@ async def test_cancelling_waiters_for_a_pooled_connection(server: LocalServer) -
     assert len(server.requests) == 2 + 6  # the cancelled waiters never reached the server
 
 
-async def test_cancelling_everything_in_flight_and_queued(server: LocalServer) -> None:
+async def test_cancelling_everything_in_flight_and_queued(fake: FakeNebulaServer) -> None:
     """Cancelling all calls, those holding connections too, leaves a max_connections=2 pool usable."""
-    in_flight = 0
-    hold = True
-
-    async def gated(request: web.Request) -> web.StreamResponse:
-        nonlocal in_flight
-        in_flight += 1
-        if hold:
-            await asyncio.sleep(STALL)
-        return await _echo(request)
-
-    server.handler = gated
-    async with make_client(server.base_url, max_connections=2) as client:
+    fake.reply = echo
+    fake.delay_next(STALL, 52)  # hold every call that reaches the server
+    async with make_client(fake.base_url, max_connections=2) as client:
         tasks = [asyncio.create_task(client.generate_text(model="m", prompt=f"p{i}")) for i in range(52)]
-        await wait_until(lambda: in_flight == 2)
+        await wait_until(lambda: len(fake.requests) == 2)
         await asyncio.sleep(0.02)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         assert all(task.cancelled() for task in tasks)
-        hold = False
+        fake.reset()  # drops the delays not yet used: later calls are answered at once
         after = await asyncio.wait_for(
             asyncio.gather(*(client.generate_text(model="m", prompt=f"a{i}") for i in range(4))), 2
         )
     assert [r.text for r in after] == [f"echo:a{i}" for i in range(4)]
 
 
-async def test_two_hundred_concurrent_calls(server: LocalServer) -> None:
+async def test_two_hundred_concurrent_calls(fake: FakeNebulaServer) -> None:
     """Two hundred concurrent calls on one client all succeed, each with its own result and request id."""
-    server.handler = _echo
-    async with make_client(server.base_url) as client:
+    fake.reply = echo
+    async with make_client(fake.base_url) as client:
         results = await asyncio.gather(*(client.generate_text(model="m", prompt=f"p{i}") for i in range(200)))
-    assert [(r.text, r.request_id) for r in results] == [(f"echo:p{i}", f"p{i}") for i in range(200)]
+    request_ids = {r.json["prompt"]: r.request_id for r in fake.requests}
+    assert [(r.text, r.request_id) for r in results] == [
+        (f"echo:p{i}", request_ids[f"p{i}"]) for i in range(200)
+    ]
+    assert len(set(request_ids.values())) == 200
     assert all(isinstance(r, TextGeneration) and r.retries == 0 for r in results)
-    assert len(server.requests) == 200
+    assert len(fake.requests) == 200
 
 
-async def test_fifty_concurrent_streams(server: LocalServer) -> None:
+async def test_fifty_concurrent_streams(fake: FakeNebulaServer) -> None:
     """Fifty concurrent streams on a client limited to 10 connections each get their own text."""
-
-    async def echo_stream(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        response = await open_stream(request)
-        await response.write(sse(chunk(body["prompt"])))
-        await asyncio.sleep(0.005)
-        await response.write(sse(chunk("!", "stop")))
-        await response.write_eof()
-        return response
-
-    server.handler = echo_stream
-    async with make_client(server.base_url, max_connections=10) as client:
+    fake.reply = lambda request: f"{request.prompt}!"  # two chunks: the prompt, then "!"
+    fake.token_delay = 0.005
+    async with make_client(fake.base_url, max_connections=10) as client:
         texts = await asyncio.gather(
             *(_text(client.stream_text(model="m", prompt=f"s{i}")) for i in range(50))
         )
     assert texts == [f"s{i}!" for i in range(50)]
 
 
-async def test_closed_client_raises_a_clear_error(server: LocalServer) -> None:
+async def test_closed_client_raises_a_clear_error(fake: FakeNebulaServer) -> None:
     """Every method of a closed client raises RuntimeError saying it is closed; aclose() stays idempotent."""
-    client = make_client(server.base_url)
+    client = make_client(fake.base_url)
     await client.generate_text(model="m", prompt="p")
     await client.aclose()
     await client.aclose()
@@ -300,21 +294,21 @@ async def test_closed_client_raises_a_clear_error(server: LocalServer) -> None:
             pass
     with pytest.raises(RuntimeError, match="closed"):
         await client.generate_many([{"model": "m", "prompt": "p"}])
-    assert len(server.requests) == 1
+    assert len(fake.requests) == 1
 
 
-async def test_client_closed_before_first_use(server: LocalServer) -> None:
+async def test_client_closed_before_first_use(fake: FakeNebulaServer) -> None:
     """A client closed before any call raises RuntimeError on its first call and sends nothing."""
-    async with make_client(server.base_url) as client:
+    async with make_client(fake.base_url) as client:
         pass
     with pytest.raises(RuntimeError, match="closed"):
         await client.generate_text(model="m", prompt="p")
-    assert server.requests == []
+    assert fake.requests == []
 
 
-async def test_second_event_loop_raises_instead_of_hanging(server: LocalServer) -> None:
+async def test_second_event_loop_raises_instead_of_hanging(fake: FakeNebulaServer) -> None:
     """A client used from a second event loop (another thread) raises RuntimeError instead of hanging."""
-    async with make_client(server.base_url) as client:
+    async with make_client(fake.base_url) as client:
         await client.generate_text(model="m", prompt="p")
 
         def in_other_loop() -> object:
@@ -328,23 +322,27 @@ async def test_second_event_loop_raises_instead_of_hanging(server: LocalServer) 
         with pytest.raises(RuntimeError, match="event loop"):
             await asyncio.wait_for(asyncio.to_thread(stream_in_other_loop), 5)
         again = await client.generate_text(model="m", prompt="p")
-    assert again.text == "Hello, World!"
-    assert len(server.requests) == 2
+    assert again.text == HELLO
+    assert len(fake.requests) == 2
 
 
-async def test_caller_session_is_used_and_left_open(server: LocalServer) -> None:
+async def test_caller_session_is_used_and_left_open(fake: FakeNebulaServer) -> None:
     """A caller-owned ClientSession carries the calls and is still open after client.aclose()."""
     async with aiohttp.ClientSession(headers={"X-Caller-Session": "yes"}) as session:
-        client = make_client(server.base_url, session=session)
+        client = make_client(fake.base_url, session=session)
         result = await client.generate_text(model="m", prompt="p")
         texts = await collect(client.stream_text(model="m", prompt="p"))
         await client.aclose()
         assert not session.closed
-        async with session.get(f"http://127.0.0.1:{server.port}/nowhere") as response:
+        async with session.get(f"http://127.0.0.1:{fake.port}/nowhere") as response:
             assert response.status == 404  # the session still works for its owner
-    assert result.text == "Hello, World!"
+    assert result.text == HELLO
     assert texts == ["Hello", ",", " World", "!"]
-    assert [r["headers"].get("X-Caller-Session") for r in server.requests] == ["yes", "yes"]
+    assert [(r.method, r.path, r.headers.get("X-Caller-Session")) for r in fake.requests] == [
+        ("POST", "/v1/text/generate", "yes"),
+        ("POST", "/v1/text/generate", "yes"),
+        ("GET", "/nowhere", "yes"),
+    ]
 
 
 async def _text(stream: TextStream) -> str:

@@ -1,4 +1,8 @@
-"""Retries over a real socket, counted on the server: what is retried, how often, how long it waits."""
+"""Retries over a real socket, counted on the server: what is retried, how often, how long it waits.
+
+The FakeNebulaServer (``fake``) scripts the documented failures; the hand-rolled servers send the
+Retry-After forms it doesn't (seconds alone, an HTTP date), a rate limit in a 200, a body cut short.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import json
 import time
 
 import pytest
-from aiohttp import web
 
 from nebula_async import (
     APIConnectionError,
@@ -20,6 +23,7 @@ from nebula_async import (
     RetryPolicy,
     ServerError,
 )
+from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
 from tests.helpers import error_body, success_body
 from tests.integration._support import (
@@ -40,70 +44,63 @@ def _rate_limited(**headers: str) -> Handler:
     return json_handler(error_body("rate_limit_exceeded", "slow down"), status=429, headers=headers)
 
 
-async def test_429_with_retry_after_zero_is_retried_once(server: LocalServer) -> None:
+async def test_429_with_retry_after_zero_is_retried_once(fake: FakeNebulaServer) -> None:
     """A 429 with Retry-After: 0 then a success gives the success, retries == 1, two requests sent."""
-    server.handler = sequence_handler(
-        _rate_limited(**{"Retry-After": "0"}),
-        json_handler(success_body("second time"), headers={"x-request-id": "req_ok"}),
-    )
-    async with make_client(server.base_url, retry=RetryPolicy(max_retries=2)) as client:
+    fake.fail_next(status=429, code="rate_limit_exceeded", message="slow down", retry_after=0)
+    fake.replies["p"] = "second time"
+    async with make_client(fake.base_url, retry=RetryPolicy(max_retries=2)) as client:
         started = time.monotonic()
         result = await client.generate_text(model="m", prompt="p")
     assert time.monotonic() - started < 0.5  # Retry-After: 0 wins over the 0.5 s initial backoff
     assert result.text == "second time"
     assert result.retries == 1
-    assert result.request_id == "req_ok"
-    assert len(server.requests) == 2
-    assert server.requests[0]["body"] == server.requests[1]["body"]
+    assert [r.status for r in fake.requests] == [429, 200]
+    assert result.request_id == fake.requests[1].request_id
+    assert fake.requests[0].json == fake.requests[1].json
 
 
 @pytest.mark.parametrize("status", [408, 500, 502, 503, 504])
-async def test_retryable_status_then_success(server: LocalServer, status: int) -> None:
+async def test_retryable_status_then_success(fake: FakeNebulaServer, status: int) -> None:
     """A 408 or 5xx answer, envelope or not, is retried and the next success is returned."""
-
-    async def failing(request: web.Request) -> web.StreamResponse:
-        return web.Response(status=status, text="<html>upstream trouble</html>", content_type="text/html")
-
-    server.handler = sequence_handler(failing, json_handler(success_body("recovered")))
-    async with make_client(server.base_url) as client:
+    fake.html_error_next(status=status)
+    fake.replies["p"] = "recovered"
+    async with make_client(fake.base_url) as client:
         result = await client.generate_text(model="m", prompt="p")
     assert result.text == "recovered"
     assert result.retries == 1
-    assert len(server.requests) == 2
+    assert [r.status for r in fake.requests] == [status, 200]
 
 
 @pytest.mark.parametrize(
     ("status", "code"),
     [(400, "invalid_request"), (401, None), (403, None), (404, "model_not_found"), (422, None)],
 )
-async def test_client_errors_are_not_retried(server: LocalServer, status: int, code: str | None) -> None:
+async def test_client_errors_are_not_retried(fake: FakeNebulaServer, status: int, code: str | None) -> None:
     """A 4xx other than 408/429 is raised after exactly one request."""
-    server.handler = json_handler(error_body(code or "whatever"), status=status)
-    async with make_client(server.base_url, retry=RetryPolicy(max_retries=3, initial_delay=0.001)) as client:
+    fake.fail_next(4, status=status, code=code or "whatever")  # every attempt would fail
+    async with make_client(fake.base_url, retry=RetryPolicy(max_retries=3, initial_delay=0.001)) as client:
         with pytest.raises(APIError) as info:
             await client.generate_text(model="m", prompt="p")
     assert info.value.status_code == status
-    assert len(server.requests) == 1
+    assert len(fake.requests) == 1
 
 
-async def test_insufficient_quota_429_is_never_retried(server: LocalServer) -> None:
+async def test_insufficient_quota_429_is_never_retried(fake: FakeNebulaServer) -> None:
     """A 429 whose code is insufficient_quota is raised after exactly one request, Retry-After or not."""
-    server.handler = json_handler(
-        error_body("insufficient_quota", "top up"), status=429, headers={"Retry-After": "0"}
-    )
-    async with make_client(server.base_url, retry=RetryPolicy(max_retries=5, initial_delay=0.001)) as client:
+    fake.fail_next(6, status=429, code="insufficient_quota", message="top up", retry_after=0)
+    async with make_client(fake.base_url, retry=RetryPolicy(max_retries=5, initial_delay=0.001)) as client:
         with pytest.raises(InsufficientQuotaError):
             await client.generate_text(model="m", prompt="p")
-    assert len(server.requests) == 1
+    assert len(fake.requests) == 1
 
 
-async def test_envelope_code_beats_retryable_status(server: LocalServer) -> None:
+async def test_envelope_code_beats_retryable_status(fake: FakeNebulaServer) -> None:
     """A 500 whose code is invalid_request is not retried: waiting will not fix the request."""
-    server.handler = json_handler(error_body("invalid_request"), status=500)
-    async with make_client(server.base_url) as client:
+    fake.fail_next(3, status=500, code="invalid_request")
+    async with make_client(fake.base_url) as client:
         with pytest.raises(InvalidRequestError):
             await client.generate_text(model="m", prompt="p")
-    assert len(server.requests) == 1
+    assert len(fake.requests) == 1
 
 
 async def test_rate_limit_in_a_200_envelope_is_retried(server: LocalServer) -> None:
@@ -116,33 +113,28 @@ async def test_rate_limit_in_a_200_envelope_is_retried(server: LocalServer) -> N
     assert (result.text, result.retries, len(server.requests)) == ("fine", 1, 2)
 
 
-async def test_retry_after_above_max_raises_at_once(server: LocalServer) -> None:
+async def test_retry_after_above_max_raises_at_once(fake: FakeNebulaServer) -> None:
     """A Retry-After above max_retry_after is not slept through: RateLimitError at once, with retry_after."""
-    server.handler = _rate_limited(**{"Retry-After": "30"})
+    fake.fail_next(4, status=429, code="rate_limit_exceeded", retry_after=30)
     policy = RetryPolicy(max_retries=3, initial_delay=0.001, max_retry_after=5.0)
-    async with make_client(server.base_url, retry=policy) as client:
+    async with make_client(fake.base_url, retry=policy) as client:
         started = time.monotonic()
         with pytest.raises(RateLimitError) as info:
             await client.generate_text(model="m", prompt="p")
     assert time.monotonic() - started < 0.5
     assert info.value.retry_after == 30.0
-    assert len(server.requests) == 1
+    assert len(fake.requests) == 1
 
 
-async def test_retry_after_ms_is_waited(server: LocalServer) -> None:
+async def test_retry_after_ms_is_waited(fake: FakeNebulaServer) -> None:
     """retry-after-ms: 150 makes the client wait about 150 ms before the second request."""
-    arrivals: list[float] = []
-    inner = sequence_handler(_rate_limited(**{"retry-after-ms": "150"}), json_handler(success_body()))
-
-    async def timed(request: web.Request) -> web.StreamResponse:
-        arrivals.append(time.monotonic())
-        return await inner(request)
-
-    server.handler = timed
-    async with make_client(server.base_url) as client:
+    # The fake sends retry-after-ms: 150 and Retry-After: 1 (whole seconds): the first must win.
+    fake.fail_next(status=429, code="rate_limit_exceeded", retry_after=0.15)
+    async with make_client(fake.base_url) as client:
         result = await client.generate_text(model="m", prompt="p")
     assert result.retries == 1
-    assert 0.14 <= arrivals[1] - arrivals[0] < 0.9
+    first, second = fake.requests
+    assert 0.14 <= second.time - first.time < 0.9
 
 
 async def test_retry_after_http_date_in_the_past_retries_at_once(server: LocalServer) -> None:
@@ -157,57 +149,47 @@ async def test_retry_after_http_date_in_the_past_retries_at_once(server: LocalSe
     assert result.retries == 1
 
 
-async def test_exhausted_retries_raise_the_last_error(server: LocalServer) -> None:
+async def test_exhausted_retries_raise_the_last_error(fake: FakeNebulaServer) -> None:
     """After max_retries failed retries, the error of the last attempt is raised unchanged."""
-    attempt = 0
-
-    async def failing(request: web.Request) -> web.StreamResponse:
-        nonlocal attempt
-        attempt += 1
-        return web.json_response(
-            error_body("upstream_down", f"failure {attempt}"),
-            status=503,
-            headers={"x-request-id": f"req_{attempt}"},
-        )
-
-    server.handler = failing
-    async with make_client(server.base_url, retry=FAST_RETRY) as client:
+    for attempt in (1, 2, 3):
+        fake.fail_next(status=503, code="upstream_down", message=f"failure {attempt}")
+    async with make_client(fake.base_url, retry=FAST_RETRY) as client:
         with pytest.raises(ServerError) as info:
             await client.generate_text(model="m", prompt="p")
-    assert len(server.requests) == 3
+    assert len(fake.requests) == 3
     assert info.value.message == "failure 3"
-    assert info.value.request_id == "req_3"
+    assert info.value.request_id == fake.requests[2].request_id
 
 
-async def test_exhausted_rate_limit_keeps_retry_after(server: LocalServer) -> None:
+async def test_exhausted_rate_limit_keeps_retry_after(fake: FakeNebulaServer) -> None:
     """A RateLimitError raised after the last retry keeps its retry_after."""
-    server.handler = _rate_limited(**{"Retry-After": "0"})
-    async with make_client(server.base_url, retry=FAST_RETRY) as client:
+    fake.fail_next(3, status=429, code="rate_limit_exceeded", retry_after=0)
+    async with make_client(fake.base_url, retry=FAST_RETRY) as client:
         with pytest.raises(RateLimitError) as info:
             await client.generate_text(model="m", prompt="p")
     assert info.value.retry_after == 0.0
-    assert len(server.requests) == 3
+    assert len(fake.requests) == 3
 
 
-async def test_per_call_max_retries_overrides_the_client(server: LocalServer) -> None:
+async def test_per_call_max_retries_overrides_the_client(fake: FakeNebulaServer) -> None:
     """max_retries= on a call replaces the client's count for that call only."""
-    server.handler = _rate_limited(**{"Retry-After": "0"})
-    async with make_client(server.base_url, retry=FAST_RETRY) as client:
+    fake.fail_next(1 + 5, status=429, code="rate_limit_exceeded", retry_after=0)
+    async with make_client(fake.base_url, retry=FAST_RETRY) as client:
         with pytest.raises(RateLimitError):
             await client.generate_text(model="m", prompt="p", max_retries=0)
-        assert len(server.requests) == 1
+        assert len(fake.requests) == 1
         with pytest.raises(RateLimitError):
             await client.generate_text(model="m", prompt="p", max_retries=4)
-    assert len(server.requests) == 1 + 5
+    assert len(fake.requests) == 1 + 5
 
 
-async def test_max_retries_shortcut_is_used_without_a_policy(server: LocalServer) -> None:
+async def test_max_retries_shortcut_is_used_without_a_policy(fake: FakeNebulaServer) -> None:
     """AsyncNebulaClient(max_retries=1) retries exactly once."""
-    server.handler = _rate_limited(**{"Retry-After": "0"})
-    async with make_client(server.base_url, retry=None, max_retries=1) as client:
+    fake.fail_next(3, status=429, code="rate_limit_exceeded", retry_after=0)
+    async with make_client(fake.base_url, retry=None, max_retries=1) as client:
         with pytest.raises(RateLimitError):
             await client.generate_text(model="m", prompt="p")
-    assert len(server.requests) == 2
+    assert len(fake.requests) == 2
 
 
 async def test_connection_refused_is_a_connection_error_retried(caplog: pytest.LogCaptureFixture) -> None:
@@ -234,11 +216,6 @@ async def test_connection_refused_without_retries_is_one_attempt(caplog: pytest.
     assert len([r for r in caplog.records if r.name == "nebula_async"]) == 1
 
 
-async def _drop_without_answer(conn: RawConnection) -> None:
-    if await conn.read_request() is not None:
-        conn.abort()
-
-
 async def _cut_body_then_answer(conn: RawConnection) -> None:
     if await conn.read_request() is None:
         return
@@ -252,13 +229,15 @@ async def _cut_body_then_answer(conn: RawConnection) -> None:
     await conn.send(head + body)
 
 
-async def test_dropped_connection_is_a_connection_error_retried() -> None:
+async def test_dropped_connection_is_a_connection_error_retried(fake: FakeNebulaServer) -> None:
     """A server that drops the connection without answering gives APIConnectionError after every retry."""
-    async with RawServer(_drop_without_answer) as raw, make_client(raw.base_url) as client:
+    fake.disconnect_next(3)
+    async with make_client(fake.base_url) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.generate_text(model="m", prompt="p")
     assert not isinstance(info.value, APITimeoutError)
-    assert raw.connections == 3
+    assert [r.status for r in fake.requests] == [None, None, None]  # three requests, none answered
+    assert fake.pending_faults == 0
 
 
 async def test_body_cut_short_is_retried() -> None:

@@ -1,4 +1,8 @@
-"""Regression tests for the second review's async findings, each over a real socket on 127.0.0.1."""
+"""Regression tests for the second review's async findings, each over a real socket on 127.0.0.1.
+
+The FakeNebulaServer (``fake``) serves what it can; the hand-rolled servers send what it never does:
+malformed responses, a body left open after the final event, an error answer that comes late.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ from nebula_async import (
     ServerError,
     TextGeneration,
 )
+from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
-from tests.helpers import error_body, success_body
+from tests.helpers import error_body
 from tests.integration._support import (
     CALLS,
     NO_RETRY,
@@ -46,45 +51,35 @@ CLOSED_MID_CALL = "closed while the call was running"
 Call = Callable[[AsyncNebulaClient], Awaitable[object]]
 
 
-def _slow_success(delay: float) -> Handler:
-    """Answer every request with a success after ``delay`` s."""
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(delay)
-        return web.json_response(success_body("slow"))
-
-    return handler
-
-
 # --- 1. aclose() while calls wait for a pooled connection -----------------------------------------
 
 
 async def test_aclose_fails_calls_waiting_for_a_pooled_connection_with_runtime_error(
-    server: LocalServer,
+    fake: FakeNebulaServer,
 ) -> None:
     """aclose() ends the call holding the only connection and the two queued behind it with RuntimeError."""
-    server.handler = _slow_success(STALL)
-    client = make_client(server.base_url, max_connections=1, retry=RETRYING)
+    fake.delay_next(STALL, 3)
+    client = make_client(fake.base_url, max_connections=1, retry=RETRYING)
     tasks = [asyncio.create_task(client.generate_text(model="m", prompt=f"p{i}")) for i in range(3)]
-    await wait_until(lambda: len(server.requests) == 1)  # p0 holds the connection; p1 and p2 wait for it
+    await wait_until(lambda: len(fake.requests) == 1)  # p0 holds the connection; p1 and p2 wait for it
     await client.aclose()
     outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2)
     assert [type(outcome) for outcome in outcomes] == [RuntimeError] * 3
     assert all(CLOSED_MID_CALL in str(outcome) for outcome in outcomes)
     assert [task.cancelled() for task in tasks] == [False] * 3  # nobody cancelled them
-    assert [r["body"]["prompt"] for r in server.requests] == ["p0"]  # no retry, no queued call sent
+    assert [r.json["prompt"] for r in fake.requests] == ["p0"]  # no retry, no queued call sent
 
 
 @pytest.mark.skipif(
     sys.version_info < (3, 11), reason="Task.cancelling() tells the two cancellations apart only on 3.11+"
 )
-async def test_call_cancelled_by_its_caller_while_aclose_runs_stays_cancelled(server: LocalServer) -> None:
+async def test_call_cancelled_by_its_caller_while_aclose_runs_stays_cancelled(fake: FakeNebulaServer) -> None:
     """A queued call that its caller cancels while aclose() runs still ends cancelled."""
-    server.handler = _slow_success(STALL)
-    client = make_client(server.base_url, max_connections=1, retry=RETRYING)
+    fake.delay_next(STALL, 2)
+    client = make_client(fake.base_url, max_connections=1, retry=RETRYING)
     holder = asyncio.create_task(client.generate_text(model="m", prompt="p0"))
     queued = asyncio.create_task(client.generate_text(model="m", prompt="p1"))
-    await wait_until(lambda: len(server.requests) == 1)
+    await wait_until(lambda: len(fake.requests) == 1)
     queued.cancel()
     await client.aclose()
     outcomes = await asyncio.wait_for(asyncio.gather(holder, queued, return_exceptions=True), 2)
@@ -93,22 +88,22 @@ async def test_call_cancelled_by_its_caller_while_aclose_runs_stays_cancelled(se
     assert queued.cancelled()
 
 
-async def test_generate_many_over_a_client_being_closed_raises_runtime_error(server: LocalServer) -> None:
+async def test_generate_many_over_a_client_being_closed_raises_runtime_error(fake: FakeNebulaServer) -> None:
     """generate_many(return_exceptions=True) over a client being closed raises RuntimeError."""
-    server.handler = _slow_success(STALL)
-    client = make_client(server.base_url, max_connections=1, retry=RETRYING)
+    fake.delay_next(STALL, 3)
+    client = make_client(fake.base_url, max_connections=1, retry=RETRYING)
     batch = asyncio.create_task(
         client.generate_many(
             [{"model": "m", "prompt": f"p{i}"} for i in range(3)], concurrency=3, return_exceptions=True
         )
     )
-    await wait_until(lambda: len(server.requests) == 1)
+    await wait_until(lambda: len(fake.requests) == 1)
     await client.aclose()
     [outcome] = await asyncio.wait_for(asyncio.gather(batch, return_exceptions=True), 2)
     assert isinstance(outcome, RuntimeError)  # raised, or in the results: either way never CancelledError
     assert CLOSED_MID_CALL in str(outcome)
     assert not batch.cancelled()
-    assert len(server.requests) == 1
+    assert len(fake.requests) == 1
 
 
 # --- 2. a malformed response does not carry the key --------------------------------------------
@@ -210,20 +205,13 @@ async def test_cancelled_aclose_still_closes_the_session(
 
 
 async def test_stream_cancelled_while_sleeping_before_a_retry_is_failed(
-    server: LocalServer, caplog: pytest.LogCaptureFixture
+    fake: FakeNebulaServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A stream cancelled in its Retry-After sleep raises RuntimeError if used again; nothing is resent."""
     caplog.set_level(logging.WARNING, logger="nebula_async")
-
-    async def limited_stream(request: web.Request) -> web.StreamResponse:
-        if not (await request.json()).get("stream"):
-            return web.json_response(success_body("next call"))
-        return web.json_response(
-            error_body("rate_limit_exceeded", "slow down"), status=429, headers={"Retry-After": "0.5"}
-        )
-
-    server.handler = limited_stream
-    async with make_client(server.base_url, max_connections=1, retry=RETRYING) as client:
+    fake.fail_next(status=429, code="rate_limit_exceeded", message="slow down", retry_after=0.5)
+    fake.replies["p"] = "next call"
+    async with make_client(fake.base_url, max_connections=1, retry=RETRYING) as client:
         stream = client.stream_text(model="m", prompt="p")
         reader = asyncio.create_task(collect(stream))
         await wait_until(lambda: any("retrying in" in r.getMessage() for r in caplog.records))
@@ -236,7 +224,8 @@ async def test_stream_cancelled_while_sleeping_before_a_retry_is_failed(
             await collect(stream)
         next_call = await asyncio.wait_for(client.generate_text(model="m", prompt="p"), 2)
     assert next_call.text == "next call"  # the pool's only connection was not kept by the stream
-    assert [bool(r["body"].get("stream")) for r in server.requests] == [True, False]  # one stream request
+    assert [bool(r.json.get("stream")) for r in fake.requests] == [True, False]  # one stream request
+    assert [r.status for r in fake.requests] == [429, 200]
 
 
 # --- 5. a caller-owned session: aclose() does not mask an in-flight call's outcome -----------------
@@ -252,9 +241,8 @@ def _late(status: int, body: object, delay: float = 0.2) -> Handler:
     return handler
 
 
-async def _call_across_aclose(server: LocalServer, handler: Handler) -> object:
+async def _call_across_aclose(server: LocalServer | FakeNebulaServer) -> object:
     """Start a call on a caller's session, aclose() the client while it is in flight; return its outcome."""
-    server.handler = handler
     async with aiohttp.ClientSession() as session:
         client = make_client(server.base_url, session=session, retry=RETRYING)
         call = asyncio.create_task(client.generate_text(model="m", prompt="p"))
@@ -268,9 +256,9 @@ async def _call_across_aclose(server: LocalServer, handler: Handler) -> object:
 
 async def test_in_flight_non_retryable_error_is_raised_as_is_after_aclose(server: LocalServer) -> None:
     """A call in flight during aclose() (caller's session) that gets a 400 raises InvalidRequestError."""
-    outcome = await _call_across_aclose(
-        server, _late(400, error_body("invalid_request", "bad prompt"), delay=0.2)
-    )
+    # The fake delays an answer or fails it, not both: a late error needs the hand-rolled server.
+    server.handler = _late(400, error_body("invalid_request", "bad prompt"), delay=0.2)
+    outcome = await _call_across_aclose(server)
     assert isinstance(outcome, InvalidRequestError), repr(outcome)
     assert outcome.status_code == 400
     assert outcome.request_id == "req_late"
@@ -279,16 +267,19 @@ async def test_in_flight_non_retryable_error_is_raised_as_is_after_aclose(server
 
 async def test_in_flight_retryable_error_after_aclose_raises_runtime_error(server: LocalServer) -> None:
     """A call in flight during aclose() that gets a retryable 503 raises RuntimeError: no retry is sent."""
-    outcome = await _call_across_aclose(server, _late(503, error_body("server_error", "busy"), delay=0.2))
+    server.handler = _late(503, error_body("server_error", "busy"), delay=0.2)
+    outcome = await _call_across_aclose(server)
     assert isinstance(outcome, RuntimeError), repr(outcome)
     assert CLOSED_MID_CALL in str(outcome)
     assert isinstance(outcome.__cause__, ServerError)
     assert len(server.requests) == 1
 
 
-async def test_in_flight_success_after_aclose_is_returned(server: LocalServer) -> None:
+async def test_in_flight_success_after_aclose_is_returned(fake: FakeNebulaServer) -> None:
     """A call in flight during aclose() (caller's session) that gets a 200 returns its result."""
-    outcome = await _call_across_aclose(server, _late(200, success_body("made it"), delay=0.2))
+    fake.delay_next(0.2)
+    fake.replies["p"] = "made it"
+    outcome = await _call_across_aclose(fake)
     assert isinstance(outcome, TextGeneration), repr(outcome)
     assert outcome.text == "made it"
 

@@ -1,4 +1,9 @@
-"""Regression tests for the review fixes of 6705a48, each over a real socket on 127.0.0.1."""
+"""Regression tests for the review fixes of 6705a48, each over a real socket on 127.0.0.1.
+
+The FakeNebulaServer (``fake``) serves what it can; the hand-rolled servers send what it never does:
+a stall with the body open after some events, a tail after the final event, a clean end without a
+final event, ``[DONE]``, a byte order mark, ``"error": null``, redirects and TLS.
+"""
 
 from __future__ import annotations
 
@@ -31,10 +36,12 @@ from nebula_async import (
     TextStream,
     Timeout,
 )
+from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
-from tests.helpers import error_body, sse, success_body
+from tests.helpers import sse, success_body
 from tests.integration._support import (
     CALLS,
+    HELLO,
     NO_RETRY,
     SECRET_KEY,
     SSE_HEAD_UNTIL_CLOSE,
@@ -66,8 +73,8 @@ _tls_server_works = pytest.mark.skipif(
 )
 
 
-def _stream_then_json(*first: bytes, stall: float = STALL) -> Handler:
-    """Answer a stream with ``first`` then stall ``stall`` s; answer a plain call with a success at once."""
+def _stream_then_json(*first: bytes) -> Handler:
+    """Answer a stream with ``first`` then stall STALL s; answer a plain call with a success at once."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         if not (await request.json()).get("stream"):
@@ -75,7 +82,7 @@ def _stream_then_json(*first: bytes, stall: float = STALL) -> Handler:
         response = await open_stream(request, {"x-request-id": "req_s"})
         for payload in first:
             await response.write(payload)
-        await asyncio.sleep(stall)
+        await asyncio.sleep(STALL)
         return response
 
     return handler
@@ -126,11 +133,11 @@ async def test_stream_failed_midway_raises_runtime_error_when_iterated_again(ser
 # --- 2. aclose() from another task ----------------------------------------------------------------
 
 
-async def test_aclose_from_another_task_during_the_first_read(server: LocalServer) -> None:
+async def test_aclose_from_another_task_during_the_first_read(fake: FakeNebulaServer) -> None:
     """aclose() while another task awaits the first event makes it raise RuntimeError; one request."""
-    server.handler = _stream_then_json(stall=STALL)  # headers at once, then no event at all
+    fake.time_to_first_token = STALL  # headers at once, then no event for STALL s
     received: list[str] = []
-    async with make_client(server.base_url, retry=RETRYING) as client:
+    async with make_client(fake.base_url, retry=RETRYING) as client:
         stream = client.stream_text(model="m", prompt="p")
         reader = asyncio.create_task(collect(stream, received))
         await wait_until(lambda: stream.request_id is not None)  # the response is open: the read is pending
@@ -141,31 +148,23 @@ async def test_aclose_from_another_task_during_the_first_read(server: LocalServe
         await asyncio.sleep(0.05)  # a retry, had there been one, would have reached the server by now
     assert received == []
     assert stream.text == ""
-    assert len(server.requests) == 1
+    assert len(fake.requests) == 1
 
 
-async def test_aclose_from_another_task_while_waiting_for_headers(server: LocalServer) -> None:
+async def test_aclose_from_another_task_while_waiting_for_headers(fake: FakeNebulaServer) -> None:
     """aclose() while another task awaits the response headers makes it raise RuntimeError, no chunk."""
-
-    async def late_headers(request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(0.2)
-        response = await open_stream(request)
-        await response.write(events("Hello", " world"))
-        await response.write_eof()
-        return response
-
-    server.handler = late_headers
+    fake.delay_next(0.2)  # then the stream, "Hello, World!"
     received: list[str] = []
-    async with make_client(server.base_url, retry=RETRYING) as client:
+    async with make_client(fake.base_url, retry=RETRYING) as client:
         stream = client.stream_text(model="m", prompt="p")
         reader = asyncio.create_task(collect(stream, received))
-        await wait_until(lambda: len(server.requests) == 1)  # sent; the headers are 0.2 s away
+        await wait_until(lambda: len(fake.requests) == 1)  # sent; the headers are 0.2 s away
         await stream.aclose()
         [outcome] = await asyncio.wait_for(asyncio.gather(reader, return_exceptions=True), 2)
     assert received == []  # nothing may be delivered by a stream closed before it
     assert isinstance(outcome, RuntimeError)
     assert "closed" in str(outcome)
-    assert len(server.requests) == 1
+    assert len(fake.requests) == 1
 
 
 # --- 3. a forgotten stream under warnings-as-errors -----------------------------------------------
@@ -194,26 +193,20 @@ async def test_break_without_async_with_releases_under_warnings_as_errors(
 
 @CALLS
 async def test_caller_session_with_raise_for_status_still_gets_mapped_errors(
-    server: LocalServer, call: Call
+    fake: FakeNebulaServer, call: Call
 ) -> None:
     """A caller's ClientSession(raise_for_status=True) still gets InsufficientQuotaError, in one request."""
-
-    async def no_quota(request: web.Request) -> web.StreamResponse:
-        return web.json_response(
-            error_body("insufficient_quota", "no credits"), status=429, headers={"x-request-id": "req_q"}
-        )
-
-    server.handler = no_quota
+    fake.fail_next(3, status=429, code="insufficient_quota", message="no credits")
     async with (
         aiohttp.ClientSession(raise_for_status=True) as session,
-        make_client(server.base_url, session=session, retry=RETRYING) as client,
+        make_client(fake.base_url, session=session, retry=RETRYING) as client,
     ):
         with pytest.raises(InsufficientQuotaError) as info:
             await call(client)
     assert info.value.code == "insufficient_quota"
     assert info.value.status_code == 429
-    assert info.value.request_id == "req_q"
-    assert len(server.requests) == 1
+    assert info.value.request_id == fake.requests[0].request_id
+    assert len(fake.requests) == 1
 
 
 # --- 5. redirects are not followed ----------------------------------------------------------------
@@ -330,11 +323,12 @@ async def test_trusted_certificate_reaches_the_same_server(tls_files: tuple[Path
 # --- 7. a stream's wait for a pooled connection is bounded ---------------------------------------
 
 
-async def test_stream_waiting_for_a_pooled_connection_times_out(server: LocalServer) -> None:
+async def test_stream_waiting_for_a_pooled_connection_times_out(fake: FakeNebulaServer) -> None:
     """A stream queued behind another on max_connections=1 raises APITimeoutError after Timeout(total=0.3)."""
-    server.handler = _stream_then_json(sse(chunk("held")))
+    fake.replies["long"] = "held on"
+    fake.token_delay = STALL  # "held", then nothing for STALL s
     async with (
-        make_client(server.base_url, max_connections=1, retry=NO_RETRY) as client,
+        make_client(fake.base_url, max_connections=1, retry=NO_RETRY) as client,
         client.stream_text(model="m", prompt="long") as holder,
     ):
         assert (await anext(holder)).text == "held"  # it now holds the only connection
@@ -344,7 +338,7 @@ async def test_stream_waiting_for_a_pooled_connection_times_out(server: LocalSer
                 pass
         elapsed = time.monotonic() - started
     assert 0.25 <= elapsed < 1.0
-    assert [r["body"]["prompt"] for r in server.requests] == ["long"]  # the second never got a connection
+    assert [r.json["prompt"] for r in fake.requests] == ["long"]  # the second never got a connection
 
 
 # --- 8. SSE edges: [DONE] too early, a byte order mark, "error": null ----------------------------
@@ -479,9 +473,9 @@ async def test_closing_the_client_while_a_drain_is_pending_is_clean(
 # --- 10. aclose() from another event loop ---------------------------------------------------------
 
 
-async def test_aclose_from_another_event_loop_raises(server: LocalServer) -> None:
+async def test_aclose_from_another_event_loop_raises(fake: FakeNebulaServer) -> None:
     """aclose() in a second event loop raises RuntimeError, and the client still closes from its own loop."""
-    client = make_client(server.base_url)
+    client = make_client(fake.base_url)
     await client.generate_text(model="m", prompt="p")
 
     def close_in_other_loop() -> None:
@@ -491,8 +485,8 @@ async def test_aclose_from_another_event_loop_raises(server: LocalServer) -> Non
         await asyncio.wait_for(asyncio.to_thread(close_in_other_loop), 5)
     again = await client.generate_text(model="m", prompt="p")  # the failed aclose() closed nothing
     await client.aclose()
-    assert again.text == "Hello, World!"
-    assert len(server.requests) == 2
+    assert again.text == HELLO
+    assert len(fake.requests) == 2
 
 
 # --- 11. the API key stays out of reprs and traceback locals -------------------------------------

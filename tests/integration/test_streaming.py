@@ -1,4 +1,9 @@
-"""Streams over real sockets: SSE framing, byte-level splits, truncation, drops and stream retries."""
+"""Streams over real sockets: SSE framing, byte-level splits, truncation, drops and stream retries.
+
+The FakeNebulaServer (``fake``) streams the documented events and scripts drops and error events;
+the hand-rolled servers send what it never does: other line ends, comments, ``[DONE]``, a clean end
+without a final event, writes split at chosen bytes, a drop timed by what the caller has read.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,10 @@ from aiohttp import web
 
 from nebula_async import APIConnectionError, RateLimitError, RetryPolicy, ServerError, TextChunk
 from nebula_async._sse import MAX_LINE_BYTES
+from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
 from tests.helpers import error_body, sse
 from tests.integration._support import (
-    LAST_CHUNK,
     NO_RETRY,
     SSE_HEAD_CHUNKED,
     SSE_HEAD_UNTIL_CLOSE,
@@ -24,10 +29,8 @@ from tests.integration._support import (
     collect,
     events,
     http_chunk,
-    json_handler,
     make_client,
     open_stream,
-    sequence_handler,
     stream_handler,
 )
 
@@ -39,37 +42,37 @@ def _data(text: str, finish_reason: str | None = None) -> bytes:
     return json.dumps(chunk(text, finish_reason), ensure_ascii=False).encode()
 
 
-async def test_stream_chunks_text_finish_reason_and_request_id(server: LocalServer) -> None:
+async def test_stream_chunks_text_finish_reason_and_request_id(fake: FakeNebulaServer) -> None:
     """A stream yields each event as a TextChunk; .text, .finish_reason and .request_id follow them."""
-    server.handler = stream_handler(
-        events("Here's", " a", " simple", " program", finish_reason="length"),
-        headers={"x-request-id": "req_s1"},
-    )
+    fake.replies["p"] = "Here is a simple program, cut by max_tokens"
     seen: list[tuple[TextChunk, str, str | None]] = []
-    async with make_client(server.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
+    async with (
+        make_client(fake.base_url) as client,
+        client.stream_text(model="m", prompt="p", max_tokens=4) as stream,
+    ):
         request_id_on_entry = stream.request_id  # known once entered, before the first chunk
         async for piece in stream:
             seen.append((piece, stream.text, stream.finish_reason))
-    assert request_id_on_entry == "req_s1"
+    assert request_id_on_entry == fake.requests[0].request_id
     assert seen == [
-        (TextChunk("Here's", None), "Here's", None),
-        (TextChunk(" a", None), "Here's a", None),
-        (TextChunk(" simple", None), "Here's a simple", None),
-        (TextChunk(" program", "length"), "Here's a simple program", "length"),
+        (TextChunk("Here", None), "Here", None),
+        (TextChunk(" is", None), "Here is", None),
+        (TextChunk(" a", None), "Here is a", None),
+        (TextChunk(" simple", "length"), "Here is a simple", "length"),
     ]
     assert stream.finish_reason == "length"
     assert stream.retries == 0
 
 
-async def test_plain_async_for_without_async_with(server: LocalServer) -> None:
+async def test_plain_async_for_without_async_with(fake: FakeNebulaServer) -> None:
     """A plain ``async for`` over stream_text() reads the whole stream and ends cleanly."""
-    async with make_client(server.base_url) as client:
+    async with make_client(fake.base_url) as client:
         stream = client.stream_text(model="m", prompt="p")
         texts = [piece.text async for piece in stream]
     assert texts == ["Hello", ",", " World", "!"]
     assert stream.text == "Hello, World!"
     assert stream.finish_reason == "stop"
-    assert stream.request_id == "req_stream"
+    assert stream.request_id == fake.requests[0].request_id
 
 
 async def test_crlf_cr_comments_unknown_fields_and_done(server: LocalServer) -> None:
@@ -212,62 +215,52 @@ async def test_drop_mid_stream_is_not_retried(framing: str) -> None:
 
 
 @pytest.mark.parametrize("when", ["before-headers", "after-headers"])
-async def test_drop_before_any_event_is_retried(when: str) -> None:
+async def test_drop_before_any_event_is_retried(fake: FakeNebulaServer, when: str) -> None:
     """A connection dropped before the first event is retried and the next attempt's stream is delivered."""
-
-    async def handle(conn: RawConnection) -> None:
-        if await conn.read_request() is None:
-            return
-        if conn.index == 0:
-            if when == "after-headers":
-                await conn.send(SSE_HEAD_CHUNKED, http_chunk(b": warming up\n\n"))
-            conn.abort()
-            return
-        await conn.send(SSE_HEAD_CHUNKED, http_chunk(events("fresh", " start")), LAST_CHUNK)
-
+    if when == "after-headers":
+        fake.drop_stream_after(0)  # a 200 event stream's headers, then the connection is cut
+    else:
+        fake.disconnect_next()
+    fake.replies["p"] = "fresh start"
     async with (
-        RawServer(handle) as raw,
-        make_client(raw.base_url) as client,
+        make_client(fake.base_url) as client,
         client.stream_text(model="m", prompt="p") as stream,
     ):
         texts = [piece.text async for piece in stream]
     assert texts == ["fresh", " start"]
     assert stream.retries == 1
-    assert len(raw.requests) == 2
+    assert len(fake.requests) == 2
+    assert fake.requests[0].status == (200 if when == "after-headers" else None)
 
 
-async def test_error_event_before_first_chunk_is_retried(server: LocalServer) -> None:
+async def test_error_event_before_first_chunk_is_retried(fake: FakeNebulaServer) -> None:
     """A rate_limit_exceeded event before any chunk is retried, and the retry's text is delivered once."""
-    server.handler = sequence_handler(
-        stream_handler(sse(error_body("rate_limit_exceeded", "busy"))),
-        stream_handler(events("second", " try"), headers={"x-request-id": "req_2"}),
-    )
-    async with make_client(server.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
+    fake.error_event_after(0, code="rate_limit_exceeded", message="busy")
+    fake.replies["p"] = "second try"
+    async with make_client(fake.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
         texts = [piece.text async for piece in stream]
     assert texts == ["second", " try"]
     assert stream.text == "second try"
     assert stream.retries == 1
-    assert stream.request_id == "req_2"
-    assert len(server.requests) == 2
+    assert stream.request_id == fake.requests[1].request_id
+    assert len(fake.requests) == 2
 
 
-async def test_error_event_before_first_chunk_exhausts_retries(server: LocalServer) -> None:
+async def test_error_event_before_first_chunk_exhausts_retries(fake: FakeNebulaServer) -> None:
     """Rate-limit events on every attempt raise RateLimitError after max_retries retries."""
-    server.handler = stream_handler(sse(error_body("rate_limit_exceeded", "busy")))
-    async with make_client(server.base_url) as client:
+    fake.error_event_after(0, 3, code="rate_limit_exceeded", message="busy")
+    async with make_client(fake.base_url) as client:
         with pytest.raises(RateLimitError) as info:
             await collect(client.stream_text(model="m", prompt="p"))
     assert info.value.status_code == 200
-    assert len(server.requests) == 3
+    assert len(fake.requests) == 3
 
 
-async def test_429_at_stream_open_is_retried(server: LocalServer) -> None:
+async def test_429_at_stream_open_is_retried(fake: FakeNebulaServer) -> None:
     """A 429 answering the stream request is retried before any event, then streamed normally."""
-    server.handler = sequence_handler(
-        json_handler(error_body("rate_limit_exceeded"), status=429, headers={"Retry-After": "0"}),
-        stream_handler(events("ok")),
-    )
-    async with make_client(server.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
+    fake.fail_next(status=429, code="rate_limit_exceeded", retry_after=0)
+    fake.replies["p"] = "ok"
+    async with make_client(fake.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
         texts = [piece.text async for piece in stream]
     assert texts == ["ok"]
     assert stream.retries == 1
@@ -296,18 +289,18 @@ async def test_final_event_in_same_read_as_trailing_garbage_events(server: Local
     assert texts == ["end"]
 
 
-async def test_many_events_in_one_write(server: LocalServer) -> None:
+async def test_many_events_in_one_write(fake: FakeNebulaServer) -> None:
     """Two thousand events written at once arrive complete and in order."""
-    texts = [f"w{i} " for i in range(2000)]
-    server.handler = stream_handler(events(*texts))
-    async with make_client(server.base_url) as client:
-        got = [piece.text async for piece in client.stream_text(model="m", prompt="p")]
+    texts = [f" w{i}" for i in range(2000)]  # one token, so one event, each
+    fake.replies["p"] = "".join(texts)  # with no token_delay the fake writes the whole stream at once
+    async with make_client(fake.base_url) as client:
+        got = [piece.text async for piece in client.stream_text(model="m", prompt="p", max_tokens=2000)]
     assert got == texts
 
 
-async def test_stream_can_be_iterated_after_it_ended(server: LocalServer) -> None:
+async def test_stream_can_be_iterated_after_it_ended(fake: FakeNebulaServer) -> None:
     """Iterating a finished stream again yields nothing and raises nothing."""
-    async with make_client(server.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
+    async with make_client(fake.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
         first = [piece.text async for piece in stream]
         again = [piece.text async for piece in stream]
     assert first == ["Hello", ",", " World", "!"]
@@ -337,11 +330,11 @@ def _set_when(condition: bool, event: asyncio.Event) -> None:
         event.set()
 
 
-async def test_one_large_event_across_many_reads(server: LocalServer) -> None:
+async def test_one_large_event_across_many_reads(fake: FakeNebulaServer) -> None:
     """A single 3 MB event, necessarily split over many reads, arrives whole and quickly."""
     big = "z" * 3_000_000
-    server.handler = stream_handler(sse(chunk(big, "stop")))
-    async with make_client(server.base_url, retry=NO_RETRY) as client:
+    fake.replies["p"] = big  # one word: one token, one event
+    async with make_client(fake.base_url, retry=NO_RETRY) as client:
         started = time.monotonic()
         texts = await collect(client.stream_text(model="m", prompt="p"))
     assert texts == [big]

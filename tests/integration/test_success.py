@@ -1,26 +1,27 @@
-"""Successful calls over a real socket: the result, and exactly what reached the wire."""
+"""Successful calls over a real socket: the result, and exactly what reached the wire.
+
+They run against the FakeNebulaServer (``fake``); the hand-rolled ``server`` only for answers it never gives.
+"""
 
 from __future__ import annotations
 
 import platform
 
-from aiohttp import web
-
 from nebula_async import GenerateRequest, TextGeneration, Usage, __version__
+from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
 from tests.helpers import success_body
 from tests.integration._support import SECRET_KEY, json_handler, make_client
 
 
-async def test_success_returns_text_usage_request_id_and_no_retries(server: LocalServer) -> None:
+async def test_success_returns_text_usage_request_id_and_no_retries(fake: FakeNebulaServer) -> None:
     """A 200 success envelope becomes a TextGeneration with text, usage, x-request-id and retries=0."""
-    server.handler = json_handler(
-        success_body("Bonjour", prompt_tokens=3, completion_tokens=4), headers={"x-request-id": "req_42"}
-    )
-    async with make_client(server.base_url) as client:
-        result = await client.generate_text(model="gpt-4", prompt="Say hi")
-    assert result == TextGeneration("Bonjour", Usage(3, 4, 7), "req_42", 0)
-    assert len(server.requests) == 1
+    fake.replies["Say hi, please"] = "Bonjour le monde"  # 4 prompt tokens, 3 completion tokens
+    async with make_client(fake.base_url) as client:
+        result = await client.generate_text(model="m", prompt="Say hi, please")
+    [request] = fake.requests
+    assert result == TextGeneration("Bonjour le monde", Usage(4, 3, 7), request.request_id, 0)
+    assert request.request_id.startswith("req_")
 
 
 async def test_request_id_is_none_without_the_header(server: LocalServer) -> None:
@@ -32,11 +33,11 @@ async def test_request_id_is_none_without_the_header(server: LocalServer) -> Non
     assert result.request_id is None
 
 
-async def test_headers_on_the_wire(server: LocalServer) -> None:
+async def test_headers_on_the_wire(fake: FakeNebulaServer) -> None:
     """The request carries the bearer key, a JSON content type and a User-Agent naming SDK and Python."""
-    async with make_client(server.base_url, default_headers={"X-Team": "blue"}) as client:
+    async with make_client(fake.base_url, default_headers={"X-Team": "blue"}) as client:
         await client.generate_text(model="m", prompt="p")
-    headers = server.requests[0]["headers"]
+    headers = fake.requests[0].headers
     assert headers["Authorization"] == f"Bearer {SECRET_KEY}"
     assert headers["Content-Type"] == "application/json"
     assert f"nebula-sdk/{__version__}" in headers["User-Agent"]
@@ -44,16 +45,16 @@ async def test_headers_on_the_wire(server: LocalServer) -> None:
     assert headers["X-Team"] == "blue"
 
 
-async def test_only_passed_fields_are_sent(server: LocalServer) -> None:
+async def test_only_passed_fields_are_sent(fake: FakeNebulaServer) -> None:
     """Only model and prompt are sent when nothing else is passed, and never "stream" for generate_text."""
-    async with make_client(server.base_url) as client:
+    async with make_client(fake.base_url) as client:
         await client.generate_text(model="m", prompt="p")
-    assert server.requests[0]["body"] == {"model": "m", "prompt": "p"}
+    assert fake.requests[0].json == {"model": "m", "prompt": "p"}
 
 
-async def test_all_optional_fields_reach_the_wire_including_falsy_ones(server: LocalServer) -> None:
+async def test_all_optional_fields_reach_the_wire_including_falsy_ones(fake: FakeNebulaServer) -> None:
     """Every passed option is sent as given, including temperature=0 and top_p=0, which are not 'unset'."""
-    async with make_client(server.base_url) as client:
+    async with make_client(fake.base_url) as client:
         await client.generate_text(
             model="m",
             prompt="p",
@@ -63,7 +64,7 @@ async def test_all_optional_fields_reach_the_wire_including_falsy_ones(server: L
             stop=["\n", "END"],
             extra_body={"seed": 7},
         )
-    assert server.requests[0]["body"] == {
+    assert fake.requests[0].json == {
         "model": "m",
         "prompt": "p",
         "max_tokens": 1,
@@ -74,53 +75,48 @@ async def test_all_optional_fields_reach_the_wire_including_falsy_ones(server: L
     }
 
 
-async def test_stream_request_shape(server: LocalServer) -> None:
+async def test_stream_request_shape(fake: FakeNebulaServer) -> None:
     """A stream sends "stream": true with the caller's fields, and asks for an event stream."""
     async with (
-        make_client(server.base_url) as client,
+        make_client(fake.base_url) as client,
         client.stream_text(model="m", prompt="p", max_tokens=5) as stream,
     ):
         async for _ in stream:
             pass
-    request = server.requests[0]
-    assert request["body"] == {"model": "m", "prompt": "p", "max_tokens": 5, "stream": True}
-    assert request["headers"]["Authorization"] == f"Bearer {SECRET_KEY}"
-    assert "text/event-stream" in request["headers"]["Accept"]
+    request = fake.requests[0]
+    assert request.json == {"model": "m", "prompt": "p", "max_tokens": 5, "stream": True}
+    assert request.headers["Authorization"] == f"Bearer {SECRET_KEY}"
+    assert "text/event-stream" in request.headers["Accept"]
 
 
-async def test_stream_sends_nothing_before_it_is_entered(server: LocalServer) -> None:
+async def test_stream_sends_nothing_before_it_is_entered(fake: FakeNebulaServer) -> None:
     """stream_text() returns without sending; the request goes out on the first iteration."""
-    async with make_client(server.base_url) as client:
+    async with make_client(fake.base_url) as client:
         stream = client.stream_text(model="m", prompt="p")
-        assert server.requests == []
+        assert fake.requests == []
         first = await stream.__anext__()
-        assert len(server.requests) == 1
+        assert len(fake.requests) == 1
         assert first.text == "Hello"
         await stream.aclose()
 
 
-async def test_non_ascii_prompt_and_text_round_trip(server: LocalServer) -> None:
+async def test_non_ascii_prompt_and_text_round_trip(fake: FakeNebulaServer) -> None:
     """A non-ASCII prompt is sent as UTF-8 JSON and non-ASCII text comes back intact."""
-
-    async def echo(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        return web.json_response(success_body(body["prompt"][::-1]))
-
-    server.handler = echo
-    async with make_client(server.base_url) as client:
+    fake.reply = lambda request: request.prompt[::-1]
+    async with make_client(fake.base_url) as client:
         result = await client.generate_text(model="m", prompt="héllo 😀 世界")
-    assert server.requests[0]["body"]["prompt"] == "héllo 😀 世界"
+    assert fake.requests[0].json["prompt"] == "héllo 😀 世界"
     assert result.text == "界世 😀 olléh"
 
 
-async def test_large_bodies_both_ways(server: LocalServer) -> None:
+async def test_large_bodies_both_ways(fake: FakeNebulaServer) -> None:
     """A 300 KB prompt and a 1 MB generated text travel intact over a real socket."""
     prompt = "p" * 300_000
     big = "x" * 1_000_000
-    server.handler = json_handler(success_body(big))
-    async with make_client(server.base_url) as client:
+    fake.replies[prompt] = big
+    async with make_client(fake.base_url) as client:
         result = await client.generate_text(model="m", prompt=prompt)
-    assert server.requests[0]["body"]["prompt"] == prompt
+    assert fake.requests[0].json["prompt"] == prompt
     assert result.text == big
 
 
@@ -137,8 +133,8 @@ async def test_unknown_response_fields_are_ignored(server: LocalServer) -> None:
     assert result.usage == Usage(8, 12, 20)
 
 
-async def test_generate_request_fields_are_what_generate_many_sends(server: LocalServer) -> None:
+async def test_generate_request_fields_are_what_generate_many_sends(fake: FakeNebulaServer) -> None:
     """A GenerateRequest item reaches the wire with exactly the fields it was given."""
-    async with make_client(server.base_url) as client:
+    async with make_client(fake.base_url) as client:
         await client.generate_many([GenerateRequest("m", "p", max_tokens=3, stop=["x"])])
-    assert server.requests[0]["body"] == {"model": "m", "prompt": "p", "max_tokens": 3, "stop": ["x"]}
+    assert fake.requests[0].json == {"model": "m", "prompt": "p", "max_tokens": 3, "stop": ["x"]}

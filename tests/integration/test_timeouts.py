@@ -1,4 +1,8 @@
-"""Timeouts against slow and stalled real servers: each raises APITimeoutError, quickly."""
+"""Timeouts against slow and stalled real servers: each raises APITimeoutError, quickly.
+
+The FakeNebulaServer (``fake``) delays answers and paces streams; the hand-rolled ``server`` sends
+what it never does: a body stalled half-way, keep-alive comments.
+"""
 
 from __future__ import annotations
 
@@ -12,57 +16,52 @@ import pytest
 from aiohttp import web
 
 from nebula_async import APIConnectionError, APITimeoutError, RetryPolicy, Timeout
+from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
-from tests.helpers import sse, success_body
+from tests.helpers import sse
 from tests.integration._support import NO_RETRY, chunk, collect, make_client, open_stream
 
 # Long enough that no test could pass by waiting it out; a handler is cancelled when its client leaves.
 STALL = 5.0
 
 
-async def _slow_json(request: web.Request) -> web.StreamResponse:
-    await asyncio.sleep(STALL)
-    return web.json_response(success_body())
-
-
-async def _stall_after_one_event(request: web.Request) -> web.StreamResponse:
-    response = await open_stream(request, {"x-request-id": "req_stall"})
-    await response.write(sse(chunk("first")))
-    await asyncio.sleep(STALL)
-    return response
+def _stall_after_one_event(fake: FakeNebulaServer) -> None:
+    """Make the fake's streams send their first event, "first", then stay silent for STALL s."""
+    fake.replies["p"] = "first second"
+    fake.token_delay = STALL
 
 
 @pytest.mark.parametrize(
     "timeout", [Timeout(read=0.1), 0.2, Timeout(total=0.2)], ids=["read", "number", "total"]
 )
-async def test_slow_server_times_out(server: LocalServer, timeout: float | Timeout) -> None:
+async def test_slow_server_times_out(fake: FakeNebulaServer, timeout: float | Timeout) -> None:
     """A server slower than the read or total timeout gives APITimeoutError, well before it answers."""
-    server.handler = _slow_json
-    async with make_client(server.base_url, timeout=timeout, retry=NO_RETRY) as client:
+    fake.delay_next(STALL)
+    async with make_client(fake.base_url, timeout=timeout, retry=NO_RETRY) as client:
         started = time.monotonic()
         with pytest.raises(APITimeoutError):
             await client.generate_text(model="m", prompt="p")
     assert time.monotonic() - started < 1.0
 
 
-async def test_per_call_timeout_overrides_the_client(server: LocalServer) -> None:
+async def test_per_call_timeout_overrides_the_client(fake: FakeNebulaServer) -> None:
     """timeout= on one call replaces the client's generous default for that call."""
-    server.handler = _slow_json
-    async with make_client(server.base_url, retry=NO_RETRY) as client:
+    fake.delay_next(STALL)
+    async with make_client(fake.base_url, retry=NO_RETRY) as client:
         started = time.monotonic()
         with pytest.raises(APITimeoutError):
             await client.generate_text(model="m", prompt="p", timeout=0.1)
     assert time.monotonic() - started < 1.0
 
 
-async def test_timeouts_are_retried(server: LocalServer) -> None:
+async def test_timeouts_are_retried(fake: FakeNebulaServer) -> None:
     """A timed-out attempt is retried: max_retries=1 sends the request twice before raising."""
-    server.handler = _slow_json
+    fake.delay_next(STALL, 3)
     policy = RetryPolicy(max_retries=1, initial_delay=0.001)
-    async with make_client(server.base_url, timeout=Timeout(read=0.1), retry=policy) as client:
+    async with make_client(fake.base_url, timeout=Timeout(read=0.1), retry=policy) as client:
         with pytest.raises(APITimeoutError):
             await client.generate_text(model="m", prompt="p")
-    assert len(server.requests) == 2
+    assert len(fake.requests) == 2
 
 
 async def test_slow_body_after_headers_times_out(server: LocalServer) -> None:
@@ -81,24 +80,24 @@ async def test_slow_body_after_headers_times_out(server: LocalServer) -> None:
             await client.generate_text(model="m", prompt="p")
 
 
-async def test_stalled_stream_read_timeout(server: LocalServer) -> None:
+async def test_stalled_stream_read_timeout(fake: FakeNebulaServer) -> None:
     """A stream that stops sending after one event raises APITimeoutError once the read timeout passes."""
-    server.handler = _stall_after_one_event
+    _stall_after_one_event(fake)
     received: list[str] = []
-    async with make_client(server.base_url, timeout=Timeout(read=0.2)) as client:
+    async with make_client(fake.base_url, timeout=Timeout(read=0.2)) as client:
         started = time.monotonic()
         with pytest.raises(APITimeoutError) as info:
             await collect(client.stream_text(model="m", prompt="p"), received)
     assert time.monotonic() - started < 1.0
     assert received == ["first"]
-    assert info.value.request_id == "req_stall"
-    assert len(server.requests) == 1  # "first" was delivered: not retried
+    assert info.value.request_id == fake.requests[0].request_id
+    assert len(fake.requests) == 1  # "first" was delivered: not retried
 
 
-async def test_stalled_stream_stream_idle_timeout(server: LocalServer) -> None:
+async def test_stalled_stream_stream_idle_timeout(fake: FakeNebulaServer) -> None:
     """A silent stream fails after stream_idle even when the read timeout is much longer."""
-    server.handler = _stall_after_one_event
-    async with make_client(server.base_url, timeout=Timeout(read=30, stream_idle=0.2)) as client:
+    _stall_after_one_event(fake)
+    async with make_client(fake.base_url, timeout=Timeout(read=30, stream_idle=0.2)) as client:
         started = time.monotonic()
         with pytest.raises(APITimeoutError):
             await asyncio.wait_for(collect(client.stream_text(model="m", prompt="p")), 3)
@@ -151,24 +150,16 @@ async def test_keep_alives_only_from_the_start(server: LocalServer) -> None:
             stop.set()
 
 
-async def test_data_events_reset_stream_idle(server: LocalServer) -> None:
+async def test_data_events_reset_stream_idle(fake: FakeNebulaServer) -> None:
     """Data events every 50 ms keep a stream alive for longer than stream_idle: it is not a total timeout."""
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        response = await open_stream(request)
-        for i in range(9):
-            await response.write(sse(chunk(str(i))))
-            await asyncio.sleep(0.05)
-        await response.write(sse(chunk("end", "stop")))
-        await response.write_eof()
-        return response
-
-    server.handler = handler
-    async with make_client(server.base_url, timeout=Timeout(stream_idle=0.2)) as client:
+    texts = [*(f" {i}" for i in range(9)), " end"]  # one token, so one event, each
+    fake.replies["p"] = "".join(texts)
+    fake.token_delay = 0.05
+    async with make_client(fake.base_url, timeout=Timeout(stream_idle=0.2)) as client:
         started = time.monotonic()
-        texts = [piece.text async for piece in client.stream_text(model="m", prompt="p")]
+        got = [piece.text async for piece in client.stream_text(model="m", prompt="p")]
     assert time.monotonic() - started > 0.3  # longer than stream_idle in total
-    assert texts == [*map(str, range(9)), "end"]
+    assert got == texts
 
 
 @pytest.fixture
@@ -204,10 +195,10 @@ async def test_connect_timeout_is_a_timeout(backlog_full_port: int) -> None:
     assert isinstance(info.value, APIConnectionError)  # a timeout is also a connection error
 
 
-async def test_total_timeout_covers_waiting_for_a_pooled_connection(server: LocalServer) -> None:
+async def test_total_timeout_covers_waiting_for_a_pooled_connection(fake: FakeNebulaServer) -> None:
     """With the only connection busy, a call with total=0.2 fails in time instead of queueing on."""
-    server.handler = _slow_json
-    async with make_client(server.base_url, max_connections=1, retry=NO_RETRY) as client:
+    fake.delay_next(STALL, 2)  # both calls, were the second to reach the server
+    async with make_client(fake.base_url, max_connections=1, retry=NO_RETRY) as client:
         busy = asyncio.create_task(client.generate_text(model="m", prompt="busy"))
         try:
             await asyncio.sleep(0.05)  # the first call now holds the connection
@@ -219,4 +210,4 @@ async def test_total_timeout_covers_waiting_for_a_pooled_connection(server: Loca
             busy.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await busy
-    assert [r["body"]["prompt"] for r in server.requests] == ["busy"]
+    assert [r.json["prompt"] for r in fake.requests] == ["busy"]

@@ -1,7 +1,10 @@
 """A real aiohttp.web server that runs its own event loop in a background thread.
 
 The sync client blocks the calling thread, so its server can't share the test's thread or loop.
-Importable without pytest: the subprocess tests start one in the child process too.
+Importable without pytest: the subprocess tests start one in the child process too. Most sync tests
+use the FakeNebulaServer instead; this one is for what it can't do: hold a call until the test
+releases it, stall a stream after a burst of events, count cancelled handlers and open connections,
+and stay up through a subprocess's interpreter exit (the fake closes itself at exit).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.helpers import error_body, sse, success_body
+from tests.helpers import sse, success_body
 
 Handler = Callable[["ThreadedServer", web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
 
@@ -31,7 +34,6 @@ class ThreadedServer:
     def __init__(self) -> None:
         self.behaviour: Handler = echo
         self.requests: list[dict[str, Any]] = []  # JSON body of each request received, in order
-        self.headers: list[dict[str, str]] = []  # and its headers
         self.cancelled = 0  # handlers cancelled because the client went away
         self.port = 0
         self._lock = threading.Lock()
@@ -109,7 +111,6 @@ class ThreadedServer:
         body = json.loads(raw) if raw else {}
         with self._lock:
             self.requests.append(body)
-            self.headers.append(dict(request.headers))
         try:
             return await self.behaviour(self, request, body)
         except asyncio.CancelledError:
@@ -139,23 +140,6 @@ async def echo(server: ThreadedServer, request: web.Request, body: dict[str, Any
     return web.json_response(success_body(f"echo: {prompt}"), headers={"x-request-id": "req_1"})
 
 
-def rate_limited_first(count: int, code: str = "rate_limit_exceeded", status: int = 429) -> Handler:
-    """Answer the first ``count`` requests with an error (429 and Retry-After: 0 by default), then echo."""
-
-    async def handler(
-        server: ThreadedServer, request: web.Request, body: dict[str, Any]
-    ) -> web.StreamResponse:
-        if server.request_count <= count:
-            return web.json_response(
-                error_body(code, "slow down"),
-                status=status,
-                headers={"Retry-After": "0", "x-request-id": f"req_err_{server.request_count}"},
-            )
-        return await echo(server, request, body)
-
-    return handler
-
-
 async def slow(server: ThreadedServer, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
     """Answer only once the test calls ``server.release()`` (or after 20 s)."""
     await server.wait_released()
@@ -176,36 +160,6 @@ def stalled_stream(events: int) -> Handler:
         await response.write(sse({"text": "end", "finish_reason": "stop"}))
         await response.write_eof()
         return response
-
-    return handler
-
-
-def burst_stream(events: int) -> Handler:
-    """Send a whole stream of ``events`` chunks in ONE write; the last has ``finish_reason="stop"``."""
-
-    async def handler(
-        server: ThreadedServer, request: web.Request, body: dict[str, Any]
-    ) -> web.StreamResponse:
-        if not body.get("stream"):
-            return await echo(server, request, body)
-        response = await _event_stream(request)
-        payloads = [
-            {"text": f"{i},", "finish_reason": "stop" if i == events - 1 else None} for i in range(events)
-        ]
-        await response.write(sse(*payloads))
-        await response.write_eof()
-        return response
-
-    return handler
-
-
-def error_status(code: str, status: int) -> Handler:
-    """Answer every request, streamed or not, with the error envelope ``code`` and HTTP ``status``."""
-
-    async def handler(
-        server: ThreadedServer, request: web.Request, body: dict[str, Any]
-    ) -> web.StreamResponse:
-        return web.json_response(error_body(code, "nope"), status=status, headers={"x-request-id": "req_e"})
 
     return handler
 

@@ -1,4 +1,9 @@
-"""Fixtures for the sync client: a server in its own thread, and a client pointed at it."""
+"""Fixtures for the sync client: a server in its own thread, and a client pointed at it.
+
+``fake_thread`` (a FakeNebulaServer) and ``fake_client`` serve most tests; ``threaded_server`` (a
+hand-rolled ThreadedServer) and ``client`` those that need what the fake can't do: hold a call until
+the test releases it, count handlers cancelled and connections open, stall a stream after a burst.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from nebula_async import GenerateRequest
+from nebula_async.testing import FakeNebulaServer
 from nebula_sync import NebulaClient, RetryPolicy
 from tests.helpers import KEY
 from tests.sync._server import ThreadedServer
@@ -19,6 +26,25 @@ PORTAL_THREAD = "nebula-sync"  # the name NebulaClient gives its event-loop thre
 def portal_threads() -> list[threading.Thread]:
     """Return the live event-loop threads of sync clients."""
     return [t for t in threading.enumerate() if t.name == PORTAL_THREAD]
+
+
+def echo(request: GenerateRequest) -> str:
+    """Reply ``"echo: <prompt>"``, as the ThreadedServer does; streamed as "echo", ":", " <prompt>"."""
+    return f"echo: {request.prompt}"
+
+
+@pytest.fixture
+def fake_thread() -> Iterator[FakeNebulaServer]:
+    """Run a FakeNebulaServer in a thread of its own that knows the models "m" and "gpt-4" and echoes."""
+    with FakeNebulaServer(models=["m", "gpt-4"], reply=echo).run_in_thread() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_client(fake_thread: FakeNebulaServer) -> Iterator[NebulaClient]:
+    """A NebulaClient for ``fake_thread``, with near-zero backoff; closed at teardown."""
+    with NebulaClient(KEY, base_url=fake_thread.base_url, retry=RetryPolicy(initial_delay=0.001)) as c:
+        yield c
 
 
 @pytest.fixture

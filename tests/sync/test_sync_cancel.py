@@ -1,4 +1,8 @@
-"""Interrupting and closing the sync client while a call is in flight."""
+"""Interrupting and closing the sync client while a call is in flight.
+
+The hand-rolled ThreadedServer holds calls until released and counts the handlers cancelled when a
+client goes away, which the FakeNebulaServer doesn't; it serves the rest.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
-from aiohttp import web
 
+from nebula_async.testing import FakeNebulaServer
 from nebula_sync import NebulaClient, RetryPolicy
-from tests.helpers import KEY, error_body
+from tests.helpers import KEY
 from tests.sync._server import ThreadedServer, call_in_thread, slow, stalled_stream, wait_for
 
 
@@ -112,18 +115,12 @@ def test_close_is_prompt_while_a_call_waits_on_the_server(threaded_server: Threa
     assert wait_for(lambda: threaded_server.cancelled == 1)
 
 
-def test_close_is_prompt_while_a_call_waits_to_retry(threaded_server: ThreadedServer) -> None:
+def test_close_is_prompt_while_a_call_waits_to_retry(fake_thread: FakeNebulaServer) -> None:
     """close() returns at once while another thread's call sleeps before a retry (Retry-After: 3)."""
-
-    async def always_429(
-        server: ThreadedServer, request: web.Request, body: dict[str, Any]
-    ) -> web.StreamResponse:
-        return web.json_response(error_body("rate_limit_exceeded"), status=429, headers={"Retry-After": "3"})
-
-    threaded_server.behaviour = always_429
-    client = NebulaClient(KEY, base_url=threaded_server.base_url)
+    fake_thread.fail_next(3, status=429, code="rate_limit_exceeded", retry_after=3)
+    client = NebulaClient(KEY, base_url=fake_thread.base_url)
     worker, outcome = call_in_thread(lambda: client.generate_text(model="m", prompt="p"), daemon=True)
-    assert wait_for(lambda: threaded_server.request_count == 1)
+    assert wait_for(lambda: len(fake_thread.requests) == 1)
     time.sleep(0.1)  # the call is now sleeping out the Retry-After
     started = time.monotonic()
     client.close()
@@ -132,4 +129,4 @@ def test_close_is_prompt_while_a_call_waits_to_retry(threaded_server: ThreadedSe
     assert elapsed < 1.0, f"close() waited {elapsed:.1f} s for a pending retry sleep"
     assert isinstance(outcome.get("error"), RuntimeError)
     assert "closed while the call was running" in str(outcome["error"])
-    assert threaded_server.request_count == 1  # no retry was sent after close()
+    assert len(fake_thread.requests) == 1  # no retry was sent after close()

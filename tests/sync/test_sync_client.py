@@ -1,4 +1,8 @@
-"""The blocking NebulaClient against a real server running in another thread."""
+"""The blocking NebulaClient against a real server running in another thread.
+
+Most tests use the FakeNebulaServer (``fake_thread``, ``fake_client``); the hand-rolled
+ThreadedServer only where a stream must stall after a burst of events or cancelled handlers are counted.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import pytest
 
 import nebula_async
 import nebula_sync
+from nebula_async.testing import FakeNebulaServer, count_tokens
 from nebula_sync import (
     GenerateRequest,
     InsufficientQuotaError,
@@ -23,19 +28,20 @@ from nebula_sync import (
     RateLimitError,
     RetryPolicy,
     TextGeneration,
+    Usage,
 )
 from tests.helpers import KEY
-from tests.sync._server import ThreadedServer, error_status, rate_limited_first, stalled_stream
+from tests.sync._server import ThreadedServer, stalled_stream
 from tests.sync.conftest import portal_threads
 
 FAST_RETRY = RetryPolicy(initial_delay=0.001)
 
 
 def test_api_reference_example_works_as_written(
-    threaded_server: ThreadedServer, monkeypatch: pytest.MonkeyPatch
+    fake_thread: FakeNebulaServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The API reference's Python example, unchanged but for the import, returns the server's text."""
-    monkeypatch.setenv("NEBULA_BASE_URL", threaded_server.base_url)  # the example has no base_url
+    monkeypatch.setenv("NEBULA_BASE_URL", fake_thread.base_url)  # the example has no base_url
     from nebula_sync import NebulaClient
 
     client = NebulaClient(api_key="YOUR_API_KEY")
@@ -44,38 +50,39 @@ def test_api_reference_example_works_as_written(
         model="gpt-4", prompt="Write a hello world program in Python", max_tokens=100
     )
 
-    assert response.text == "echo: Write a hello world program in Python"
+    prompt = "Write a hello world program in Python"
+    assert response.text == f"echo: {prompt}"
     assert isinstance(response, TextGeneration)
-    assert response.usage.total_tokens == 20
-    assert response.request_id == "req_1"
-    assert threaded_server.requests == [
-        {"model": "gpt-4", "prompt": "Write a hello world program in Python", "max_tokens": 100}
-    ]
-    assert threaded_server.headers[0]["Authorization"] == "Bearer YOUR_API_KEY"
+    used = (count_tokens(prompt), count_tokens(response.text))
+    assert response.usage == Usage(*used, sum(used))
+    [request] = fake_thread.requests
+    assert response.request_id == request.request_id
+    assert request.json == {"model": "gpt-4", "prompt": prompt, "max_tokens": 100}
+    assert request.headers["Authorization"] == "Bearer YOUR_API_KEY"
     client.close()
 
 
-def test_stream_as_context_manager(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+def test_stream_as_context_manager(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
     """A stream used with ``with`` yields the server's chunks and ends with its text and finish reason."""
-    stream = client.stream_text(model="m", prompt="héllo")
-    assert threaded_server.request_count == 0  # nothing is sent before the stream is entered
+    stream = fake_client.stream_text(model="m", prompt="héllo")
+    assert fake_thread.requests == []  # nothing is sent before the stream is entered
     with stream as entered:
         assert entered is stream
-        assert threaded_server.request_count == 1
+        assert len(fake_thread.requests) == 1
         chunks = [(chunk.text, chunk.finish_reason) for chunk in stream]
-    assert chunks == [("echo", None), (": ", None), ("héllo", "stop")]
+    assert chunks == [("echo", None), (":", None), (" héllo", "stop")]
     assert stream.text == "echo: héllo"
     assert stream.finish_reason == "stop"
-    assert stream.request_id == "req_stream"
+    assert stream.request_id == fake_thread.requests[0].request_id
     assert stream.retries == 0
-    assert threaded_server.requests == [{"model": "m", "prompt": "héllo", "stream": True}]
+    assert [r.json for r in fake_thread.requests] == [{"model": "m", "prompt": "héllo", "stream": True}]
 
 
-def test_stream_as_plain_iterator_releases_its_connection(threaded_server: ThreadedServer) -> None:
+def test_stream_as_plain_iterator_releases_its_connection(fake_thread: FakeNebulaServer) -> None:
     """A stream iterated to its end with a plain ``for`` hands its only connection back for the next call."""
-    with NebulaClient(KEY, base_url=threaded_server.base_url, max_connections=1, timeout=5) as client:
+    with NebulaClient(KEY, base_url=fake_thread.base_url, max_connections=1, timeout=5) as client:
         stream = client.stream_text(model="m", prompt="a")
-        assert [chunk.text for chunk in stream] == ["echo", ": ", "a"]
+        assert [chunk.text for chunk in stream] == ["echo", ":", " a"]
         assert stream.finish_reason == "stop"
         assert list(stream) == []  # an ended stream stays ended
         started = time.monotonic()
@@ -115,20 +122,20 @@ def test_a_stream_closed_early_cannot_be_iterated_again(
     assert stream.text == "w0 "
 
 
-def test_generate_many_keeps_input_order(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+def test_generate_many_keeps_input_order(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
     """generate_many from sync code returns one result per request in input order, dicts and models mixed."""
     requests: list[Any] = [
         GenerateRequest(model="m", prompt=f"p{i}") if i % 2 else {"model": "m", "prompt": f"p{i}"}
         for i in range(40)
     ]
-    results = client.generate_many(iter(requests), concurrency=5)
+    results = fake_client.generate_many(iter(requests), concurrency=5)
     assert [r.text for r in results] == [f"echo: p{i}" for i in range(40)]
-    assert sorted(body["prompt"] for body in threaded_server.requests) == sorted(f"p{i}" for i in range(40))
+    assert sorted(r.json["prompt"] for r in fake_thread.requests) == sorted(f"p{i}" for i in range(40))
 
 
-def test_generate_many_return_exceptions(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+def test_generate_many_return_exceptions(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
     """With return_exceptions a bad item's error stands in its place and the others still run."""
-    results = client.generate_many(
+    results = fake_client.generate_many(
         [
             {"model": "m", "prompt": "a"},
             {"model": "m", "prompt": "b", "max_tokens": 0},
@@ -140,10 +147,10 @@ def test_generate_many_return_exceptions(client: NebulaClient, threaded_server: 
     assert isinstance(results[1], ValueError)
     assert "max_tokens" in str(results[1])
     assert results[2].text == "echo: c"
-    assert threaded_server.request_count == 2
+    assert len(fake_thread.requests) == 2
 
 
-def test_eight_threads_share_one_client(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+def test_eight_threads_share_one_client(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
     """8 threads making 25 calls each on one client all get their own prompt's answer, streams included."""
     barrier = threading.Barrier(8)
 
@@ -153,12 +160,12 @@ def test_eight_threads_share_one_client(client: NebulaClient, threaded_server: T
         for call in range(25):
             prompt = f"t{thread}-c{call}"
             if call % 5 == 4:
-                with client.stream_text(model="m", prompt=prompt) as stream:
+                with fake_client.stream_text(model="m", prompt=prompt) as stream:
                     for _ in stream:
                         pass
                 out.append((prompt, stream.text))
             else:
-                out.append((prompt, client.generate_text(model="m", prompt=prompt).text))
+                out.append((prompt, fake_client.generate_text(model="m", prompt=prompt).text))
         return out
 
     with ThreadPoolExecutor(8) as pool:
@@ -167,16 +174,16 @@ def test_eight_threads_share_one_client(client: NebulaClient, threaded_server: T
         assert len(results) == 25
         for prompt, text in results:
             assert text == f"echo: {prompt}"
-    assert threaded_server.request_count == 200
-    assert len({body["prompt"] for body in threaded_server.requests}) == 200
+    assert len(fake_thread.requests) == 200
+    assert len({r.json["prompt"] for r in fake_thread.requests}) == 200
 
 
-def test_works_inside_a_running_event_loop(threaded_server: ThreadedServer) -> None:
+def test_works_inside_a_running_event_loop(fake_thread: FakeNebulaServer) -> None:
     """Called straight from a coroutine, as in a Jupyter cell, the sync client works: call, stream, batch."""
 
     async def notebook_cell() -> tuple[str, str, list[str]]:
         asyncio.get_running_loop()  # this thread runs an event loop, like Jupyter's
-        client = NebulaClient(KEY, base_url=threaded_server.base_url)
+        client = NebulaClient(KEY, base_url=fake_thread.base_url)
         try:
             text = client.generate_text(model="m", prompt="cell").text
             with client.stream_text(model="m", prompt="s") as stream:
@@ -191,65 +198,65 @@ def test_works_inside_a_running_event_loop(threaded_server: ThreadedServer) -> N
     assert asyncio.run(notebook_cell()) == ("echo: cell", "echo: s", ["echo: 0", "echo: 1", "echo: 2"])
 
 
-def test_a_client_made_outside_works_inside_a_running_loop(client: NebulaClient) -> None:
+def test_a_client_made_outside_works_inside_a_running_loop(fake_client: NebulaClient) -> None:
     """A client created in plain code keeps working when later called from inside a running event loop."""
-    assert client.generate_text(model="m", prompt="before").text == "echo: before"
+    assert fake_client.generate_text(model="m", prompt="before").text == "echo: before"
 
     async def cell() -> str:
-        return client.generate_text(model="m", prompt="inside").text
+        return fake_client.generate_text(model="m", prompt="inside").text
 
     assert asyncio.run(cell()) == "echo: inside"
 
 
-def test_rate_limit_after_retries_exhausted(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+def test_rate_limit_after_retries_exhausted(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
     """A server always answering 429 sees 1 + max_retries requests; the RateLimitError keeps retry_after."""
-    threaded_server.behaviour = rate_limited_first(1000)
+    fake_thread.fail_next(1000, status=429, code="rate_limit_exceeded", retry_after=0)
     with pytest.raises(RateLimitError) as info:
-        client.generate_text(model="m", prompt="p")
+        fake_client.generate_text(model="m", prompt="p")
     err = info.value
     assert type(err) is nebula_async.RateLimitError
     assert err.retry_after == 0.0
     assert err.status_code == 429
     assert err.code == "rate_limit_exceeded"
-    assert err.request_id == "req_err_3"  # the last attempt's error, not the first
-    assert threaded_server.request_count == 3
+    assert len(fake_thread.requests) == 3
+    assert err.request_id == fake_thread.requests[2].request_id  # the last attempt's error, not the first
 
 
-def test_retried_call_succeeds(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+def test_retried_call_succeeds(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
     """Two 429s with Retry-After: 0 are retried and the third answer is returned, saying it took 2 retries."""
-    threaded_server.behaviour = rate_limited_first(2)
-    result = client.generate_text(model="m", prompt="p")
+    fake_thread.fail_next(2, status=429, code="rate_limit_exceeded", retry_after=0)
+    result = fake_client.generate_text(model="m", prompt="p")
     assert result.text == "echo: p"
     assert result.retries == 2
-    assert threaded_server.request_count == 3
+    assert [r.status for r in fake_thread.requests] == [429, 429, 200]
 
 
 def test_stream_is_retried_before_its_first_chunk(
-    client: NebulaClient, threaded_server: ThreadedServer
+    fake_client: NebulaClient, fake_thread: FakeNebulaServer
 ) -> None:
     """A stream whose first attempt gets a 429 is retried and then read whole."""
-    threaded_server.behaviour = rate_limited_first(1)
-    with client.stream_text(model="m", prompt="p") as stream:
-        assert [chunk.text for chunk in stream] == ["echo", ": ", "p"]
+    fake_thread.fail_next(status=429, code="rate_limit_exceeded", retry_after=0)
+    with fake_client.stream_text(model="m", prompt="p") as stream:
+        assert [chunk.text for chunk in stream] == ["echo", ":", " p"]
     assert stream.retries == 1
-    assert threaded_server.request_count == 2
+    assert len(fake_thread.requests) == 2
 
 
-def test_per_call_max_retries(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+def test_per_call_max_retries(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
     """max_retries=0 on one call sends it once and raises the first RateLimitError."""
-    threaded_server.behaviour = rate_limited_first(1000)
+    fake_thread.fail_next(1000, status=429, code="rate_limit_exceeded", retry_after=0)
     with pytest.raises(RateLimitError):
-        client.generate_text(model="m", prompt="p", max_retries=0)
-    assert threaded_server.request_count == 1
+        fake_client.generate_text(model="m", prompt="p", max_retries=0)
+    assert len(fake_thread.requests) == 1
 
 
-def test_insufficient_quota_is_not_retried(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+def test_insufficient_quota_is_not_retried(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
     """A 429 whose code is insufficient_quota is raised as InsufficientQuotaError after one request."""
-    threaded_server.behaviour = rate_limited_first(1000, code="insufficient_quota")
+    fake_thread.fail_next(1000, status=429, code="insufficient_quota", retry_after=0)
     with pytest.raises(InsufficientQuotaError) as info:
-        client.generate_text(model="m", prompt="p")
+        fake_client.generate_text(model="m", prompt="p")
     assert not isinstance(info.value, RateLimitError)
-    assert threaded_server.request_count == 1
+    assert len(fake_thread.requests) == 1
 
 
 @pytest.mark.parametrize(
@@ -257,26 +264,27 @@ def test_insufficient_quota_is_not_retried(client: NebulaClient, threaded_server
     [("model_not_found", 404, ModelNotFoundError), ("invalid_request", 400, InvalidRequestError)],
 )
 def test_errors_keep_their_class_for_calls_and_streams(
-    client: NebulaClient, threaded_server: ThreadedServer, code: str, status: int, cls: type[Exception]
+    fake_client: NebulaClient, fake_thread: FakeNebulaServer, code: str, status: int, cls: type[Exception]
 ) -> None:
     """An error answer raises the same class from generate_text and from a stream, unretried."""
-    threaded_server.behaviour = error_status(code, status)
+    fake_thread.fail_next(1000, status=status, code=code, message="nope")
     with pytest.raises(cls) as call_info:
-        client.generate_text(model="m", prompt="p")
-    with pytest.raises(cls) as stream_info, client.stream_text(model="m", prompt="p"):
+        fake_client.generate_text(model="m", prompt="p")
+    with pytest.raises(cls) as stream_info, fake_client.stream_text(model="m", prompt="p"):
         pass
-    for err in (call_info.value, stream_info.value):
+    requests = fake_thread.requests
+    assert len(requests) == 2
+    for err, request in zip((call_info.value, stream_info.value), requests, strict=True):
         assert isinstance(err, nebula_sync.APIError)
         assert err.status_code == status
         assert err.code == code
-        assert err.request_id == "req_e"
-    assert threaded_server.request_count == 2
+        assert err.request_id == request.request_id
 
 
-def test_close_is_idempotent_and_stops_the_thread(threaded_server: ThreadedServer) -> None:
+def test_close_is_idempotent_and_stops_the_thread(fake_thread: FakeNebulaServer) -> None:
     """close() twice is fine, stops the client's thread, and later calls raise a clear RuntimeError."""
     before = len(portal_threads())
-    client = NebulaClient(KEY, base_url=threaded_server.base_url)
+    client = NebulaClient(KEY, base_url=fake_thread.base_url)
     assert len(portal_threads()) == before + 1
     assert client.generate_text(model="m", prompt="p").text == "echo: p"
     client.close()
@@ -291,23 +299,23 @@ def test_close_is_idempotent_and_stops_the_thread(threaded_server: ThreadedServe
         next(stream)
     with pytest.raises(RuntimeError, match="client is closed"), stream:
         pass
-    assert threaded_server.request_count == 1
+    assert len(fake_thread.requests) == 1
 
 
-def test_with_block_closes_the_client(threaded_server: ThreadedServer) -> None:
+def test_with_block_closes_the_client(fake_thread: FakeNebulaServer) -> None:
     """Leaving ``with NebulaClient(...)`` closes the client and stops its thread."""
     before = len(portal_threads())
-    with NebulaClient(KEY, base_url=threaded_server.base_url) as client:
+    with NebulaClient(KEY, base_url=fake_thread.base_url) as client:
         assert client.generate_text(model="m", prompt="p").text == "echo: p"
     assert len(portal_threads()) == before
     with pytest.raises(RuntimeError, match="client is closed"):
         client.generate_text(model="m", prompt="p")
 
 
-def test_with_block_closes_the_client_on_error(threaded_server: ThreadedServer) -> None:
+def test_with_block_closes_the_client_on_error(fake_thread: FakeNebulaServer) -> None:
     """An exception leaving ``with NebulaClient(...)`` still closes the client."""
     before = len(portal_threads())
-    with pytest.raises(KeyError), NebulaClient(KEY, base_url=threaded_server.base_url):
+    with pytest.raises(KeyError), NebulaClient(KEY, base_url=fake_thread.base_url):
         raise KeyError("boom")
     assert len(portal_threads()) == before
 
@@ -353,24 +361,24 @@ def test_a_session_is_refused_before_a_thread_starts() -> None:
         asyncio.run(session.close())
 
 
-def test_bad_call_arguments_send_nothing(client: NebulaClient, threaded_server: ThreadedServer) -> None:
+def test_bad_call_arguments_send_nothing(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
     """Bad call arguments raise ValueError/TypeError naming the argument, and nothing reaches the server."""
     with pytest.raises(ValueError, match="max_tokens"):
-        client.generate_text(model="m", prompt="p", max_tokens=0)
+        fake_client.generate_text(model="m", prompt="p", max_tokens=0)
     with pytest.raises(ValueError, match="temperature"):
-        client.stream_text(model="m", prompt="p", temperature=3)  # checked when the stream is made
+        fake_client.stream_text(model="m", prompt="p", temperature=3)  # checked when the stream is made
     with pytest.raises(ValueError, match="model"):
-        client.generate_text(model="", prompt="p")
+        fake_client.generate_text(model="", prompt="p")
     with pytest.raises(TypeError, match="stop"):
-        client.generate_text(model="m", prompt="p", stop="END")
-    assert threaded_server.request_count == 0
-    assert client.generate_text(model="m", prompt="ok").text == "echo: ok"  # the client is still fine
+        fake_client.generate_text(model="m", prompt="p", stop="END")
+    assert fake_thread.requests == []
+    assert fake_client.generate_text(model="m", prompt="ok").text == "echo: ok"  # the client is still fine
 
 
-def test_key_is_not_in_repr(client: NebulaClient) -> None:
+def test_key_is_not_in_repr(fake_client: NebulaClient) -> None:
     """The client's repr names its base URL and never the API key."""
-    assert KEY not in repr(client)
-    assert "127.0.0.1" in repr(client)
+    assert KEY not in repr(fake_client)
+    assert "127.0.0.1" in repr(fake_client)
 
 
 def test_a_forgotten_half_read_stream_warns_and_is_released(threaded_server: ThreadedServer) -> None:

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from nebula_async.testing import FakeNebulaServer
 from nebula_sync import NebulaClient
 from tests.helpers import KEY
-from tests.sync._server import ThreadedServer
 from tests.sync.test_sync_exit import PRELUDE, run_code
 
 # --- exit while daemon threads keep calling --------------------------------------------------------
@@ -49,7 +49,7 @@ def test_exit_while_daemon_threads_keep_calling_is_clean() -> None:
 @pytest.mark.parametrize("concurrency", [1, 2])
 @pytest.mark.parametrize("items_before", [0, 1], ids=["at-the-first-item", "after-an-item"])
 def test_system_exit_in_the_generator_propagates_and_the_client_survives(
-    client: NebulaClient, threaded_server: ThreadedServer, concurrency: int, items_before: int
+    fake_client: NebulaClient, fake_thread: FakeNebulaServer, concurrency: int, items_before: int
 ) -> None:
     """SystemExit raised by the caller's generator reaches the caller as is, and the client keeps working."""
 
@@ -59,20 +59,20 @@ def test_system_exit_in_the_generator_propagates_and_the_client_survives(
         raise SystemExit(3)
 
     with pytest.raises(SystemExit) as info:
-        client.generate_many(requests(), concurrency=concurrency)
+        fake_client.generate_many(requests(), concurrency=concurrency)
     assert info.value.code == 3
-    assert client.closed is False
-    assert client.generate_text(model="m", prompt="after").text == "echo: after"
-    assert threaded_server.requests[-1]["prompt"] == "after"
-    assert threaded_server.request_count <= items_before + 1  # the items read before, and "after"
+    assert fake_client.closed is False
+    assert fake_client.generate_text(model="m", prompt="after").text == "echo: after"
+    assert fake_thread.requests[-1].json["prompt"] == "after"
+    assert len(fake_thread.requests) <= items_before + 1  # the items read before, and "after"
 
 
 @pytest.mark.parametrize("exit_exception", [SystemExit(3), KeyboardInterrupt()])
 def test_exit_raised_by_an_async_generator_reaches_the_caller_and_the_client_survives(
-    threaded_server: ThreadedServer, exit_exception: BaseException
+    fake_thread: FakeNebulaServer, exit_exception: BaseException
 ) -> None:
     """SystemExit or Ctrl-C from an async generator given to sync generate_many reaches the caller as is."""
-    client = NebulaClient(KEY, base_url=threaded_server.base_url)
+    client = NebulaClient(KEY, base_url=fake_thread.base_url)
     try:
 
         async def prompts() -> AsyncIterator[dict[str, str]]:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from nebula_async.testing import FakeNebulaServer
 from nebula_sync import NebulaClient, RetryPolicy
 from tests.helpers import KEY, error_body
 from tests.sync._server import ThreadedServer, call_in_thread, echo, stalled_stream, wait_for
@@ -82,17 +83,17 @@ def _child_checks(client: NebulaClient) -> list[str]:
 
 @needs_fork
 def test_a_client_used_after_fork_fails_fast_in_the_child(
-    client: NebulaClient, threaded_server: ThreadedServer
+    fake_client: NebulaClient, fake_thread: FakeNebulaServer
 ) -> None:
     """In a forked child each call raises RuntimeError naming another process at once; the parent's works."""
-    assert client.generate_text(model="m", prompt="before").text == "echo: before"
+    assert fake_client.generate_text(model="m", prompt="before").text == "echo: before"
     read_end, write_end = os.pipe()
     pid = _fork()
     if pid == 0:  # the child: never return into pytest, report through the pipe and the exit code
         code = 70
         try:
             os.close(read_end)
-            problems = _child_checks(client)
+            problems = _child_checks(fake_client)
             os.write(write_end, "; ".join(problems).encode())
             code = 1 if problems else 0
         finally:
@@ -106,9 +107,9 @@ def test_a_client_used_after_fork_fails_fast_in_the_child(
     assert exit_code is not None, f"the child hung and was killed; it had reported {report!r}"
     assert exit_code == 0, report
     started = time.monotonic()
-    assert client.generate_text(model="m", prompt="after").text == "echo: after"
+    assert fake_client.generate_text(model="m", prompt="after").text == "echo: after"
     assert time.monotonic() - started < 1.0
-    assert threaded_server.request_count == 2  # nothing from the child reached the server
+    assert [r.json["prompt"] for r in fake_thread.requests] == ["before", "after"]  # nothing from the child
 
 
 FORK_EXIT_SCRIPT = """\
@@ -252,11 +253,9 @@ def test_closing_a_half_read_stream_after_the_client_is_quiet_at_exit() -> None:
 # --- generate_many reads the caller's iterable in the caller's thread ------------------------------
 
 
-def test_generate_many_reads_the_iterable_in_the_calling_thread(
-    client: NebulaClient, threaded_server: ThreadedServer
-) -> None:
+def test_generate_many_reads_the_iterable_in_the_calling_thread(fake_client: NebulaClient) -> None:
     """The caller's generator runs in the caller's own thread, never in the client's event-loop thread."""
-    loop_thread = client._portal.call(threading.current_thread)
+    loop_thread = fake_client._portal.call(threading.current_thread)
     seen: list[threading.Thread] = []
 
     def prompts() -> Iterator[dict[str, str]]:
@@ -265,7 +264,7 @@ def test_generate_many_reads_the_iterable_in_the_calling_thread(
             yield {"model": "m", "prompt": f"p{i}"}
         seen.append(threading.current_thread())
 
-    results = client.generate_many(prompts(), concurrency=2)
+    results = fake_client.generate_many(prompts(), concurrency=2)
     assert [r.text for r in results] == [f"echo: p{i}" for i in range(5)]
     assert len(seen) == 6
     assert loop_thread.name == PORTAL_THREAD
@@ -273,7 +272,7 @@ def test_generate_many_reads_the_iterable_in_the_calling_thread(
 
 
 def test_base_exception_in_the_generator_reaches_the_caller_and_the_client_survives(
-    client: NebulaClient, threaded_server: ThreadedServer
+    fake_client: NebulaClient,
 ) -> None:
     """KeyboardInterrupt raised by the caller's generator propagates as is, and the client keeps working."""
 
@@ -282,11 +281,11 @@ def test_base_exception_in_the_generator_reaches_the_caller_and_the_client_survi
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        client.generate_many(interrupted(), concurrency=1)
-    assert client.generate_text(model="m", prompt="after").text == "echo: after"
+        fake_client.generate_many(interrupted(), concurrency=1)
+    assert fake_client.generate_text(model="m", prompt="after").text == "echo: after"
 
 
-def test_an_error_in_the_generator_fails_the_call_with_that_error(client: NebulaClient) -> None:
+def test_an_error_in_the_generator_fails_the_call_with_that_error(fake_client: NebulaClient) -> None:
     """A ValueError raised by the caller's generator is what generate_many raises."""
 
     def broken() -> Iterator[dict[str, str]]:
@@ -294,12 +293,10 @@ def test_an_error_in_the_generator_fails_the_call_with_that_error(client: Nebula
         raise ValueError("bad row 2")
 
     with pytest.raises(ValueError, match="bad row 2"):
-        client.generate_many(broken(), concurrency=1)
+        fake_client.generate_many(broken(), concurrency=1)
 
 
-def test_a_slow_generator_does_not_stall_other_threads(
-    client: NebulaClient, threaded_server: ThreadedServer
-) -> None:
+def test_a_slow_generator_does_not_stall_other_threads(fake_client: NebulaClient) -> None:
     """While generate_many waits on a slow generator, a generate_text from another thread takes < 0.3 s."""
     started = threading.Event()
     exhausted = threading.Event()
@@ -311,12 +308,12 @@ def test_a_slow_generator_does_not_stall_other_threads(
             yield {"model": "m", "prompt": f"p{i}"}
         exhausted.set()
 
-    worker, outcome = call_in_thread(lambda: client.generate_many(slow_prompts(), concurrency=2))
+    worker, outcome = call_in_thread(lambda: fake_client.generate_many(slow_prompts(), concurrency=2))
     try:
         assert started.wait(2)
         for i in range(3):
             begun = time.monotonic()
-            assert client.generate_text(model="m", prompt=f"other{i}").text == f"echo: other{i}"
+            assert fake_client.generate_text(model="m", prompt=f"other{i}").text == f"echo: other{i}"
             took = time.monotonic() - begun
             assert took < 0.3, f"an unrelated call waited {took:.2f} s for the batch's generator"
             time.sleep(0.1)
@@ -329,51 +326,45 @@ def test_a_slow_generator_does_not_stall_other_threads(
 
 
 def test_a_generator_that_calls_the_client_works(
-    client: NebulaClient, threaded_server: ThreadedServer
+    fake_client: NebulaClient, fake_thread: FakeNebulaServer
 ) -> None:
     """A generate_many input generator may itself call client.generate_text for each item."""
 
     def seeded() -> Iterator[dict[str, str]]:
         for i in range(3):
-            yield {"model": "m", "prompt": client.generate_text(model="m", prompt=f"seed{i}").text}
+            yield {"model": "m", "prompt": fake_client.generate_text(model="m", prompt=f"seed{i}").text}
 
-    worker, outcome = call_in_thread(lambda: client.generate_many(seeded(), concurrency=2))
+    worker, outcome = call_in_thread(lambda: fake_client.generate_many(seeded(), concurrency=2))
     worker.join(10)
     assert not worker.is_alive(), "generate_many hung on a generator that calls the client"
     assert "error" not in outcome, outcome.get("error")
     assert [r.text for r in outcome["result"]] == [f"echo: echo: seed{i}" for i in range(3)]
-    assert threaded_server.request_count == 6
+    assert len(fake_thread.requests) == 6
 
 
-def test_each_batch_request_is_sent_as_soon_as_its_item_is_read(threaded_server: ThreadedServer) -> None:
+def test_each_batch_request_is_sent_as_soon_as_its_item_is_read(fake_thread: FakeNebulaServer) -> None:
     """With a slow generator, generate_many sends each request when its item is read, not a batch later."""
-    with NebulaClient(KEY, base_url=threaded_server.base_url) as client:
-        sent: list[int] = []  # how many items the generator had yielded when each request arrived
-        yielded = 0
-
-        async def record(
-            server: ThreadedServer, request: web.Request, body: dict[str, Any]
-        ) -> web.StreamResponse:
-            sent.append(yielded)
-            return await echo(server, request, body)
-
-        threaded_server.behaviour = record
+    with NebulaClient(KEY, base_url=fake_thread.base_url) as client:
+        yielded_at: list[
+            float
+        ] = []  # when the generator yielded each item (time.time(), as the fake records)
 
         def slow_prompts() -> Iterator[dict[str, str]]:
-            nonlocal yielded
             for i in range(3):
                 time.sleep(0.2)
-                yielded += 1
+                yielded_at.append(time.time())
                 yield {"model": "m", "prompt": f"p{i}"}
 
         results = client.generate_many(slow_prompts())  # the default concurrency, 16, exceeds the input
     assert [r.text for r in results] == ["echo: p0", "echo: p1", "echo: p2"]
+    # How many items the generator had yielded when each request arrived: the first, one.
+    sent = [sum(at <= request.time for at in yielded_at) for request in fake_thread.requests]
     assert sent[0] == 1, f"the first request waited until {sent[0]} items were read"
 
 
-def test_close_does_not_wait_for_a_blocked_input_generator(threaded_server: ThreadedServer) -> None:
+def test_close_does_not_wait_for_a_blocked_input_generator(fake_thread: FakeNebulaServer) -> None:
     """close() returns in < 1 s while generate_many's thread waits in its generator; the call then fails."""
-    client = NebulaClient(KEY, base_url=threaded_server.base_url)
+    client = NebulaClient(KEY, base_url=fake_thread.base_url)
     gate = threading.Event()
     waiting = threading.Event()
 
@@ -404,7 +395,7 @@ def test_close_does_not_wait_for_a_blocked_input_generator(threaded_server: Thre
         gate.set()  # let the generator go, so a failing run still ends its threads
         closer.join(5)
         worker.join(5)
-    assert threaded_server.request_count == 0
+    assert fake_thread.requests == []
 
 
 def test_exit_is_not_held_up_by_a_blocked_input_generator() -> None:
@@ -502,9 +493,9 @@ def test_close_ends_every_running_call_promptly(threaded_server: ThreadedServer)
 # --- racing close() ------------------------------------------------------------------------------
 
 
-def _race_close(server: ThreadedServer) -> None:
+def _race_close(base_url: str) -> None:
     """Start 8 threads calling in a loop, close the client once each has an answer, check how all ended."""
-    client = NebulaClient(KEY, base_url=server.base_url, retry=RetryPolicy(initial_delay=0.001))
+    client = NebulaClient(KEY, base_url=base_url, retry=RetryPolicy(initial_delay=0.001))
     results: list[list[str]] = [[] for _ in range(8)]
     errors: list[BaseException | None] = [None] * 8
 
@@ -532,7 +523,7 @@ def _race_close(server: ThreadedServer) -> None:
     assert portal_threads() == []
 
 
-def test_threads_racing_close_all_end(threaded_server: ThreadedServer) -> None:
+def test_threads_racing_close_all_end(fake_thread: FakeNebulaServer) -> None:
     """8 threads calling in a loop while close() runs all end with results and a RuntimeError, 10 rounds."""
     for _ in range(10):
-        _race_close(threaded_server)
+        _race_close(fake_thread.base_url)

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from nebula_async.testing import FakeNebulaServer
 from nebula_sync import NebulaClient
-from tests.sync._server import ThreadedServer, burst_stream
 
 EVENTS = 1000
+TEXTS = [f" {i}," for i in range(EVENTS // 2)]  # two tokens each: " 0" and ","
 
 
 def _count_hops(client: NebulaClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -26,17 +27,23 @@ def _count_hops(client: NebulaClient, monkeypatch: pytest.MonkeyPatch) -> list[s
     return hops
 
 
+def _burst(fake: FakeNebulaServer) -> None:
+    """Make the fake answer "p" with EVENTS events; without a token_delay it sends them in one write."""
+    fake.replies["p"] = "".join(TEXTS)
+    assert fake.token_delay == 0
+
+
 def test_a_burst_of_events_takes_a_handful_of_hops(
-    client: NebulaClient, threaded_server: ThreadedServer, monkeypatch: pytest.MonkeyPatch
+    fake_client: NebulaClient, fake_thread: FakeNebulaServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """1000 events sent in one write are all delivered in order with far fewer than 1000 portal hops."""
-    threaded_server.behaviour = burst_stream(EVENTS)
-    hops = _count_hops(client, monkeypatch)
-    with client.stream_text(model="m", prompt="p") as stream:
+    _burst(fake_thread)
+    hops = _count_hops(fake_client, monkeypatch)
+    with fake_client.stream_text(model="m", prompt="p", max_tokens=EVENTS) as stream:
         chunks = list(stream)
-    assert [chunk.text for chunk in chunks] == [f"{i}," for i in range(EVENTS)]
+    assert [chunk.text for chunk in chunks] == [piece for text in TEXTS for piece in (text[:-1], ",")]
     assert [chunk.finish_reason for chunk in chunks[-2:]] == [None, "stop"]
-    assert stream.text == "".join(f"{i}," for i in range(EVENTS))
+    assert stream.text == "".join(TEXTS)
     assert stream.finish_reason == "stop"
     # Enter, a few reads (one write may reach us in several socket reads), the end, close.
     assert len(hops) <= 12, hops
@@ -44,13 +51,14 @@ def test_a_burst_of_events_takes_a_handful_of_hops(
 
 
 def test_a_plain_iterator_also_takes_a_handful_of_hops(
-    client: NebulaClient, threaded_server: ThreadedServer, monkeypatch: pytest.MonkeyPatch
+    fake_client: NebulaClient, fake_thread: FakeNebulaServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Iterating a stream without ``with`` batches its hops too, and ends with the whole text."""
-    threaded_server.behaviour = burst_stream(EVENTS)
-    hops = _count_hops(client, monkeypatch)
-    stream = client.stream_text(model="m", prompt="p")
+    _burst(fake_thread)
+    hops = _count_hops(fake_client, monkeypatch)
+    stream = fake_client.stream_text(model="m", prompt="p", max_tokens=EVENTS)
     count = sum(1 for _ in stream)
     assert count == EVENTS
     assert stream.finish_reason == "stop"
+    assert stream.text == "".join(TEXTS)
     assert len(hops) <= 10, hops

@@ -1,0 +1,273 @@
+"""`python -m nebula_async.testing`: the standalone fake server, run as a subprocess on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import IO, Any
+
+import pytest
+
+from nebula_async.testing import count_tokens
+
+KEY = "sk-cli-test-Z8r3Kq1wP5nT"  # distinctive: an access line showing it would be easy to spot
+MODEL = "Llama3.3-70B"
+BANNER = re.compile(r"^FakeNebulaServer at (http://127\.0\.0\.1:(\d+)/v1) ")
+WAIT = 10.0  # seconds: generous, only reached when something is broken
+
+
+class CLI:
+    """A running `python -m nebula_async.testing`, with its output read line by line in the background."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nebula_async.testing", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout: queue.Queue[str] = queue.Queue()
+        self.stderr: queue.Queue[str] = queue.Queue()
+        self._readers = [
+            threading.Thread(target=_pump, args=(pipe, lines), daemon=True)
+            for pipe, lines in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+        self.err_lines: list[str] = []
+
+    def banner(self) -> str:
+        """Wait for the first stdout line and return the base URL it announces."""
+        line = self.stdout.get(timeout=WAIT)
+        match = BANNER.match(line)
+        assert match, line
+        return match.group(1)
+
+    def next_stderr(self) -> str:
+        line = self.stderr.get(timeout=WAIT)
+        self.err_lines.append(line)
+        return line
+
+    def finish(self, sig: signal.Signals | None = None) -> tuple[int, str, str]:
+        """Send ``sig`` (if any), wait for the exit; return the status, the rest of stdout, all stderr."""
+        if sig is not None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=WAIT)
+        for reader in self._readers:
+            reader.join(timeout=WAIT)
+        return code, _drain(self.stdout), "".join(self.err_lines) + _drain(self.stderr)
+
+    def kill(self) -> None:
+        """Kill the process if it still runs, and close its pipes once the readers have seen their end."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=WAIT)
+        for reader in self._readers:
+            reader.join(timeout=WAIT)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def _pump(pipe: IO[str] | None, lines: queue.Queue[str]) -> None:
+    assert pipe is not None
+    for line in pipe:
+        lines.put(line)
+
+
+def _drain(lines: queue.Queue[str]) -> str:
+    out = []
+    while not lines.empty():
+        out.append(lines.get_nowait())
+    return "".join(out)
+
+
+@contextlib.contextmanager
+def _cli(*args: str) -> Iterator[CLI]:
+    """Run the CLI with ``args``; kill it on the way out whatever happened."""
+    cli = CLI(*args)
+    try:
+        yield cli
+    finally:
+        cli.kill()
+
+
+@pytest.fixture
+def cli() -> Iterator[CLI]:
+    """The CLI on a free port with default options; killed after the test whatever happens."""
+    with _cli("--port", "0") as running:
+        yield running
+
+
+def _generate(base_url: str, *, key: str = KEY, model: str = MODEL, prompt: str = "Hi") -> tuple[int, Any]:
+    """POST a generate request with urllib; return the status and the decoded JSON answer."""
+    request = urllib.request.Request(
+        f"{base_url}/text/generate",
+        data=json.dumps({"model": model, "prompt": prompt, "max_tokens": 5}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def test_cli_serves_logs_and_stops_on_sigint(cli: CLI) -> None:
+    """The CLI announces its URL, serves a request, logs it without the key, and exits 0 on Ctrl-C."""
+    base_url = cli.banner()
+    status, answer = _generate(base_url)
+    assert status == 200
+    assert answer["status"] == "success"
+    line = cli.next_stderr()
+    assert '"POST /v1/text/generate HTTP/1.1" 200' in line
+    assert KEY not in line
+    code, _, err = cli.finish(signal.SIGINT)
+    assert code == 0
+    assert "Traceback" not in err
+    assert KEY not in err
+
+
+def test_cli_exits_0_on_sigterm(cli: CLI) -> None:
+    """SIGTERM stops a CLI that has served a request with exit status 0 and no traceback."""
+    assert _generate(cli.banner())[0] == 200
+    code, _, err = cli.finish(signal.SIGTERM)
+    assert code == 0
+    assert "Traceback" not in err
+
+
+def test_cli_sigterm_right_after_the_banner_exits_0() -> None:
+    """SIGTERM sent the moment the banner appears exits 0, even when the CLI is slow to go on after it."""
+    # A busy machine, made deterministic: the child is held up in add_signal_handler for half a second.
+    script = textwrap.dedent(
+        """
+        import asyncio, runpy, sys, time
+
+        original = asyncio.SelectorEventLoop.add_signal_handler
+
+        def slow_add_signal_handler(self, *args):
+            time.sleep(0.5)
+            return original(self, *args)
+
+        asyncio.SelectorEventLoop.add_signal_handler = slow_add_signal_handler
+        sys.argv = ["nebula_async.testing", "--port", "0", "--quiet"]
+        runpy.run_module("nebula_async.testing", run_name="__main__")
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            assert selector.select(WAIT), "no banner"
+        assert BANNER.match(proc.stdout.readline())  # one flushed write: a whole line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=WAIT)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_cli_quiet_prints_no_access_line() -> None:
+    """--quiet serves requests without printing a line for each."""
+    with _cli("--port", "0", "--quiet") as cli:
+        status, _ = _generate(cli.banner())
+        assert status == 200
+        code, out, err = cli.finish(signal.SIGTERM)
+        assert (code, out, err) == (0, "", "")
+
+
+def test_cli_api_key_restricts() -> None:
+    """--api-key accepts only that key; another one gets 401 invalid_api_key."""
+    with _cli("--port", "0", "--quiet", "--api-key", KEY) as cli:
+        base_url = cli.banner()
+        status, answer = _generate(base_url, key="sk-someone-else")
+        assert status == 401
+        assert answer["error"]["code"] == "invalid_api_key"
+        assert _generate(base_url)[0] == 200
+        assert cli.finish(signal.SIGTERM)[0] == 0
+
+
+def test_cli_model_with_a_context_length() -> None:
+    """--model gpt-4:16 adds gpt-4 with a 16-token context: 16 tokens pass, 17 are too long."""
+    with _cli("--port", "0", "--quiet", "--model", "gpt-4:16") as cli:
+        base_url = cli.banner()
+        fits = " ".join(["word"] * 16)
+        assert count_tokens(fits) == 16
+        assert _generate(base_url, model="gpt-4", prompt=fits)[0] == 200
+        status, answer = _generate(base_url, model="gpt-4", prompt=fits + " more")
+        assert status == 400
+        assert answer["error"]["code"] == "context_length_exceeded"
+        assert _generate(base_url, model=MODEL)[0] == 200  # the documented models stay
+        assert cli.finish(signal.SIGTERM)[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "gpt-4:lots"], "expected NAME or NAME:CONTEXT_LENGTH, got 'gpt-4:lots'"),
+        (["--model", "gpt-4:0"], "expected NAME or NAME:CONTEXT_LENGTH, got 'gpt-4:0'"),
+        (["--token-delay", "-1"], "error: token_delay must be a finite number of seconds >= 0"),
+    ],
+)
+def test_cli_bad_options_exit_2(args: list[str], message: str) -> None:
+    """A bad option value exits 2 with a message naming what is wrong."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nebula_async.testing", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_model_without_a_name_exits_2_with_the_usage_hint() -> None:
+    """--model ':16' exits 2 with the same NAME or NAME:CONTEXT_LENGTH hint as other bad values."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nebula_async.testing", "--port", "0", "--model", ":16"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "expected NAME or NAME:CONTEXT_LENGTH, got ':16'" in done.stderr
+
+
+def test_cli_taken_port_exits_1() -> None:
+    """A port another socket listens on makes the CLI exit 1 with 'cannot listen' and no traceback."""
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "nebula_async.testing", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,517 @@
+"""FakeNebulaServer's scripted faults and request recording, over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import attrs
+import pytest
+
+import nebula_sync
+from nebula_async import (
+    APIConnectionError,
+    APITimeoutError,
+    AsyncNebulaClient,
+    RateLimitError,
+    RetryPolicy,
+    ServerError,
+    TextChunk,
+    Timeout,
+)
+from nebula_async.testing import FakeNebulaServer
+
+KEY = "sk-fault-test-7Q2xK9mZ4vB8"  # distinctive: a repr showing it would be easy to spot
+MODEL = "Llama3.3-70B"
+PROMPT = "Tell me a story about a fast server"
+FAST_RETRY = RetryPolicy(max_retries=3, initial_delay=0.001, max_delay=0.001)
+
+
+@attrs.frozen
+class Reply:
+    """What came back over the wire for one raw request."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeNebulaServer]:
+    """Run a FakeNebulaServer that accepts KEY, in the test's event loop."""
+    async with FakeNebulaServer(api_keys=[KEY]) as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A raw aiohttp session, one connection per request, so a fault never poisons the next request."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        yield session
+
+
+def _body(*, stream: bool = False, prompt: str = PROMPT, model: str = MODEL) -> dict[str, Any]:
+    return {"model": model, "prompt": prompt, "max_tokens": 10, "stream": stream}
+
+
+async def _post(
+    session: aiohttp.ClientSession,
+    server: FakeNebulaServer,
+    body: object = None,
+    *,
+    data: bytes | None = None,
+) -> Reply:
+    """POST to the generate endpoint with KEY and return the whole answer."""
+    payload = data if data is not None else json.dumps(body if body is not None else _body()).encode()
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    async with session.post(f"{server.base_url}/text/generate", data=payload, headers=headers) as resp:
+        return Reply(resp.status, resp.headers, await resp.read())
+
+
+async def _read_broken_stream(session: aiohttp.ClientSession, server: FakeNebulaServer) -> bytes:
+    """POST a stream request and return the bytes read before the body broke; fail if it did not break."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    received = bytearray()
+    async with session.post(
+        f"{server.base_url}/text/generate", json=_body(stream=True), headers=headers
+    ) as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await _read_into(resp, received)
+    return bytes(received)
+
+
+async def _read_into(resp: aiohttp.ClientResponse, received: bytearray) -> None:
+    while chunk := await resp.content.readany():
+        received += chunk
+
+
+async def _stream_into(client: AsyncNebulaClient, chunks: list[TextChunk]) -> None:
+    """Stream PROMPT, appending each chunk to ``chunks`` as it arrives (so they survive an error)."""
+    async with client.stream_text(model=MODEL, prompt=PROMPT, max_tokens=10) as stream:
+        async for chunk in stream:
+            chunks.append(chunk)
+
+
+def _events(raw: bytes) -> list[Any]:
+    return [json.loads(block.removeprefix(b"data: ")) for block in raw.split(b"\n\n") if block.strip()]
+
+
+def _statuses(server: FakeNebulaServer) -> list[int | None]:
+    return [r.status for r in server.requests]
+
+
+# --- fail_next -------------------------------------------------------------------------------------
+
+
+async def test_fail_next_affects_exactly_the_next_n_requests(
+    fake: FakeNebulaServer, http: aiohttp.ClientSession
+) -> None:
+    """fail_next(2) fails the next two requests, then normal service resumes."""
+    fake.fail_next(2, status=503)
+    assert fake.pending_faults == 2
+    replies = [await _post(http, fake) for _ in range(4)]
+    assert [r.status for r in replies] == [503, 503, 200, 200]
+    assert fake.pending_faults == 0
+    assert replies[2].json()["status"] == "success"
+
+
+async def test_fail_next_sends_the_scripted_envelope_and_retry_headers(
+    fake: FakeNebulaServer, http: aiohttp.ClientSession
+) -> None:
+    """fail_next's status, code, message and details reach the wire; retry_after sets both retry headers."""
+    fake.fail_next(
+        status=429,
+        code="insufficient_quota",
+        message="Out of credit",
+        details={"quota": "used up"},
+        retry_after=1.2,
+    )
+    reply = await _post(http, fake)
+    assert reply.status == 429
+    assert reply.json() == {
+        "status": "error",
+        "error": {"code": "insufficient_quota", "message": "Out of credit", "details": {"quota": "used up"}},
+    }
+    assert reply.headers["Retry-After"] == "2"  # whole seconds, rounded up
+    assert reply.headers["retry-after-ms"] == "1200"
+    assert reply.headers["x-request-id"].startswith("req_")
+
+
+async def test_fail_next_retry_after_ms_is_exact(fake: FakeNebulaServer, http: aiohttp.ClientSession) -> None:
+    """retry_after=4.03 is sent as retry-after-ms 4030, the exact milliseconds the docstring promises."""
+    fake.fail_next(status=429, retry_after=4.03)
+    reply = await _post(http, fake)
+    assert reply.headers["Retry-After"] == "5"
+    assert reply.headers["retry-after-ms"] == "4030"
+
+
+async def test_fail_next_without_retry_after_sends_no_retry_headers(
+    fake: FakeNebulaServer, http: aiohttp.ClientSession
+) -> None:
+    """Without retry_after, a scripted 429 carries neither Retry-After nor retry-after-ms."""
+    fake.fail_next(status=429)
+    reply = await _post(http, fake)
+    assert reply.status == 429
+    assert "Retry-After" not in reply.headers
+    assert "retry-after-ms" not in reply.headers
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message"),
+    [
+        (429, "rate_limit_exceeded", "Too many requests"),
+        (500, "server_error", "The server had an error while processing the request"),
+        (503, "server_error", "The server had an error while processing the request"),
+        (400, "invalid_request", "Invalid parameters in the request"),
+        (422, "invalid_request", "Invalid parameters in the request"),
+    ],
+)
+async def test_fail_next_picks_the_default_code_by_status(
+    fake: FakeNebulaServer, http: aiohttp.ClientSession, status: int, code: str, message: str
+) -> None:
+    """Without a code, fail_next picks the documented one for the status, and its message."""
+    fake.fail_next(status=status)
+    reply = await _post(http, fake)
+    assert reply.status == status
+    assert reply.json() == {"status": "error", "error": {"code": code, "message": message}}
+
+
+async def test_sdk_rides_out_two_scripted_429s(fake: FakeNebulaServer) -> None:
+    """fail_next(2, status=429, retry_after=0) costs the SDK two retries, then the call succeeds."""
+    fake.fail_next(2, status=429, retry_after=0)
+    async with AsyncNebulaClient(KEY, base_url=fake.base_url) as client:
+        result = await client.generate_text(model=MODEL, prompt=PROMPT, max_tokens=5)
+    assert result.retries == 2
+    assert result.text
+    assert _statuses(fake) == [429, 429, 200]
+    assert result.request_id == fake.requests[-1].request_id
+
+
+async def test_sdk_gives_up_after_max_retries_scripted_500s(fake: FakeNebulaServer) -> None:
+    """fail_next(3, status=500) outlasts max_retries=2: the SDK raises ServerError after three attempts."""
+    fake.fail_next(3, status=500)
+    retry = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.001)
+    async with AsyncNebulaClient(KEY, base_url=fake.base_url, retry=retry) as client:
+        with pytest.raises(ServerError) as info:
+            await client.generate_text(model=MODEL, prompt=PROMPT)
+    assert info.value.status_code == 500
+    assert info.value.code == "server_error"
+    assert _statuses(fake) == [500, 500, 500]
+    assert fake.pending_faults == 0
+
+
+# --- html_error_next, delay_next, disconnect_next --------------------------------------------------
+
+
+async def test_html_error_next_answers_an_html_page(
+    fake: FakeNebulaServer, http: aiohttp.ClientSession
+) -> None:
+    """html_error_next answers one request with a text/html 502 page, as a proxy does; the next is normal."""
+    fake.html_error_next()
+    page = await _post(http, fake)
+    assert page.status == 502
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert b"502 Bad Gateway" in page.body
+    assert (await _post(http, fake)).status == 200
+
+
+async def test_sdk_raises_server_error_for_an_html_page(fake: FakeNebulaServer) -> None:
+    """The SDK turns the scripted HTML 502 page into a ServerError."""
+    fake.html_error_next(status=502)
+    async with AsyncNebulaClient(KEY, base_url=fake.base_url, max_retries=0) as client:
+        with pytest.raises(ServerError) as info:
+            await client.generate_text(model=MODEL, prompt=PROMPT)
+    assert info.value.status_code == 502
+    assert _statuses(fake) == [502]
+
+
+async def test_delay_next_holds_the_answer(fake: FakeNebulaServer, http: aiohttp.ClientSession) -> None:
+    """delay_next(0.3) answers the next request normally but no sooner than 0.3 s; the one after is prompt."""
+    fake.delay_next(0.3)
+    started = time.monotonic()
+    assert (await _post(http, fake)).status == 200
+    assert time.monotonic() - started >= 0.3
+    started = time.monotonic()
+    assert (await _post(http, fake)).status == 200
+    assert time.monotonic() - started < 0.3
+
+
+async def test_sdk_times_out_on_a_delayed_answer(fake: FakeNebulaServer) -> None:
+    """A client whose read timeout is shorter than delay_next's seconds gets APITimeoutError."""
+    fake.delay_next(3.0)
+    timeout = Timeout(connect=1.0, read=0.1, total=1.0)
+    async with AsyncNebulaClient(KEY, base_url=fake.base_url, timeout=timeout, max_retries=0) as client:
+        with pytest.raises(APITimeoutError):
+            await client.generate_text(model=MODEL, prompt=PROMPT)
+        result = await client.generate_text(model=MODEL, prompt=PROMPT)  # the fault is used up
+    assert result.retries == 0
+
+
+async def test_disconnect_next_closes_without_an_answer(
+    fake: FakeNebulaServer, http: aiohttp.ClientSession
+) -> None:
+    """disconnect_next drops the connection with no response; the request is recorded with status None."""
+    fake.disconnect_next()
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await _post(http, fake)
+    assert (await _post(http, fake)).status == 200
+    assert _statuses(fake) == [None, 200]
+
+
+async def test_sdk_retries_a_disconnect_as_a_connection_error(fake: FakeNebulaServer) -> None:
+    """The SDK retries a dropped connection, and the second attempt succeeds."""
+    fake.disconnect_next()
+    async with AsyncNebulaClient(KEY, base_url=fake.base_url, retry=FAST_RETRY) as client:
+        result = await client.generate_text(model=MODEL, prompt=PROMPT)
+    assert result.retries == 1
+    assert _statuses(fake) == [None, 200]
+
+
+async def test_sdk_raises_connection_error_when_disconnects_outlast_retries(fake: FakeNebulaServer) -> None:
+    """With max_retries=0 a scripted disconnect reaches the caller as APIConnectionError."""
+    fake.disconnect_next()
+    async with AsyncNebulaClient(KEY, base_url=fake.base_url, max_retries=0) as client:
+        with pytest.raises(APIConnectionError) as info:
+            await client.generate_text(model=MODEL, prompt=PROMPT)
+    assert not isinstance(info.value, APITimeoutError)
+
+
+# --- stream faults ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("events", [0, 1, 3])
+async def test_drop_stream_after_sends_exactly_k_events(
+    fake: FakeNebulaServer, http: aiohttp.ClientSession, events: int
+) -> None:
+    """drop_stream_after(k) sends exactly k whole events, then breaks the body."""
+    fake.drop_stream_after(events)
+    received = await _read_broken_stream(http, fake)
+    assert received.endswith(b"\n\n") or received == b""
+    assert [e["finish_reason"] for e in _events(received)] == [None] * events
+    assert _statuses(fake) == [200]
+
+
+@pytest.mark.parametrize("events", [0, 2])
+async def test_sdk_delivers_k_chunks_then_raises_connection_error(
+    fake: FakeNebulaServer, events: int
+) -> None:
+    """Over a dropped stream the SDK delivers the k chunks sent, then raises APIConnectionError."""
+    fake.drop_stream_after(events)
+    chunks: list[TextChunk] = []
+    async with AsyncNebulaClient(KEY, base_url=fake.base_url, max_retries=0) as client:
+        with pytest.raises(APIConnectionError):
+            await _stream_into(client, chunks)
+    assert len(chunks) == events
+    assert fake.pending_faults == 0
+
+
+async def test_sdk_retries_a_stream_dropped_before_its_first_chunk(fake: FakeNebulaServer) -> None:
+    """A stream dropped after 0 events is retried by the SDK, and the retry streams the whole text."""
+    fake.drop_stream_after(0)
+    async with AsyncNebulaClient(KEY, base_url=fake.base_url, retry=FAST_RETRY) as client:
+        whole = await client.generate_text(model=MODEL, prompt=PROMPT, max_tokens=10)
+        async with client.stream_text(model=MODEL, prompt=PROMPT, max_tokens=10) as stream:
+            text = "".join([chunk.text async for chunk in stream])
+            assert stream.retries == 1
+    assert text == whole.text
+
+
+async def test_error_event_after_sends_k_events_then_an_error_event(
+    fake: FakeNebulaServer, http: aiohttp.ClientSession
+) -> None:
+    """error_event_after(2) sends two events, then an error envelope as an event, then ends cleanly."""
+    fake.error_event_after(2, code="rate_limit_exceeded")
+    reply = await _post(http, fake, _body(stream=True))
+    assert reply.status == 200
+    events = _events(reply.body)
+    assert len(events) == 3
+    assert [e["finish_reason"] for e in events[:2]] == [None, None]
+    assert events[2] == {
+        "status": "error",
+        "error": {"code": "rate_limit_exceeded", "message": "Too many requests"},
+    }
+
+
+async def test_sdk_raises_rate_limit_error_mid_stream(fake: FakeNebulaServer) -> None:
+    """The SDK delivers the chunks before a rate_limit_exceeded error event, then raises RateLimitError."""
+    fake.error_event_after(2, code="rate_limit_exceeded")
+    chunks: list[TextChunk] = []
+    async with AsyncNebulaClient(KEY, base_url=fake.base_url, retry=FAST_RETRY) as client:
+        with pytest.raises(RateLimitError):
+            await _stream_into(client, chunks)
+    assert len(chunks) == 2
+    assert len(fake.requests) == 1  # chunks were delivered: no retry
+
+
+async def test_stream_faults_wait_for_the_next_valid_stream(
+    fake: FakeNebulaServer, http: aiohttp.ClientSession
+) -> None:
+    """A stream fault skips non-streaming requests and rejected streams, and hits the next valid stream."""
+    fake.drop_stream_after(1)
+    assert (await _post(http, fake)).status == 200
+    assert (await _post(http, fake, _body(stream=True, model="no-such-model"))).status == 404
+    assert fake.pending_faults == 1
+    received = await _read_broken_stream(http, fake)
+    assert len(_events(received)) == 1
+    assert fake.pending_faults == 0
+    whole = await _post(http, fake, _body(stream=True))
+    assert _events(whole.body)[-1]["finish_reason"] is not None
+
+
+async def test_request_faults_are_fifo(fake: FakeNebulaServer, http: aiohttp.ClientSession) -> None:
+    """Request faults happen in the order they were scripted, each for its own count."""
+    fake.fail_next(status=503)
+    fake.html_error_next(2, status=504)
+    fake.fail_next(status=429)
+    fake.disconnect_next()
+    assert fake.pending_faults == 5
+    statuses: list[int | None] = []
+    for _ in range(6):
+        try:
+            statuses.append((await _post(http, fake)).status)
+        except aiohttp.ServerDisconnectedError:
+            statuses.append(None)
+    assert statuses == [503, 504, 504, 429, None, 200]
+    assert _statuses(fake) == statuses
+
+
+async def test_stream_faults_are_fifo(fake: FakeNebulaServer, http: aiohttp.ClientSession) -> None:
+    """Stream faults happen in the order scripted: a drop after 2 events, then an error event after 1."""
+    fake.drop_stream_after(2)
+    fake.error_event_after(1)
+    assert len(_events(await _read_broken_stream(http, fake))) == 2
+    events = _events((await _post(http, fake, _body(stream=True))).body)
+    assert len(events) == 2
+    assert events[1]["error"]["code"] == "server_error"
+
+
+async def test_reset_clears_faults_requests_and_limits(http: aiohttp.ClientSession) -> None:
+    """reset() forgets pending faults, recorded requests, rate-limit windows and quota usage."""
+    async with FakeNebulaServer(api_keys=[KEY], requests_per_minute=1) as server:
+        assert (await _post(http, server)).status == 200
+        assert server.tokens_used() > 0
+        assert (await _post(http, server)).status == 429  # over the limit
+        server.fail_next(3)
+        server.drop_stream_after(1)
+        server.reset()
+        assert server.pending_faults == 0
+        assert server.requests == []
+        assert server.tokens_used() == 0
+        reply = await _post(http, server, _body(stream=True))
+        assert reply.status == 200
+        assert _events(reply.body)[-1]["finish_reason"] is not None
+        assert _statuses(server) == [200]
+
+
+@pytest.mark.parametrize(
+    ("script", "error", "match"),
+    [
+        (lambda s: s.fail_next(0), ValueError, r"count must be an int >= 1, got 0"),
+        (
+            lambda s: s.fail_next(status=200),
+            ValueError,
+            r"status must be an HTTP error status \(400-599\), got 200",
+        ),
+        (
+            lambda s: s.fail_next(retry_after=-1),
+            ValueError,
+            r"retry_after must be a finite number of seconds >= 0",
+        ),
+        (lambda s: s.html_error_next(status=302), ValueError, r"HTTP error status \(400-599\), got 302"),
+        (
+            lambda s: s.delay_next(-0.5),
+            ValueError,
+            r"seconds must be a finite number of seconds >= 0, got -0.5",
+        ),
+        (lambda s: s.delay_next(float("nan")), ValueError, r"seconds must be a finite number"),
+        (lambda s: s.delay_next("1"), TypeError, r"seconds must be a number of seconds, got str"),
+        (lambda s: s.disconnect_next(count=-1), ValueError, r"count must be an int >= 1, got -1"),
+        (lambda s: s.drop_stream_after(-1), ValueError, r"events must be an int >= 0, got -1"),
+        (lambda s: s.error_event_after(1, count=0), ValueError, r"count must be an int >= 1, got 0"),
+    ],
+)
+def test_fault_arguments_are_checked(script: Any, error: type[Exception], match: str) -> None:
+    """A bad fault argument raises a clear error at once and scripts nothing."""
+    server = FakeNebulaServer()
+    with pytest.raises(error, match=match):
+        script(server)
+    assert server.pending_faults == 0
+
+
+def test_faults_scripted_from_other_threads_apply() -> None:
+    """Faults scripted from several threads while the server runs in its own thread all apply, in full."""
+    with FakeNebulaServer(api_keys=[KEY]).run_in_thread() as server:
+        threads = [
+            threading.Thread(target=server.fail_next, args=(5,), kwargs={"status": 503}) for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert server.pending_faults == 20
+        with nebula_sync.NebulaClient(KEY, base_url=server.base_url, max_retries=0) as client:
+            for _ in range(20):
+                with pytest.raises(ServerError):
+                    client.generate_text(model=MODEL, prompt=PROMPT)
+            server.fail_next(status=429, retry_after=0)  # scripted while the client's loop thread is live
+            result = client.generate_text(model=MODEL, prompt=PROMPT, max_retries=1)
+        assert result.retries == 1
+        assert _statuses(server) == [503] * 20 + [429, 200]
+
+
+# --- recording -------------------------------------------------------------------------------------
+
+
+async def test_requests_are_recorded_with_their_details(
+    fake: FakeNebulaServer, http: aiohttp.ClientSession
+) -> None:
+    """A recorded request has method, path, case-insensitive headers, JSON and raw body, time, id, status."""
+    before = time.time()
+    reply = await _post(http, fake, _body(prompt="Record me"))
+    after = time.time()
+    [record] = fake.requests
+    assert record.method == "POST"
+    assert record.path == "/v1/text/generate"
+    assert record.headers["content-type"] == "application/json"
+    assert record.headers["AUTHORIZATION"] == f"Bearer {KEY}"
+    assert "Content-Type" in record.headers
+    assert record.json == _body(prompt="Record me")
+    assert json.loads(record.body) == record.json
+    assert isinstance(record.body, bytes)
+    assert before <= record.time <= after
+    assert record.request_id == reply.headers["x-request-id"]
+    assert record.status == 200
+    assert record.api_key == KEY
+
+
+async def test_recorded_requests_never_show_the_key(
+    fake: FakeNebulaServer, http: aiohttp.ClientSession
+) -> None:
+    """Neither a RecordedRequest's repr nor server.requests' repr contains the API key."""
+    await _post(http, fake)
+    fake.fail_next(status=429)
+    await _post(http, fake)
+    record = fake.requests[0]
+    for text in (repr(record), str(record), repr(record.headers), repr(fake.requests), repr(fake)):
+        assert KEY not in text
+    assert "<redacted>" in repr(record.headers)
+
+
+async def test_invalid_json_is_recorded_with_json_none(
+    fake: FakeNebulaServer, http: aiohttp.ClientSession
+) -> None:
+    """A body that is not JSON is recorded as raw bytes with json None, and answered 400."""
+    reply = await _post(http, fake, data=b'{"model": "x", oops')
+    [record] = fake.requests
+    assert reply.status == 400
+    assert record.json is None
+    assert record.body == b'{"model": "x", oops'
+    assert record.status == 400

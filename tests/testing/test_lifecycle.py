@@ -1,0 +1,291 @@
+"""FakeNebulaServer's lifecycle: async with, start()/stop(), run_in_thread(), ports, shutdown, arguments."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+import nebula_sync
+from nebula_async import AsyncNebulaClient
+from nebula_async.testing import FakeNebulaServer
+
+MODEL = "Llama3.3-70B"
+NOT_RUNNING = r"not running: use 'async with', start\(\) or run_in_thread\(\)"
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that another socket is listening on for the test."""
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        yield blocker.getsockname()[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _refuses(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+async def test_async_with_serves_on_an_ephemeral_port() -> None:
+    """`async with` starts the server on 127.0.0.1 and a free port, with a base_url ending in /v1."""
+    async with FakeNebulaServer() as server:
+        url = urlsplit(server.base_url)
+        assert server.base_url.endswith("/v1")
+        assert url.hostname == "127.0.0.1"
+        assert server.port > 0
+        assert url.port == server.port
+        assert repr(server).startswith(f"<FakeNebulaServer {server.base_url}")
+        async with AsyncNebulaClient(server.api_key, base_url=server.base_url) as client:
+            result = await client.generate_text(model=MODEL, prompt="Hi")
+        assert result.text
+    assert _refuses(url.port)
+
+
+def test_start_and_stop_from_sync_code() -> None:
+    """start() runs the server in a thread for a sync client; stop() ends it and its thread."""
+    threads_before = threading.active_count()
+    server = FakeNebulaServer().start()
+    try:
+        with nebula_sync.NebulaClient(server.api_key, base_url=server.base_url) as client:
+            assert client.generate_text(model=MODEL, prompt="Hi").text
+        port = server.port
+    finally:
+        server.stop()
+    assert _refuses(port)
+    assert threading.active_count() == threads_before
+    with pytest.raises(RuntimeError, match=NOT_RUNNING):
+        _ = server.base_url
+
+
+def test_run_in_thread_serves_for_the_with_block() -> None:
+    """run_in_thread() serves a sync client inside the with block and stops at its end."""
+    with FakeNebulaServer().run_in_thread() as server:
+        with nebula_sync.NebulaClient(server.api_key, base_url=server.base_url) as client:
+            chunks = [c.text for c in client.stream_text(model=MODEL, prompt="Hi", max_tokens=5)]
+        assert len(chunks) == 5
+        port = server.port
+    assert _refuses(port)
+    assert [r.status for r in server.requests] == [200]
+
+
+def test_stop_twice_and_stop_before_start_are_harmless() -> None:
+    """stop() on a server never started, or already stopped, does nothing."""
+    server = FakeNebulaServer()
+    server.stop()
+    server.start()
+    server.stop()
+    server.stop()
+    with pytest.raises(RuntimeError, match=NOT_RUNNING):
+        _ = server.port
+
+
+def test_starting_twice_raises() -> None:
+    """start() on a running server raises RuntimeError and leaves it serving."""
+    with FakeNebulaServer().run_in_thread() as server:
+        with pytest.raises(RuntimeError, match="already running"):
+            server.start()
+        with nebula_sync.NebulaClient(server.api_key, base_url=server.base_url) as client:
+            assert client.generate_text(model=MODEL, prompt="Hi").text
+
+
+async def test_starting_an_async_server_again_raises() -> None:
+    """astart() or start() on a server already running in the event loop raises RuntimeError."""
+    async with FakeNebulaServer() as server:
+        with pytest.raises(RuntimeError, match="already running"):
+            await server.astart()
+        with pytest.raises(RuntimeError, match="already running"):
+            server.start()
+
+
+def test_base_url_before_start_raises_with_a_hint() -> None:
+    """base_url and port before the server starts raise RuntimeError saying how to start it."""
+    server = FakeNebulaServer()
+    with pytest.raises(RuntimeError, match=NOT_RUNNING):
+        _ = server.base_url
+    with pytest.raises(RuntimeError, match=NOT_RUNNING):
+        _ = server.port
+    assert repr(server) == "<FakeNebulaServer not running, 6 models, 0 requests>"
+
+
+async def test_stop_on_an_async_started_server_raises() -> None:
+    """stop() on a server running in the event loop raises RuntimeError naming astop(); it keeps serving."""
+    async with FakeNebulaServer() as server:
+        with pytest.raises(RuntimeError, match=r"leave its 'async with' or await astop\(\)"):
+            server.stop()
+        async with AsyncNebulaClient(server.api_key, base_url=server.base_url) as client:
+            assert (await client.generate_text(model=MODEL, prompt="Hi")).text
+
+
+def test_a_fixed_port_is_used() -> None:
+    """port=N listens on exactly N."""
+    port = _free_port()
+    with FakeNebulaServer(port=port).run_in_thread() as server:
+        assert server.port == port
+        assert server.base_url == f"http://127.0.0.1:{port}/v1"
+        with nebula_sync.NebulaClient(server.api_key, base_url=server.base_url) as client:
+            assert client.generate_text(model=MODEL, prompt="Hi").text
+    assert _refuses(port)
+
+
+def test_a_taken_port_raises_from_start_and_leaves_nothing_running(taken_port: int) -> None:
+    """start() on a taken port raises OSError and leaves no thread and nothing to stop behind."""
+    threads_before = threading.active_count()
+    server = FakeNebulaServer(port=taken_port)
+    with pytest.raises(OSError, match="address already in use"):
+        server.start()
+    assert threading.active_count() == threads_before
+    with pytest.raises(RuntimeError, match=NOT_RUNNING):
+        _ = server.base_url
+    server.stop()  # nothing to stop: no error
+
+
+def test_a_server_that_failed_to_start_can_start_later() -> None:
+    """After start() failed on a taken port, the same server starts once the port is free."""
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        server = FakeNebulaServer(port=port)
+        with pytest.raises(OSError, match="address already in use"):
+            server.start()
+    with server.run_in_thread():
+        assert server.port == port
+
+
+async def test_a_taken_port_raises_from_async_with(taken_port: int) -> None:
+    """`async with` on a taken port raises OSError and leaves the server not running."""
+    server = FakeNebulaServer(port=taken_port)
+    with pytest.raises(OSError, match="address already in use"):
+        async with server:
+            pytest.fail("the body must not run")
+    assert "not running" in repr(server)
+
+
+async def test_stop_with_a_slow_stream_in_flight_is_prompt() -> None:
+    """stop() while a slow stream is being read cuts the stream at once instead of waiting it out."""
+    server = FakeNebulaServer(token_delay=0.5).start()
+    first_event = asyncio.Event()
+
+    async def read_stream() -> None:
+        body = {"model": MODEL, "prompt": "A long story", "max_tokens": 200, "stream": True}
+        headers = {"Authorization": f"Bearer {server.api_key}"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{server.base_url}/text/generate", json=body, headers=headers) as resp,
+        ):
+            async for _ in resp.content.iter_any():
+                first_event.set()
+
+    reader = asyncio.create_task(read_stream())
+    try:
+        await asyncio.wait_for(first_event.wait(), 5)
+        started = time.monotonic()
+        await asyncio.to_thread(server.stop)
+        assert time.monotonic() - started < 1  # the stream's 0.5 s pacing is cut, not waited out
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(reader, 5)
+    finally:
+        server.stop()
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+
+
+def test_stop_right_after_a_connect_leaks_nothing() -> None:
+    """stop() just after a client connected leaves no unclosed socket behind (twenty tries)."""
+    with warnings.catch_warnings(record=True) as leaks:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(20):
+            server = FakeNebulaServer().start()
+            socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+            server.stop()
+            gc.collect()  # the leaked socket's ResourceWarning surfaces here, not in a later test
+    assert [str(w.message) for w in leaks] == []
+
+
+def test_a_server_never_stopped_lets_the_interpreter_exit() -> None:
+    """A script that start()s a server, uses it and never stops it exits 0 with nothing on stderr."""
+    script = textwrap.dedent(
+        """
+        import json, urllib.request
+        from nebula_async.testing import FakeNebulaServer
+
+        server = FakeNebulaServer().start()
+        request = urllib.request.Request(
+            server.base_url + "/text/generate",
+            data=json.dumps({"model": "Llama3.3-70B", "prompt": "Hi"}).encode(),
+            headers={"Authorization": "Bearer k", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            print(response.status, flush=True)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=20, check=False
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "200\n", "")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"api_keys": "sk-one"},
+            TypeError,
+            r"api_keys must be a collection of keys, e.g. api_keys=\{'sk-one'\}",
+        ),
+        ({"api_keys": []}, ValueError, "api_keys must hold at least one key"),
+        (
+            {"api_keys": ["ok", " "]},
+            ValueError,
+            "api_keys must hold at least one key, each a non-empty string",
+        ),
+        ({"token_delay": -0.1}, ValueError, r"token_delay must be a finite number of seconds >= 0, got -0.1"),
+        ({"time_to_first_token": float("inf")}, ValueError, "time_to_first_token must be a finite number"),
+        ({"token_delay": "0.1"}, TypeError, "token_delay must be a number of seconds, got str"),
+        (
+            {"requests_per_second": 0},
+            ValueError,
+            r"requests_per_second must be >= 1 \(or None for no limit\), got 0",
+        ),
+        ({"requests_per_minute": 1.5}, TypeError, "requests_per_minute must be an int or None, got float"),
+        ({"token_quota": -5}, ValueError, "token_quota must be >= 1"),
+        ({"port": -1}, ValueError, r"port must be an int from 0 \(any free port\) to 65535, got -1"),
+        ({"port": 65536}, ValueError, "port must be an int from 0"),
+        ({"port": "8080"}, ValueError, "port must be an int from 0"),
+        ({"reply": "Hello"}, TypeError, "reply must be a function from a GenerateRequest to the reply text"),
+        ({"models": "gpt-4"}, TypeError, "models must be a list of names or FakeModel objects"),
+        ({"models": [], "default_models": False}, ValueError, "needs at least one model"),
+    ],
+)
+def test_constructor_arguments_are_checked(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    """A bad constructor argument raises a clear TypeError or ValueError before anything starts."""
+    with pytest.raises(error, match=match):
+        FakeNebulaServer(**kwargs)

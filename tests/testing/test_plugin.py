@@ -1,0 +1,125 @@
+"""The pytest plugin's fixtures and marker, exercised by pytest runs in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# A new user's project: pytest-asyncio in its default strict mode, loop-scope warning silenced.
+STRICT_INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+AUTO_INI = STRICT_INI + "asyncio_mode = auto\nfilterwarnings = error\n"
+
+
+def _readme_example() -> str:
+    section = (ROOT / "README.md").read_text().split("## Testing your code", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert match, "README's 'Testing your code' section has no python block"
+    return match.group(1)
+
+
+def _run_pytest(tmp_path: Path, test_file: str, ini: str, *args: str) -> tuple[int, str]:
+    """Write ``test_file`` and ``ini`` into tmp_path, run pytest there; return its exit code and output."""
+    (tmp_path / "test_example.py").write_text(test_file)
+    (tmp_path / "pytest.ini").write_text(ini)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "NEBULA_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=25,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_readme_example_passes_in_a_new_project(tmp_path: Path) -> None:
+    """README's complete test file passes as is, with pytest-asyncio in strict mode: 3 passed, no warnings."""
+    code, output = _run_pytest(tmp_path, _readme_example(), STRICT_INI)
+    assert code == 0, output
+    assert re.search(r"^3 passed in ", output, flags=re.MULTILINE), output
+    assert "warning" not in output.lower(), output
+
+
+FIXTURE_TESTS = """
+import pytest
+
+from nebula_async import AsyncNebulaClient
+from nebula_async.testing import FakeModel
+
+
+@pytest.mark.nebula_server(
+    models=[FakeModel("tiny", 4)], default_models=False, api_keys={"sk-marker"}, replies={"Hi": "Hello there"}
+)
+def test_marker_kwargs_reach_the_server(nebula_server, nebula_sync_client):
+    assert nebula_server.api_key == "sk-marker"
+    assert set(nebula_server.models) == {"tiny"}
+    assert nebula_sync_client.generate_text(model="tiny", prompt="Hi").text == "Hello there"
+    assert nebula_server.requests[0].api_key == "sk-marker"
+
+
+def test_first_leaves_requests_and_faults_behind(nebula_server, nebula_sync_client):
+    assert nebula_server.api_key == "nebula-fake-key"
+    assert nebula_server.requests == []
+    nebula_sync_client.generate_text(model="Llama3.3-70B", prompt="Hi")
+    nebula_server.fail_next(5)
+
+
+def test_second_gets_a_fresh_server(nebula_server):
+    assert nebula_server.requests == []
+    assert nebula_server.pending_faults == 0
+
+
+def test_sync_client_streams(nebula_server, nebula_sync_client):
+    chunks = [c.text for c in nebula_sync_client.stream_text(model="Llama3.3-70B", prompt="Hi", max_tokens=3)]
+    assert len(chunks) == 3
+    assert [r.status for r in nebula_server.requests] == [200]
+
+
+async def test_nebula_client_without_a_mark(nebula_server, nebula_client):
+    result = await nebula_client.generate_text(model="Llama3.3-70B", prompt="Hi")
+    assert result.request_id == nebula_server.requests[0].request_id
+
+
+async def test_own_async_client_without_a_mark(nebula_server):
+    async with AsyncNebulaClient(nebula_server.api_key, base_url=nebula_server.base_url) as client:
+        async with client.stream_text(model="Llama3.3-70B", prompt="Hi", max_tokens=3) as stream:
+            assert len([chunk async for chunk in stream]) == 3
+"""
+
+
+def test_fixtures_work_in_auto_mode(tmp_path: Path) -> None:
+    """Under asyncio_mode=auto, strict markers, warnings as errors: marker kwargs, fresh servers, clients."""
+    code, output = _run_pytest(tmp_path, FIXTURE_TESTS, AUTO_INI, "--strict-markers")
+    assert code == 0, output
+    assert re.search(r"^6 passed in ", output, flags=re.MULTILINE), output
+
+
+MARKER_MISUSE = """
+import pytest
+
+
+@pytest.mark.nebula_server("gpt-4")
+def test_positional(nebula_server):
+    pass
+
+
+@pytest.mark.nebula_server(no_such_option=1)
+def test_unknown_keyword(nebula_server):
+    pass
+"""
+
+
+def test_marker_misuse_fails_with_a_clear_error(tmp_path: Path) -> None:
+    """The marker with positional arguments fails with a usage error; an unknown keyword names itself."""
+    code, output = _run_pytest(tmp_path, textwrap.dedent(MARKER_MISUSE), STRICT_INI)
+    assert code == 1, output
+    assert re.search(r"^2 errors in ", output, flags=re.MULTILINE), output
+    assert "UsageError: @pytest.mark.nebula_server takes keyword arguments only" in output
+    assert "unexpected keyword argument 'no_such_option'" in output
