@@ -25,38 +25,63 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "nebula_server(**kwargs): keyword arguments for the FakeNebulaServer of the nebula_server fixture",
     )
+    config.addinivalue_line(
+        "markers",
+        "nebula_client(**kwargs): keyword arguments for the clients of nebula_client and nebula_sync_client",
+    )
+
+
+def _marker_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
+    """Merge the keyword arguments of every ``name`` marker on the test: module, class, function."""
+    kwargs: dict[str, Any] = {}
+    for marker in reversed(list(request.node.iter_markers(name))):  # farthest first: the closest wins
+        if marker.args:
+            raise pytest.UsageError(f"@pytest.mark.{name} takes keyword arguments only")
+        kwargs.update(marker.kwargs)
+    return kwargs
 
 
 @pytest.fixture
 def nebula_server(request: pytest.FixtureRequest) -> Iterator[FakeNebulaServer]:
     """Run a fresh FakeNebulaServer for the test, in a thread of its own (so sync and async tests can use it).
 
-    ``@pytest.mark.nebula_server(models=["gpt-4"], token_delay=0.01)`` passes arguments to it.
+    ``@pytest.mark.nebula_server(models=["gpt-4"], token_delay=0.01)`` passes arguments to it (on
+    a module, class or test; the closest wins).
     """
     from nebula_async.testing import FakeNebulaServer
 
-    marker = request.node.get_closest_marker("nebula_server")
-    if marker is not None and marker.args:
-        raise pytest.UsageError("@pytest.mark.nebula_server takes keyword arguments only")
-    kwargs: dict[str, Any] = dict(marker.kwargs) if marker is not None else {}
-    with FakeNebulaServer(**kwargs).run_in_thread() as server:
+    with FakeNebulaServer(**_marker_kwargs(request, "nebula_server")).run_in_thread() as server:
         yield server
 
 
 @pytest.fixture
-def nebula_sync_client(nebula_server: FakeNebulaServer) -> Iterator[NebulaClient]:
-    """A ``nebula_sync.NebulaClient`` pointed at ``nebula_server``, closed after the test."""
+def nebula_sync_client(
+    request: pytest.FixtureRequest, nebula_server: FakeNebulaServer
+) -> Iterator[NebulaClient]:
+    """A ``nebula_sync.NebulaClient`` pointed at ``nebula_server``, closed after the test.
+
+    ``@pytest.mark.nebula_client(max_retries=0)`` passes arguments to it.
+    """
     from nebula_sync import NebulaClient
 
-    with NebulaClient(api_key=nebula_server.api_key, base_url=nebula_server.base_url) as client:
+    kwargs = _marker_kwargs(request, "nebula_client")
+    with NebulaClient(api_key=nebula_server.api_key, base_url=nebula_server.base_url, **kwargs) as client:
         yield client
 
 
-async def _nebula_client(nebula_server: FakeNebulaServer) -> AsyncIterator[AsyncNebulaClient]:
-    """An ``AsyncNebulaClient`` pointed at ``nebula_server``, in the test's loop, closed after it."""
+async def _nebula_client(
+    request: pytest.FixtureRequest, nebula_server: FakeNebulaServer
+) -> AsyncIterator[AsyncNebulaClient]:
+    """An ``AsyncNebulaClient`` pointed at ``nebula_server``, in the test's loop, closed after it.
+
+    ``@pytest.mark.nebula_client(max_retries=0)`` passes arguments to it. It lives in the test's
+    own event loop (function scope); for tests in a wider loop scope, make your own fixture.
+    """
     from nebula_async import AsyncNebulaClient
 
-    async with AsyncNebulaClient(api_key=nebula_server.api_key, base_url=nebula_server.base_url) as client:
+    kwargs = _marker_kwargs(request, "nebula_client")
+    base_url = nebula_server.base_url
+    async with AsyncNebulaClient(api_key=nebula_server.api_key, base_url=base_url, **kwargs) as client:
         yield client
 
 

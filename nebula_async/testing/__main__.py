@@ -15,12 +15,12 @@ from ._state import FakeModel
 
 
 def _model(value: str) -> FakeModel:
-    name, sep, context = value.rpartition(":")
-    if not sep:
-        return FakeModel(value)
+    name, colon, context = value.rpartition(":")
+    if not (colon and context.isdigit()):  # no context given, or a name with a colon, such as llama3:8b
+        name, context = value, ""
     try:
-        return FakeModel(name, int(context))
-    except (TypeError, ValueError):  # TypeError: an empty name
+        return FakeModel(name, int(context)) if context else FakeModel(name)
+    except (TypeError, ValueError):  # an empty name, a context of 0
         raise argparse.ArgumentTypeError(f"expected NAME or NAME:CONTEXT_LENGTH, got {value!r}") from None
 
 
@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             requests_per_second=args.requests_per_second,
             requests_per_minute=args.requests_per_minute,
             token_quota=args.token_quota,
+            max_recorded=0,  # nobody can read them from the command line; a long run must not grow
             access_log=not args.quiet,
         )
     except (TypeError, ValueError) as exc:

@@ -38,7 +38,9 @@ def count_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
 
 
-@functools.lru_cache(maxsize=4096)  # load tests repeat prompts; a reply costs ~20 µs to make
+_CACHED_PROMPT_CHARS = 4096  # longer prompts are rare in load tests and would pin memory in the cache
+
+
 def default_reply(model: str, prompt: str, temperature: float, top_p: float) -> str:
     """Return the reply the fake server writes when no other is configured.
 
@@ -46,13 +48,23 @@ def default_reply(model: str, prompt: str, temperature: float, top_p: float) -> 
     prompt, temperature and top_p: the same request always gets the same text, on any machine.
     """
     # + 0.0 turns -0.0 into 0.0: equal numbers must give equal text (the cache treats them as one).
-    seed = f"{model}\x00{prompt}\x00{float(temperature) + 0.0!r}\x00{float(top_p) + 0.0!r}"
+    temperature, top_p = float(temperature) + 0.0, float(top_p) + 0.0
+    if len(prompt) > _CACHED_PROMPT_CHARS:
+        return _make_reply(model, prompt, temperature, top_p)
+    return _cached_reply(model, prompt, temperature, top_p)
+
+
+def _make_reply(model: str, prompt: str, temperature: float, top_p: float) -> str:
+    seed = f"{model}\x00{prompt}\x00{temperature!r}\x00{top_p!r}"
     rng = random.Random(seed.encode("utf-8", "surrogatepass"))
     sentences = []
     for _ in range(rng.randint(2, 4)):
         words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 12)))
         sentences.append(words[0].upper() + words[1:] + ".")
     return " ".join(sentences)
+
+
+_cached_reply = functools.lru_cache(maxsize=4096)(_make_reply)  # load tests repeat prompts
 
 
 @attrs.frozen
@@ -84,10 +96,13 @@ def generate(reply: str, *, max_tokens: int, stop: Sequence[str] = ()) -> Genera
     for count, token in enumerate(produced, 1):
         # A stop string can only newly appear where this token's text overlaps its end.
         start = max(0, len(text) - longest + 1)
-        text += token
-        found = [at for at in (text.find(s, start) for s in stop) if at >= 0]
-        if found:
-            cut = min(found)
+        text += token  # in place only while nothing else refers to text: keep it out of closures
+        cut = -1
+        for s in stop:
+            at = text.find(s, start)
+            if at >= 0 and (cut < 0 or at < cut):
+                cut = at
+        if cut >= 0:
             return Generation(text[:cut], _clip(produced[:count], cut), "stop", count)
     return Generation(text, tuple(produced), finish_reason, len(produced))
 

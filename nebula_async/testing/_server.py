@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import atexit
+import collections
 import contextlib
 import http
 import itertools
 import json
 import logging
 import math
+import os
+import re
 import secrets
+import socket
 import threading
 import time
+import traceback
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+# json.dumps(a_str) with its defaults, minus the call overhead (the C function json.dumps ends in).
+from json.encoder import encode_basestring_ascii as _json_str
 from types import TracebackType
 from typing import Any
 
@@ -31,6 +40,26 @@ __all__ = ["DEFAULT_API_KEY", "FakeNebulaServer"]
 logger = logging.getLogger("nebula_async.testing")
 logger.addHandler(logging.NullHandler())
 
+# aiohttp logs a malformed request with its raw header line, Authorization included.
+_CREDENTIALS = re.compile(r"(?i)(authorization\W{0,3}(?:bearer\W{0,3})?|bearer\W{1,3})[^\s'\"]+")
+
+
+class _RedactCredentials(logging.Filter):
+    """Replace anything that looks like an Authorization value, in the message and the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = _CREDENTIALS.sub(r"\1<redacted>", record.getMessage())
+        record.args = None
+        if record.exc_info:
+            formatted = "".join(traceback.format_exception(*record.exc_info))
+            record.exc_text = _CREDENTIALS.sub(r"\1<redacted>", formatted).rstrip("\n")
+            record.exc_info = None
+        return True
+
+
+_server_logger = logging.getLogger("nebula_async.testing.server")  # what aiohttp.web logs for us
+_server_logger.addFilter(_RedactCredentials())
+
 DEFAULT_API_KEY = "nebula-fake-key"
 _PATH = "/v1/text/generate"
 _DEFAULT_MAX_TOKENS = 256  # the API reference's default
@@ -44,6 +73,15 @@ _DEFAULT_CODES = {
     401: "invalid_api_key",
     404: "not_found",
     429: "rate_limit_exceeded",
+}
+_STATUS_BY_CODE = {
+    "invalid_request": 400,
+    "invalid_api_key": 401,
+    "not_found": 404,
+    "model_not_found": 404,
+    "context_length_exceeded": 400,
+    "rate_limit_exceeded": 429,
+    "insufficient_quota": 429,
 }
 _DEFAULT_MESSAGES = {
     "invalid_request": "Invalid parameters in the request",
@@ -60,6 +98,8 @@ _HTML_PAGE = (
 )
 
 _running_in_threads: weakref.WeakSet[FakeNebulaServer] = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's server threads
+    os.register_at_fork(after_in_child=_running_in_threads.clear)
 
 
 @atexit.register
@@ -89,6 +129,8 @@ class FakeNebulaServer:
       Either way ``max_tokens`` and ``stop`` then cut it, as a model would stop generating.
     - ``time_to_first_token``, ``token_delay``: seconds; a non-streaming answer takes as long as
       the whole stream would. Both may be changed while the server runs.
+    - ``max_recorded``: keep only the last N requests in ``server.requests`` (default: all); set
+      it for long soak runs, where every request kept costs about 2 KB.
     - ``requests_per_second``, ``requests_per_minute``: per-key limits answered with 429
       ``rate_limit_exceeded`` and ``Retry-After``; ``token_quota``: tokens (prompt and completion)
       per key, after which requests get 429 ``insufficient_quota``.
@@ -109,11 +151,15 @@ class FakeNebulaServer:
         requests_per_second: int | None = None,
         requests_per_minute: int | None = None,
         token_quota: int | None = None,
+        max_recorded: int | None = None,
         access_log: bool = False,
     ) -> None:
-        if isinstance(api_keys, str):
-            raise TypeError(f"api_keys must be a collection of keys, e.g. api_keys={{{api_keys!r}}}")
+        if isinstance(api_keys, str):  # the message must not echo it: it is a key
+            raise TypeError("api_keys must be a collection of keys, e.g. api_keys={'my-key'}, not one str")
+        # server.api_key is the first key given; from a set (no order), the smallest, so runs agree.
         keys = None if api_keys is None else list(dict.fromkeys(api_keys))
+        if keys is not None and not isinstance(api_keys, Sequence) and all(isinstance(k, str) for k in keys):
+            keys.sort()
         if keys is not None and (not keys or not all(isinstance(k, str) and k.strip() for k in keys)):
             raise ValueError("api_keys must hold at least one key, each a non-empty string")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
@@ -126,10 +172,17 @@ class FakeNebulaServer:
             ("token_quota", token_quota),
         ):
             _check_limit(name, value)
+        if max_recorded is not None and (
+            isinstance(max_recorded, bool) or not isinstance(max_recorded, int) or max_recorded < 0
+        ):
+            raise ValueError(f"max_recorded must be an int >= 0 or None (keep all), got {max_recorded!r}")
         if reply is not None and not callable(reply):
             raise TypeError("reply must be a function from a GenerateRequest to the reply text")
         self.models: dict[str, FakeModel] = merge_models(models, default_models=default_models)
         self.replies: dict[str, str] = dict(replies or {})
+        for prompt, text in self.replies.items():
+            if not isinstance(prompt, str) or not isinstance(text, str):
+                raise TypeError(f"replies must map prompt strings to reply strings, got {prompt!r}: {text!r}")
         self.reply = reply
         self.time_to_first_token = time_to_first_token
         self.token_delay = token_delay
@@ -145,14 +198,18 @@ class FakeNebulaServer:
             requests_per_minute=requests_per_minute,
             token_quota=token_quota,
         )
-        self._requests: list[RecordedRequest] = []
+        self._requests: collections.deque[RecordedRequest] = collections.deque(maxlen=max_recorded)
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
         self._access_log = access_log
         self._runner: web.ServerRunner | None = None
         self._bound_port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener: socket.socket | None = None
         self._portal: BlockingPortal | None = None
         self._portal_cm: Any = None
+        self._portal_thread = 0  # ident of the thread start() runs the server in
+        self._owner_pid = 0  # the process that started it: a forked child must not touch its thread
         self._thread_lock = threading.Lock()
         self._active: set[asyncio.Task[Any]] = set()  # tasks answering a request right now
 
@@ -197,7 +254,7 @@ class FakeNebulaServer:
         self,
         count: int = 1,
         *,
-        status: int = 500,
+        status: int | None = None,
         code: str | None = None,
         message: str | None = None,
         details: Mapping[str, Any] | None = None,
@@ -205,13 +262,16 @@ class FakeNebulaServer:
     ) -> None:
         """Answer the next ``count`` requests with an error envelope.
 
-        ``code`` defaults by status (429 -> rate_limit_exceeded, 400 -> invalid_request, 5xx ->
-        server_error, ...); ``retry_after`` seconds go out as ``Retry-After`` (whole seconds, rounded
-        up) and ``retry-after-ms``.
+        Give a ``status``, a ``code`` or both; the other follows the API's own answers (429 <->
+        rate_limit_exceeded, 400 <-> invalid_request, 404 -> not_found, model_not_found -> 404,
+        insufficient_quota -> 429, 5xx <-> server_error; nothing at all -> 500 server_error).
+        ``retry_after`` seconds go out as ``Retry-After`` (whole seconds, rounded up) and
+        ``retry-after-ms`` (exact).
         """
         _check_count(count)
-        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
-            raise ValueError(f"status must be an HTTP error status (400-599), got {status!r}")
+        if status is None:
+            status = _STATUS_BY_CODE.get(code or "server_error", 500)
+        _check_status(status)
         if retry_after is not None:
             _check_seconds("retry_after", retry_after)
         code = code or _DEFAULT_CODES.get(status) or ("server_error" if status >= 500 else "invalid_request")
@@ -224,11 +284,10 @@ class FakeNebulaServer:
     def html_error_next(self, count: int = 1, *, status: int = 502) -> None:
         """Answer the next ``count`` requests with an HTML error page, as a proxy in front of an API does."""
         _check_count(count)
-        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
-            raise ValueError(f"status must be an HTTP error status (400-599), got {status!r}")
+        _check_status(status)
         self._script.add(Fault("html", status=status), count)
 
-    def delay_next(self, seconds: float, count: int = 1) -> None:
+    def delay_next(self, count: int = 1, *, seconds: float) -> None:
         """Hold the next ``count`` requests for ``seconds`` before answering them normally."""
         _check_count(count)
         _check_seconds("seconds", seconds)
@@ -239,22 +298,29 @@ class FakeNebulaServer:
         _check_count(count)
         self._script.add(Fault("disconnect"), count)
 
-    def drop_stream_after(self, events: int, count: int = 1) -> None:
-        """Cut the next ``count`` streams' connections after ``events`` events (0: just after the headers)."""
+    def drop_stream_after(self, count: int = 1, *, events: int) -> None:
+        """Cut the connection of the next ``count`` streams after ``events`` events.
+
+        The cut always comes before the final event: a stream shorter than ``events + 1`` events is
+        cut just before its last one. ``events=0`` cuts right after the response headers.
+        """
         _check_count(count)
         _check_events(events)
         self._script.add(Fault("drop_stream", events=events), count)
 
     def error_event_after(
         self,
-        events: int,
         count: int = 1,
         *,
+        events: int,
         code: str = "server_error",
         message: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> None:
-        """End the next ``count`` streams with an error event after ``events`` events."""
+        """End the next ``count`` streams with an error event after ``events`` events.
+
+        Like drop_stream_after, the error always comes before the final event would have.
+        """
         _check_count(count)
         _check_events(events)
         text = message or _DEFAULT_MESSAGES.get(code, code)
@@ -289,31 +355,47 @@ class FakeNebulaServer:
             request_factory=make_request,
             handler_cancellation=True,  # a client that hangs up stops its stream's pacing at once
             access_log=logging.getLogger("aiohttp.access") if self._access_log else None,
+            logger=_server_logger,
         )
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        # Our own listening socket, so that astop() can stop accepting before it closes anything.
+        listener = socket.create_server((self._host, self._port), family=family)
         runner = web.ServerRunner(server, shutdown_timeout=_SHUTDOWN_TIMEOUT)
-        await runner.setup()
         try:
-            await web.TCPSite(runner, self._host, self._port).start()
+            await runner.setup()
+            await web.SockSite(runner, listener).start()
         except BaseException:
             await runner.cleanup()
+            listener.close()
             raise
-        self._bound_port = runner.addresses[0][1]
-        self._runner = runner
+        self._bound_port = listener.getsockname()[1]
+        self._listener, self._loop, self._runner = listener, loop, runner
         return self
 
     async def astop(self) -> None:
         """Stop listening and close every connection at once; answers in flight are cut off."""
-        runner, self._runner = self._runner, None
-        if runner is None:
+        if self._runner is None:
             return
-        # Connections the kernel already accepted are set up over the next loop turns; closing the
-        # listener before that leaks their sockets (CPython gh-109564). Let them in, then close them.
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            raise RuntimeError("this FakeNebulaServer runs in another event loop; stop it there (or stop())")
+        runner, listener, web_server = self._runner, self._listener, self._runner.server
+        self._runner = self._listener = self._loop = None
+        assert listener is not None
+        assert web_server is not None
+        # A connection accepted just before the listener closes is set up on a later loop turn and
+        # leaks if the listener is gone by then (CPython gh-109564): stop accepting, let those in.
+        if isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+            loop.remove_reader(listener.fileno())
         for _ in range(3):
             await asyncio.sleep(0)
         for task in list(self._active):  # a paced stream would otherwise hold the shutdown up
             task.cancel()
+        transports = [c.transport for c in web_server.connections if c.transport is not None]
         await runner.cleanup()
-        await asyncio.sleep(0)  # a closed transport lets go of its socket on the next turn
+        for transport in transports:
+            transport.abort()  # a client that stopped reading keeps a graceful close waiting forever
+        await asyncio.sleep(0)  # an aborted transport lets go of its socket on the next turn
 
     async def __aenter__(self) -> FakeNebulaServer:
         return await self.astart()
@@ -334,15 +416,21 @@ class FakeNebulaServer:
             portal = portal_cm.__enter__()
             try:
                 portal.call(self.astart)
+                self._portal_thread = portal.call(threading.get_ident)
             except BaseException:
                 portal_cm.__exit__(None, None, None)
                 raise
             self._portal, self._portal_cm = portal, portal_cm
+            self._owner_pid = os.getpid()
             _running_in_threads.add(self)
         return self
 
     def stop(self) -> None:
         """Stop a server started with start(); does nothing if it is not running."""
+        if self._portal is not None and threading.get_ident() == self._portal_thread:
+            raise RuntimeError(
+                "stop() was called from the server's own thread (a reply function?): call it elsewhere"
+            )
         with self._thread_lock:
             portal, portal_cm = self._portal, self._portal_cm
             if portal is None:
@@ -350,6 +438,10 @@ class FakeNebulaServer:
                     raise RuntimeError(
                         "this server runs in an event loop: leave its 'async with' or await astop()"
                     )
+                return
+            if os.getpid() != self._owner_pid:
+                # A forked child: the server's thread exists only in the parent. Forget it.
+                self._portal = self._portal_cm = self._runner = None
                 return
             self._portal = self._portal_cm = None
             _running_in_threads.discard(self)
@@ -443,7 +535,8 @@ class FakeNebulaServer:
             limits = {"rate_limit": self._limits.describe()}
             return _error(rid, 429, "rate_limit_exceeded", "Too many requests", limits, seconds_header(wait))
         if raw is None:
-            return _error(rid, 413, "invalid_request", f"The request body is over {_MAX_BODY} bytes")
+            why = f"must be at most {_MAX_BODY} bytes"
+            return _error(rid, 413, "invalid_request", "The request body is too large", {"body": why})
         content_type = request.headers.get("Content-Type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
             return _error(
@@ -468,8 +561,10 @@ class FakeNebulaServer:
             why = f"the quota of {self._limits.token_quota} tokens for this key is used up"
             return _error(rid, 429, "insufficient_quota", "Not enough credits or quota", {"quota": why})
         text = self._reply_text(params)
-        if text is None:
-            return _error(rid, 500, "server_error", "The fake server's reply function failed; see its log")
+        if isinstance(text, BaseException):
+            # A 500 as a broken server gives, naming the user's own error so the test failure shows it.
+            why = f"FakeNebulaServer could not make the reply: {type(text).__name__}: {text}"
+            return _error(rid, 500, "server_error", why)
         room = model.context_length - prompt_tokens
         limit = min(_DEFAULT_MAX_TOKENS if params.max_tokens is None else params.max_tokens, room)
         result = generate(text, max_tokens=limit, stop=params.stop)
@@ -479,19 +574,23 @@ class FakeNebulaServer:
         pause = self._pacing(len(result.chunks))
         if pause:
             await asyncio.sleep(pause)
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "total_tokens": prompt_tokens + result.completion_tokens,
-        }
-        payload = {"status": "success", "data": {"text": result.text, "usage": usage}}
+        completion = result.completion_tokens
+        # json.dumps of the envelope, byte for byte, without building and walking the dicts.
+        body = (
+            f'{{"status": "success", "data": {{"text": {_json_str(result.text)}, "usage": '
+            f'{{"prompt_tokens": {prompt_tokens}, "completion_tokens": {completion}, '
+            f'"total_tokens": {prompt_tokens + completion}}}}}}}'
+        )
         return web.Response(
-            body=json.dumps(payload).encode(), content_type="application/json", headers={"x-request-id": rid}
+            body=body.encode(), content_type="application/json", headers={"x-request-id": rid}
         )
 
-    def _reply_text(self, params: Params) -> str | None:
-        text = self.replies.get(params.prompt)
+    def _reply_text(self, params: Params) -> str | BaseException:
+        """Return the full reply, or the error of a broken ``replies`` entry or ``reply`` function."""
+        text: object = self.replies.get(params.prompt)
         if text is not None:
+            if not isinstance(text, str):  # server.replies is a plain dict: anything can go in later
+                return TypeError(f"replies[{params.prompt[:50]!r}] is a {type(text).__name__}, not a str")
             return text
         if self.reply is None:
             return default_reply(
@@ -509,14 +608,14 @@ class FakeNebulaServer:
             stop=list(params.stop) or None,
         )
         try:
-            text = self.reply(request)
-            if not isinstance(text, str):
-                raise TypeError(f"reply must return a str, got {type(text).__name__}")
-        except Exception:
-            # The user's function failed: say so in the log and answer 500, as a broken server would.
+            made: object = self.reply(request)  # typed str, but it is the user's code
+        except Exception as exc:  # the user's function, not ours: answer for it, don't crash
             logger.exception("FakeNebulaServer: the reply function raised")
-            return None
-        return text
+            return exc
+        if not isinstance(made, str):
+            logger.error("FakeNebulaServer: the reply function returned a %s, not a str", type(made).__name__)
+            return TypeError(f"the reply function returned a {type(made).__name__}, not a str")
+        return made
 
     def _pacing(self, events: int) -> float:
         return self.time_to_first_token + self.token_delay * max(0, events - 1)
@@ -533,7 +632,8 @@ class FakeNebulaServer:
         )
         events = _events(result)
         fault = self._script.next_stream_fault()
-        sent = events if fault is None else events[: fault.events]
+        # A scripted fault always comes before the final event: after it, the stream is complete.
+        sent = events if fault is None else events[: min(fault.events, len(events) - 1)]
         with contextlib.suppress(ConnectionError):  # the client hung up: nothing left to do
             await response.prepare(request)
             record.status = 200  # the headers are out: a cut or a cancel later doesn't change it
@@ -543,9 +643,9 @@ class FakeNebulaServer:
                 for i, event in enumerate(sent):
                     if i:
                         await asyncio.sleep(self.token_delay)
-                    await response.write(event)
+                    await response.write(event.encode())
             elif sent:
-                await response.write(b"".join(sent))
+                await response.write("".join(sent).encode())
             if fault is not None and fault.kind == "drop_stream":
                 if request.transport is not None:
                     request.transport.abort()
@@ -558,16 +658,17 @@ class FakeNebulaServer:
         return response
 
 
-def _events(result: Generation) -> list[bytes]:
-    """Encode each chunk as an event, exactly in the reference's shape; the last carries finish_reason."""
+def _events(result: Generation) -> list[str]:
+    """Encode each chunk as an event, exactly in the reference's shape; the last carries finish_reason.
+
+    The bytes are what ``json.dumps`` gives (its default separators and ASCII escapes), built
+    without a ``json.dumps`` call per event: this runs for every token.
+    """
     chunks = result.chunks or ("",)
-    last = len(chunks) - 1
-    finish = json.dumps(result.finish_reason)
-    return [
-        b'data: {"text": %s, "finish_reason": %s}\n\n'
-        % (json.dumps(text).encode(), (finish if i == last else "null").encode())
-        for i, text in enumerate(chunks)
-    ]
+    events = [f'data: {{"text": {_json_str(text)}, "finish_reason": null}}\n\n' for text in chunks]
+    last = _json_str(chunks[-1])
+    events[-1] = f'data: {{"text": {last}, "finish_reason": {_json_str(result.finish_reason)}}}\n\n'
+    return events
 
 
 def _envelope(code: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -622,6 +723,11 @@ def _check_limit(name: str, value: object) -> None:
         raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1 (or None for no limit), got {value}")
+
+
+def _check_status(status: object) -> None:
+    if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+        raise ValueError(f"status must be an HTTP error status (400-599), got {status!r}")
 
 
 def _check_count(count: object) -> None:

@@ -67,6 +67,8 @@ def merge_models(models: Iterable[str | FakeModel], *, default_models: bool) -> 
     """Return the server's model table: the defaults (if kept), then ``models`` added or replacing by name."""
     if isinstance(models, (str, FakeModel)):
         raise TypeError("models must be a list of names or FakeModel objects, e.g. models=['gpt-4']")
+    if isinstance(models, Mapping):  # its values would be silently ignored
+        raise TypeError("models must be a list, e.g. models=['gpt-4', FakeModel('tiny', context_length=16)]")
     table = {m.name: m for m in DEFAULT_MODELS} if default_models else {}
     for model in models:
         spec = FakeModel(model) if isinstance(model, str) else model
@@ -82,13 +84,23 @@ class RecordedHeaders(Mapping[str, str]):
     """A request's headers: case-insensitive lookup, and a repr that hides the Authorization value."""
 
     def __init__(self, headers: Mapping[str, str]) -> None:
-        # items() of a multidict (aiohttp's headers, or our own copy) keeps repeated headers.
-        source = headers._headers if isinstance(headers, RecordedHeaders) else headers
-        self._headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(source.items()))
-        names: dict[str, str] = {}
-        for name in self._headers:
-            names.setdefault(name.lower(), name)
-        self._names = list(names.values())  # a Mapping has each key once, whatever repeats on the wire
+        if isinstance(headers, RecordedHeaders):
+            self._headers: CIMultiDictProxy[str] = headers._headers
+        elif isinstance(headers, CIMultiDictProxy):  # aiohttp's request headers: already read-only
+            self._headers = headers
+        else:  # items() of a multidict keeps repeated headers
+            self._headers = CIMultiDictProxy(CIMultiDict(headers.items()))
+        self._unique: list[str] | None = None
+
+    @property
+    def _names(self) -> list[str]:
+        # A Mapping has each key once, whatever repeats on the wire; worked out when first asked.
+        if self._unique is None:
+            names: dict[str, str] = {}
+            for name in self._headers:
+                names.setdefault(name.lower(), name)
+            self._unique = list(names.values())
+        return self._unique
 
     def __getitem__(self, name: str) -> str:
         return self._headers[name]
@@ -125,7 +137,7 @@ class RecordedRequest:
     json: Any
     time: float
     request_id: str
-    api_key: str | None = attrs.field(default=None, repr=False)
+    api_key: str | None = attrs.field(default=None, repr=False, eq=False)  # eq: pytest's diffs show fields
     status: int | None = None
 
 

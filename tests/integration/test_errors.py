@@ -86,7 +86,7 @@ async def test_documented_code_as_a_stream_event(
     fake: FakeNebulaServer, code: str, status: int, cls: type[APIError]
 ) -> None:
     """An error envelope arriving as a stream event raises the same class as the HTTP error would."""
-    fake.error_event_after(0, code=code, message="mid-stream")
+    fake.error_event_after(events=0, code=code, message="mid-stream")
     async with _client(fake) as client:
         with pytest.raises(cls) as info:
             await collect(client.stream_text(model="m", prompt="p"), enter=True)
@@ -100,7 +100,7 @@ async def test_documented_code_after_some_chunks(
 ) -> None:
     """An error event after text has been delivered raises the mapped class, after that text."""
     fake.token_delay = 0.01  # each chunk in a write of its own
-    fake.error_event_after(2, code=code, message="later")  # after "Hello" and ","
+    fake.error_event_after(events=2, code=code, message="later")  # after "Hello" and ","
     received: list[str] = []
     async with _client(fake) as client:
         with pytest.raises(cls):

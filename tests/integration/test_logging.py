@@ -78,7 +78,7 @@ async def test_debug_per_attempt_and_warning_per_retry(
 async def test_stream_attempts_are_logged(fake: FakeNebulaServer, caplog: pytest.LogCaptureFixture) -> None:
     """A stream retried after an error event logs each attempt at DEBUG and the retry at WARNING."""
     caplog.set_level(logging.DEBUG, logger="nebula_async")
-    fake.error_event_after(0, code="rate_limit_exceeded")
+    fake.error_event_after(events=0, code="rate_limit_exceeded")
     fake.replies["p"] = "ok"
     async with make_client(fake.base_url) as client:
         texts = [c.text async for c in client.stream_text(model="m", prompt="p")]
@@ -114,17 +114,17 @@ async def _auth_401(fake: FakeNebulaServer, client: AsyncNebulaClient) -> object
 
 
 async def _timeout(fake: FakeNebulaServer, client: AsyncNebulaClient) -> object:
-    fake.delay_next(5, 3)
+    fake.delay_next(3, seconds=5)
     return await client.generate_text(model="m", prompt="p", timeout=Timeout(read=0.05))
 
 
 async def _stream_error_event(fake: FakeNebulaServer, client: AsyncNebulaClient) -> object:
-    fake.error_event_after(0, 3, code="rate_limit_exceeded")
+    fake.error_event_after(3, events=0, code="rate_limit_exceeded")
     return await collect(client.stream_text(model="m", prompt="p"))
 
 
 async def _stream_drop(fake: FakeNebulaServer, client: AsyncNebulaClient) -> object:
-    fake.drop_stream_after(1)  # after a chunk was delivered: not retried
+    fake.drop_stream_after(events=1)  # after a chunk was delivered: not retried
     return await collect(client.stream_text(model="m", prompt="p"))
 
 

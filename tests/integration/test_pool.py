@@ -240,7 +240,7 @@ async def test_cancelling_waiters_for_a_pooled_connection(server: LocalServer) -
 async def test_cancelling_everything_in_flight_and_queued(fake: FakeNebulaServer) -> None:
     """Cancelling all calls, those holding connections too, leaves a max_connections=2 pool usable."""
     fake.reply = echo
-    fake.delay_next(STALL, 52)  # hold every call that reaches the server
+    fake.delay_next(52, seconds=STALL)  # hold every call that reaches the server
     async with make_client(fake.base_url, max_connections=2) as client:
         tasks = [asyncio.create_task(client.generate_text(model="m", prompt=f"p{i}")) for i in range(52)]
         await wait_until(lambda: len(fake.requests) == 2)

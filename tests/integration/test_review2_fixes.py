@@ -58,7 +58,7 @@ async def test_aclose_fails_calls_waiting_for_a_pooled_connection_with_runtime_e
     fake: FakeNebulaServer,
 ) -> None:
     """aclose() ends the call holding the only connection and the two queued behind it with RuntimeError."""
-    fake.delay_next(STALL, 3)
+    fake.delay_next(3, seconds=STALL)
     client = make_client(fake.base_url, max_connections=1, retry=RETRYING)
     tasks = [asyncio.create_task(client.generate_text(model="m", prompt=f"p{i}")) for i in range(3)]
     await wait_until(lambda: len(fake.requests) == 1)  # p0 holds the connection; p1 and p2 wait for it
@@ -75,7 +75,7 @@ async def test_aclose_fails_calls_waiting_for_a_pooled_connection_with_runtime_e
 )
 async def test_call_cancelled_by_its_caller_while_aclose_runs_stays_cancelled(fake: FakeNebulaServer) -> None:
     """A queued call that its caller cancels while aclose() runs still ends cancelled."""
-    fake.delay_next(STALL, 2)
+    fake.delay_next(2, seconds=STALL)
     client = make_client(fake.base_url, max_connections=1, retry=RETRYING)
     holder = asyncio.create_task(client.generate_text(model="m", prompt="p0"))
     queued = asyncio.create_task(client.generate_text(model="m", prompt="p1"))
@@ -90,7 +90,7 @@ async def test_call_cancelled_by_its_caller_while_aclose_runs_stays_cancelled(fa
 
 async def test_generate_many_over_a_client_being_closed_raises_runtime_error(fake: FakeNebulaServer) -> None:
     """generate_many(return_exceptions=True) over a client being closed raises RuntimeError."""
-    fake.delay_next(STALL, 3)
+    fake.delay_next(3, seconds=STALL)
     client = make_client(fake.base_url, max_connections=1, retry=RETRYING)
     batch = asyncio.create_task(
         client.generate_many(
@@ -277,7 +277,7 @@ async def test_in_flight_retryable_error_after_aclose_raises_runtime_error(serve
 
 async def test_in_flight_success_after_aclose_is_returned(fake: FakeNebulaServer) -> None:
     """A call in flight during aclose() (caller's session) that gets a 200 returns its result."""
-    fake.delay_next(0.2)
+    fake.delay_next(seconds=0.2)
     fake.replies["p"] = "made it"
     outcome = await _call_across_aclose(fake)
     assert isinstance(outcome, TextGeneration), repr(outcome)

@@ -153,7 +153,7 @@ async def test_aclose_from_another_task_during_the_first_read(fake: FakeNebulaSe
 
 async def test_aclose_from_another_task_while_waiting_for_headers(fake: FakeNebulaServer) -> None:
     """aclose() while another task awaits the response headers makes it raise RuntimeError, no chunk."""
-    fake.delay_next(0.2)  # then the stream, "Hello, World!"
+    fake.delay_next(seconds=0.2)  # then the stream, "Hello, World!"
     received: list[str] = []
     async with make_client(fake.base_url, retry=RETRYING) as client:
         stream = client.stream_text(model="m", prompt="p")

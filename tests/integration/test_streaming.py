@@ -218,7 +218,7 @@ async def test_drop_mid_stream_is_not_retried(framing: str) -> None:
 async def test_drop_before_any_event_is_retried(fake: FakeNebulaServer, when: str) -> None:
     """A connection dropped before the first event is retried and the next attempt's stream is delivered."""
     if when == "after-headers":
-        fake.drop_stream_after(0)  # a 200 event stream's headers, then the connection is cut
+        fake.drop_stream_after(events=0)  # a 200 event stream's headers, then the connection is cut
     else:
         fake.disconnect_next()
     fake.replies["p"] = "fresh start"
@@ -235,7 +235,7 @@ async def test_drop_before_any_event_is_retried(fake: FakeNebulaServer, when: st
 
 async def test_error_event_before_first_chunk_is_retried(fake: FakeNebulaServer) -> None:
     """A rate_limit_exceeded event before any chunk is retried, and the retry's text is delivered once."""
-    fake.error_event_after(0, code="rate_limit_exceeded", message="busy")
+    fake.error_event_after(events=0, code="rate_limit_exceeded", message="busy")
     fake.replies["p"] = "second try"
     async with make_client(fake.base_url) as client, client.stream_text(model="m", prompt="p") as stream:
         texts = [piece.text async for piece in stream]
@@ -248,7 +248,7 @@ async def test_error_event_before_first_chunk_is_retried(fake: FakeNebulaServer)
 
 async def test_error_event_before_first_chunk_exhausts_retries(fake: FakeNebulaServer) -> None:
     """Rate-limit events on every attempt raise RateLimitError after max_retries retries."""
-    fake.error_event_after(0, 3, code="rate_limit_exceeded", message="busy")
+    fake.error_event_after(3, events=0, code="rate_limit_exceeded", message="busy")
     async with make_client(fake.base_url) as client:
         with pytest.raises(RateLimitError) as info:
             await collect(client.stream_text(model="m", prompt="p"))

@@ -36,7 +36,7 @@ def _stall_after_one_event(fake: FakeNebulaServer) -> None:
 )
 async def test_slow_server_times_out(fake: FakeNebulaServer, timeout: float | Timeout) -> None:
     """A server slower than the read or total timeout gives APITimeoutError, well before it answers."""
-    fake.delay_next(STALL)
+    fake.delay_next(seconds=STALL)
     async with make_client(fake.base_url, timeout=timeout, retry=NO_RETRY) as client:
         started = time.monotonic()
         with pytest.raises(APITimeoutError):
@@ -46,7 +46,7 @@ async def test_slow_server_times_out(fake: FakeNebulaServer, timeout: float | Ti
 
 async def test_per_call_timeout_overrides_the_client(fake: FakeNebulaServer) -> None:
     """timeout= on one call replaces the client's generous default for that call."""
-    fake.delay_next(STALL)
+    fake.delay_next(seconds=STALL)
     async with make_client(fake.base_url, retry=NO_RETRY) as client:
         started = time.monotonic()
         with pytest.raises(APITimeoutError):
@@ -56,7 +56,7 @@ async def test_per_call_timeout_overrides_the_client(fake: FakeNebulaServer) -> 
 
 async def test_timeouts_are_retried(fake: FakeNebulaServer) -> None:
     """A timed-out attempt is retried: max_retries=1 sends the request twice before raising."""
-    fake.delay_next(STALL, 3)
+    fake.delay_next(3, seconds=STALL)
     policy = RetryPolicy(max_retries=1, initial_delay=0.001)
     async with make_client(fake.base_url, timeout=Timeout(read=0.1), retry=policy) as client:
         with pytest.raises(APITimeoutError):
@@ -197,7 +197,7 @@ async def test_connect_timeout_is_a_timeout(backlog_full_port: int) -> None:
 
 async def test_total_timeout_covers_waiting_for_a_pooled_connection(fake: FakeNebulaServer) -> None:
     """With the only connection busy, a call with total=0.2 fails in time instead of queueing on."""
-    fake.delay_next(STALL, 2)  # both calls, were the second to reach the server
+    fake.delay_next(2, seconds=STALL)  # both calls, were the second to reach the server
     async with make_client(fake.base_url, max_connections=1, retry=NO_RETRY) as client:
         busy = asyncio.create_task(client.generate_text(model="m", prompt="busy"))
         try:

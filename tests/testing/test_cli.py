@@ -223,7 +223,6 @@ def test_cli_model_with_a_context_length() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model", "gpt-4:lots"], "expected NAME or NAME:CONTEXT_LENGTH, got 'gpt-4:lots'"),
         (["--model", "gpt-4:0"], "expected NAME or NAME:CONTEXT_LENGTH, got 'gpt-4:0'"),
         (["--token-delay", "-1"], "error: token_delay must be a finite number of seconds >= 0"),
     ],

@@ -234,8 +234,8 @@ async def test_sdk_raises_server_error_for_an_html_page(fake: FakeNebulaServer) 
 
 
 async def test_delay_next_holds_the_answer(fake: FakeNebulaServer, http: aiohttp.ClientSession) -> None:
-    """delay_next(0.3) answers the next request normally but no sooner than 0.3 s; the one after is prompt."""
-    fake.delay_next(0.3)
+    """delay_next(seconds=0.3) answers the next request normally, no sooner than 0.3 s; the next is prompt."""
+    fake.delay_next(seconds=0.3)
     started = time.monotonic()
     assert (await _post(http, fake)).status == 200
     assert time.monotonic() - started >= 0.3
@@ -246,7 +246,7 @@ async def test_delay_next_holds_the_answer(fake: FakeNebulaServer, http: aiohttp
 
 async def test_sdk_times_out_on_a_delayed_answer(fake: FakeNebulaServer) -> None:
     """A client whose read timeout is shorter than delay_next's seconds gets APITimeoutError."""
-    fake.delay_next(3.0)
+    fake.delay_next(seconds=3.0)
     timeout = Timeout(connect=1.0, read=0.1, total=1.0)
     async with AsyncNebulaClient(KEY, base_url=fake.base_url, timeout=timeout, max_retries=0) as client:
         with pytest.raises(APITimeoutError):
@@ -291,8 +291,8 @@ async def test_sdk_raises_connection_error_when_disconnects_outlast_retries(fake
 async def test_drop_stream_after_sends_exactly_k_events(
     fake: FakeNebulaServer, http: aiohttp.ClientSession, events: int
 ) -> None:
-    """drop_stream_after(k) sends exactly k whole events, then breaks the body."""
-    fake.drop_stream_after(events)
+    """drop_stream_after(events=k) sends exactly k whole events, then breaks the body."""
+    fake.drop_stream_after(events=events)
     received = await _read_broken_stream(http, fake)
     assert received.endswith(b"\n\n") or received == b""
     assert [e["finish_reason"] for e in _events(received)] == [None] * events
@@ -304,7 +304,7 @@ async def test_sdk_delivers_k_chunks_then_raises_connection_error(
     fake: FakeNebulaServer, events: int
 ) -> None:
     """Over a dropped stream the SDK delivers the k chunks sent, then raises APIConnectionError."""
-    fake.drop_stream_after(events)
+    fake.drop_stream_after(events=events)
     chunks: list[TextChunk] = []
     async with AsyncNebulaClient(KEY, base_url=fake.base_url, max_retries=0) as client:
         with pytest.raises(APIConnectionError):
@@ -315,7 +315,7 @@ async def test_sdk_delivers_k_chunks_then_raises_connection_error(
 
 async def test_sdk_retries_a_stream_dropped_before_its_first_chunk(fake: FakeNebulaServer) -> None:
     """A stream dropped after 0 events is retried by the SDK, and the retry streams the whole text."""
-    fake.drop_stream_after(0)
+    fake.drop_stream_after(events=0)
     async with AsyncNebulaClient(KEY, base_url=fake.base_url, retry=FAST_RETRY) as client:
         whole = await client.generate_text(model=MODEL, prompt=PROMPT, max_tokens=10)
         async with client.stream_text(model=MODEL, prompt=PROMPT, max_tokens=10) as stream:
@@ -327,8 +327,8 @@ async def test_sdk_retries_a_stream_dropped_before_its_first_chunk(fake: FakeNeb
 async def test_error_event_after_sends_k_events_then_an_error_event(
     fake: FakeNebulaServer, http: aiohttp.ClientSession
 ) -> None:
-    """error_event_after(2) sends two events, then an error envelope as an event, then ends cleanly."""
-    fake.error_event_after(2, code="rate_limit_exceeded")
+    """error_event_after(events=2) sends two events, then an error envelope as an event, then ends cleanly."""
+    fake.error_event_after(events=2, code="rate_limit_exceeded")
     reply = await _post(http, fake, _body(stream=True))
     assert reply.status == 200
     events = _events(reply.body)
@@ -342,7 +342,7 @@ async def test_error_event_after_sends_k_events_then_an_error_event(
 
 async def test_sdk_raises_rate_limit_error_mid_stream(fake: FakeNebulaServer) -> None:
     """The SDK delivers the chunks before a rate_limit_exceeded error event, then raises RateLimitError."""
-    fake.error_event_after(2, code="rate_limit_exceeded")
+    fake.error_event_after(events=2, code="rate_limit_exceeded")
     chunks: list[TextChunk] = []
     async with AsyncNebulaClient(KEY, base_url=fake.base_url, retry=FAST_RETRY) as client:
         with pytest.raises(RateLimitError):
@@ -355,7 +355,7 @@ async def test_stream_faults_wait_for_the_next_valid_stream(
     fake: FakeNebulaServer, http: aiohttp.ClientSession
 ) -> None:
     """A stream fault skips non-streaming requests and rejected streams, and hits the next valid stream."""
-    fake.drop_stream_after(1)
+    fake.drop_stream_after(events=1)
     assert (await _post(http, fake)).status == 200
     assert (await _post(http, fake, _body(stream=True, model="no-such-model"))).status == 404
     assert fake.pending_faults == 1
@@ -385,8 +385,8 @@ async def test_request_faults_are_fifo(fake: FakeNebulaServer, http: aiohttp.Cli
 
 async def test_stream_faults_are_fifo(fake: FakeNebulaServer, http: aiohttp.ClientSession) -> None:
     """Stream faults happen in the order scripted: a drop after 2 events, then an error event after 1."""
-    fake.drop_stream_after(2)
-    fake.error_event_after(1)
+    fake.drop_stream_after(events=2)
+    fake.error_event_after(events=1)
     assert len(_events(await _read_broken_stream(http, fake))) == 2
     events = _events((await _post(http, fake, _body(stream=True))).body)
     assert len(events) == 2
@@ -400,7 +400,7 @@ async def test_reset_clears_faults_requests_and_limits(http: aiohttp.ClientSessi
         assert server.tokens_used() > 0
         assert (await _post(http, server)).status == 429  # over the limit
         server.fail_next(3)
-        server.drop_stream_after(1)
+        server.drop_stream_after(events=1)
         server.reset()
         assert server.pending_faults == 0
         assert server.requests == []
@@ -427,15 +427,15 @@ async def test_reset_clears_faults_requests_and_limits(http: aiohttp.ClientSessi
         ),
         (lambda s: s.html_error_next(status=302), ValueError, r"HTTP error status \(400-599\), got 302"),
         (
-            lambda s: s.delay_next(-0.5),
+            lambda s: s.delay_next(seconds=-0.5),
             ValueError,
             r"seconds must be a finite number of seconds >= 0, got -0.5",
         ),
-        (lambda s: s.delay_next(float("nan")), ValueError, r"seconds must be a finite number"),
-        (lambda s: s.delay_next("1"), TypeError, r"seconds must be a number of seconds, got str"),
+        (lambda s: s.delay_next(seconds=float("nan")), ValueError, r"seconds must be a finite number"),
+        (lambda s: s.delay_next(seconds="1"), TypeError, r"seconds must be a number of seconds, got str"),
         (lambda s: s.disconnect_next(count=-1), ValueError, r"count must be an int >= 1, got -1"),
-        (lambda s: s.drop_stream_after(-1), ValueError, r"events must be an int >= 0, got -1"),
-        (lambda s: s.error_event_after(1, count=0), ValueError, r"count must be an int >= 1, got 0"),
+        (lambda s: s.drop_stream_after(events=-1), ValueError, r"events must be an int >= 0, got -1"),
+        (lambda s: s.error_event_after(events=1, count=0), ValueError, r"count must be an int >= 1, got 0"),
     ],
 )
 def test_fault_arguments_are_checked(script: Any, error: type[Exception], match: str) -> None:

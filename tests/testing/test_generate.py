@@ -12,7 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nebula_async.testing._generate import Generation, count_tokens, default_reply, generate, tokenize
+from nebula_async.testing._generate import (
+    Generation,
+    _cached_reply,
+    count_tokens,
+    default_reply,
+    generate,
+    tokenize,
+)
 
 # Text that exercises every tokenizer branch: words, punctuation, runs of assorted whitespace
 # (including Unicode spaces), multi-byte letters, emoji and combining marks.
@@ -134,7 +141,7 @@ def test_default_reply_is_the_same_in_another_process() -> None:
 def test_default_reply_repeats_without_the_cache() -> None:
     """The same arguments give the same text even when the cache is cold."""
     first = default_reply("m", "prompt", 0.7, 1.0)
-    default_reply.cache_clear()
+    _cached_reply.cache_clear()
     assert default_reply("m", "prompt", 0.7, 1.0) == first
 
 
@@ -160,17 +167,17 @@ def test_default_reply_arguments_do_not_run_together() -> None:
 
 def test_integer_and_float_temperatures_give_the_same_text() -> None:
     """temperature=1 and temperature=1.0 (one JSON number) give the same text, cache or no cache."""
-    default_reply.cache_clear()
+    _cached_reply.cache_clear()
     as_int = default_reply("m", "p", 1, 1)
-    default_reply.cache_clear()
+    _cached_reply.cache_clear()
     assert default_reply("m", "p", 1.0, 1.0) == as_int
 
 
 def test_negative_zero_temperature_gives_the_same_text_as_zero() -> None:
     """temperature -0.0 (valid JSON, accepted by validation) gives the text of 0.0 whatever came first."""
-    default_reply.cache_clear()
+    _cached_reply.cache_clear()
     negative = default_reply("m", "p", -0.0, 1.0)
-    default_reply.cache_clear()
+    _cached_reply.cache_clear()
     assert default_reply("m", "p", 0.0, 1.0) == negative
 
 

@@ -156,7 +156,7 @@ def test_a_taken_port_raises_from_start_and_leaves_nothing_running(taken_port: i
     """start() on a taken port raises OSError and leaves no thread and nothing to stop behind."""
     threads_before = threading.active_count()
     server = FakeNebulaServer(port=taken_port)
-    with pytest.raises(OSError, match="address already in use"):
+    with pytest.raises(OSError, match=r"(?i)address already in use"):
         server.start()
     assert threading.active_count() == threads_before
     with pytest.raises(RuntimeError, match=NOT_RUNNING):
@@ -171,7 +171,7 @@ def test_a_server_that_failed_to_start_can_start_later() -> None:
         blocker.listen()
         port = blocker.getsockname()[1]
         server = FakeNebulaServer(port=port)
-        with pytest.raises(OSError, match="address already in use"):
+        with pytest.raises(OSError, match=r"(?i)address already in use"):
             server.start()
     with server.run_in_thread():
         assert server.port == port
@@ -180,7 +180,7 @@ def test_a_server_that_failed_to_start_can_start_later() -> None:
 async def test_a_taken_port_raises_from_async_with(taken_port: int) -> None:
     """`async with` on a taken port raises OSError and leaves the server not running."""
     server = FakeNebulaServer(port=taken_port)
-    with pytest.raises(OSError, match="address already in use"):
+    with pytest.raises(OSError, match=r"(?i)address already in use"):
         async with server:
             pytest.fail("the body must not run")
     assert "not running" in repr(server)
@@ -257,7 +257,7 @@ def test_a_server_never_stopped_lets_the_interpreter_exit() -> None:
         (
             {"api_keys": "sk-one"},
             TypeError,
-            r"api_keys must be a collection of keys, e.g. api_keys=\{'sk-one'\}",
+            r"api_keys must be a collection of keys, e.g. api_keys=\{'my-key'\}, not one str",
         ),
         ({"api_keys": []}, ValueError, "api_keys must hold at least one key"),
         (

@@ -812,6 +812,7 @@ async def test_reply_callable_that_fails_is_a_500_and_the_server_keeps_serving(
                 await client.generate_text(model=MODEL, prompt="raise")
             assert (await client.generate_text(model=MODEL, prompt="ok")).text == "fine"
     assert (caught.value.code, caught.value.status_code) == ("server_error", 500)
+    assert "ValueError: broken reply" in caught.value.message  # the user's own error, named
     assert len([r for r in caplog.records if r.name == "nebula_async.testing"]) == 5
 
 
