@@ -98,6 +98,7 @@ _HTML_PAGE = (
 )
 
 _running_in_threads: weakref.WeakSet[FakeNebulaServer] = weakref.WeakSet()
+_left_by_fork: list[tuple[BlockingPortal, Any]] = []  # never cleaned up: see stop()
 if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's server threads
     os.register_at_fork(after_in_child=_running_in_threads.clear)
 
@@ -440,7 +441,9 @@ class FakeNebulaServer:
                     )
                 return
             if os.getpid() != self._owner_pid:
-                # A forked child: the server's thread exists only in the parent. Forget it.
+                # A forked child: the server's thread exists only in the parent. Forget it, but keep
+                # the portal referenced: its cleanup would wait forever on that missing thread.
+                _left_by_fork.append((portal, portal_cm))
                 self._portal = self._portal_cm = self._runner = None
                 return
             self._portal = self._portal_cm = None
