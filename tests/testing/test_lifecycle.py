@@ -22,6 +22,7 @@ import pytest
 import nebula_sync
 from nebula_async import AsyncNebulaClient
 from nebula_async.testing import FakeNebulaServer
+from tests.testing._support import refuses
 
 MODEL = "Llama3.3-70B"
 NOT_RUNNING = r"not running: use 'async with', start\(\) or run_in_thread\(\)"
@@ -43,14 +44,6 @@ def _free_port() -> int:
         return port
 
 
-def _refuses(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return False
-    except ConnectionRefusedError:
-        return True
-
-
 async def test_async_with_serves_on_an_ephemeral_port() -> None:
     """`async with` starts the server on 127.0.0.1 and a free port, with a base_url ending in /v1."""
     async with FakeNebulaServer() as server:
@@ -63,7 +56,7 @@ async def test_async_with_serves_on_an_ephemeral_port() -> None:
         async with AsyncNebulaClient(server.api_key, base_url=server.base_url) as client:
             result = await client.generate_text(model=MODEL, prompt="Hi")
         assert result.text
-    assert _refuses(url.port)
+    assert refuses(url.port)
 
 
 def test_start_and_stop_from_sync_code() -> None:
@@ -76,7 +69,7 @@ def test_start_and_stop_from_sync_code() -> None:
         port = server.port
     finally:
         server.stop()
-    assert _refuses(port)
+    assert refuses(port)
     assert threading.active_count() == threads_before
     with pytest.raises(RuntimeError, match=NOT_RUNNING):
         _ = server.base_url
@@ -89,7 +82,7 @@ def test_run_in_thread_serves_for_the_with_block() -> None:
             chunks = [c.text for c in client.stream_text(model=MODEL, prompt="Hi", max_tokens=5)]
         assert len(chunks) == 5
         port = server.port
-    assert _refuses(port)
+    assert refuses(port)
     assert [r.status for r in server.requests] == [200]
 
 
@@ -149,7 +142,7 @@ def test_a_fixed_port_is_used() -> None:
         assert server.base_url == f"http://127.0.0.1:{port}/v1"
         with nebula_sync.NebulaClient(server.api_key, base_url=server.base_url) as client:
             assert client.generate_text(model=MODEL, prompt="Hi").text
-    assert _refuses(port)
+    assert refuses(port)
 
 
 def test_a_taken_port_raises_from_start_and_leaves_nothing_running(taken_port: int) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
+
+from tests.testing._support import run_pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # A new user's project: pytest-asyncio in its default strict mode, loop-scope warning silenced.
@@ -22,26 +21,9 @@ def _readme_example() -> str:
     return match.group(1)
 
 
-def _run_pytest(tmp_path: Path, test_file: str, ini: str, *args: str) -> tuple[int, str]:
-    """Write ``test_file`` and ``ini`` into tmp_path, run pytest there; return its exit code and output."""
-    (tmp_path / "test_example.py").write_text(test_file)
-    (tmp_path / "pytest.ini").write_text(ini)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "NEBULA_"))}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=25,
-        check=False,
-    )
-    return done.returncode, done.stdout + done.stderr
-
-
 def test_readme_example_passes_in_a_new_project(tmp_path: Path) -> None:
     """README's complete test file passes as is, with pytest-asyncio in strict mode: 3 passed, no warnings."""
-    code, output = _run_pytest(tmp_path, _readme_example(), STRICT_INI)
+    code, output = run_pytest(tmp_path, _readme_example(), STRICT_INI)
     assert code == 0, output
     assert re.search(r"^3 passed in ", output, flags=re.MULTILINE), output
     assert "warning" not in output.lower(), output
@@ -96,7 +78,7 @@ async def test_own_async_client_without_a_mark(nebula_server):
 
 def test_fixtures_work_in_auto_mode(tmp_path: Path) -> None:
     """Under asyncio_mode=auto, strict markers, warnings as errors: marker kwargs, fresh servers, clients."""
-    code, output = _run_pytest(tmp_path, FIXTURE_TESTS, AUTO_INI, "--strict-markers")
+    code, output = run_pytest(tmp_path, FIXTURE_TESTS, AUTO_INI, "--strict-markers")
     assert code == 0, output
     assert re.search(r"^6 passed in ", output, flags=re.MULTILINE), output
 
@@ -118,7 +100,7 @@ def test_unknown_keyword(nebula_server):
 
 def test_marker_misuse_fails_with_a_clear_error(tmp_path: Path) -> None:
     """The marker with positional arguments fails with a usage error; an unknown keyword names itself."""
-    code, output = _run_pytest(tmp_path, textwrap.dedent(MARKER_MISUSE), STRICT_INI)
+    code, output = run_pytest(tmp_path, textwrap.dedent(MARKER_MISUSE), STRICT_INI)
     assert code == 1, output
     assert re.search(r"^2 errors in ", output, flags=re.MULTILINE), output
     assert "UsageError: @pytest.mark.nebula_server takes keyword arguments only" in output

@@ -45,19 +45,12 @@ from nebula_async.testing import (
     default_reply,
     tokenize,
 )
+from tests.testing._support import REFERENCE_MODELS
 
 MODEL = "Llama3.3-70B"
 KEY = "sk-protocol-test-key"
 PATH = "/text/generate"
 NO_RETRY = RetryPolicy(max_retries=0)
-REFERENCE_MODELS = [
-    "DeepSeek-V3-0324",
-    "DeepSeek-R1-Distill-Llama-70B",
-    "DeepSeek-R1-Distill-Qwen-32B",
-    "Llama3.3-70B",
-    "Qwen-QwQ-32B",
-    "Qwen2.5-Coder-32B",
-]
 UNICODE_REPLY = "Grüße, 世界! naïve café 😀 — ok\n\tdone"
 LONG_REPLY = " ".join(f"w{i}" for i in range(300))  # 300 tokens: "w0", " w1", ...
 FIVE_WORDS = "one two three four five"

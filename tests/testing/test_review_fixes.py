@@ -28,6 +28,7 @@ import pytest
 
 from nebula_async import GenerateRequest
 from nebula_async.testing import FakeModel, FakeNebulaServer, RecordedRequest, _generate
+from tests.testing._support import refuses, run_pytest
 
 KEY = "sk-distinctive-SECRET-4fQ9zW"  # any sighting of it in a log or a diff is a leak
 MODEL = "Llama3.3-70B"
@@ -59,14 +60,6 @@ def _post(
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code, dict(exc.headers), json.loads(exc.read())
-
-
-def _refuses(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return False
-    except ConnectionRefusedError:
-        return True
 
 
 def _wait_until(condition: Callable[[], bool]) -> None:
@@ -273,7 +266,7 @@ def test_stop_inside_a_reply_function_raises_and_the_server_keeps_serving() -> N
         port = server.port
     finally:
         server.stop()
-    assert _refuses(port)
+    assert refuses(port)
 
 
 def test_astop_from_another_event_loop_raises_and_leaves_it_running() -> None:
@@ -286,7 +279,7 @@ def test_astop_from_another_event_loop_raises_and_leaves_it_running() -> None:
         port = server.port
     finally:
         server.stop()
-    assert _refuses(port)
+    assert refuses(port)
 
 
 # --- 9, 10. stopping leaks nothing ---------------------------------------------------------------
@@ -565,20 +558,8 @@ async def test_async_client_gets_the_marker(nebula_server, nebula_client):
 
 def test_plugin_markers_merge_and_reach_both_clients(tmp_path: Path) -> None:
     """nebula_server markers merge per key, the closest winning; nebula_client reaches both clients."""
-    (tmp_path / "test_markers.py").write_text(PLUGIN_TESTS)
-    (tmp_path / "pytest.ini").write_text(PLUGIN_INI)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "NEBULA_"))}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--strict-markers"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=25,
-        check=False,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
+    code, output = run_pytest(tmp_path, PLUGIN_TESTS, PLUGIN_INI, "--strict-markers")
+    assert code == 0, output
     assert re.search(r"^4 passed in ", output, flags=re.MULTILINE), output
 
 

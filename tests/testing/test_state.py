@@ -22,18 +22,10 @@ from nebula_async.testing._state import (
     merge_models,
     seconds_header,
 )
+from tests.testing._support import REFERENCE_MODELS
 
 # Distinctive enough that finding it anywhere in a repr can only mean a leak.
 SECRET = "sk-live-SECRET-7f3a9c1e"
-
-REFERENCE_MODELS = [
-    "DeepSeek-V3-0324",
-    "DeepSeek-R1-Distill-Llama-70B",
-    "DeepSeek-R1-Distill-Qwen-32B",
-    "Llama3.3-70B",
-    "Qwen-QwQ-32B",
-    "Qwen2.5-Coder-32B",
-]
 
 
 class FakeClock:
