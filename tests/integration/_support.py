@@ -34,6 +34,7 @@ HELLO = "Hello, World!"
 # Retries that wait about a millisecond: the tests measure behaviour, not backoff.
 FAST_RETRY = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.002)
 NO_RETRY = RetryPolicy(max_retries=0)
+STALL = 5.0  # a handler stalls this long; it is cancelled as soon as its client disconnects
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -19,6 +19,7 @@ from tests.conftest import LocalServer
 from tests.helpers import sse, success_body
 from tests.integration._support import (
     HELLO,
+    STALL,
     Handler,
     chunk,
     collect,
@@ -28,8 +29,6 @@ from tests.integration._support import (
     open_stream,
     wait_until,
 )
-
-STALL = 5.0  # a handler stalls this long; it is cancelled as soon as its client disconnects
 
 
 def _track_peers(server: LocalServer, inner: Handler) -> list[object]:

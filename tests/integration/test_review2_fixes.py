@@ -22,7 +22,6 @@ from nebula_async import (
     APIConnectionError,
     AsyncNebulaClient,
     InvalidRequestError,
-    RetryPolicy,
     ServerError,
     TextGeneration,
 )
@@ -31,8 +30,10 @@ from tests.conftest import LocalServer
 from tests.helpers import error_body
 from tests.integration._support import (
     CALLS,
+    FAST_RETRY,
     NO_RETRY,
     SECRET_KEY,
+    STALL,
     Handler,
     RawConnection,
     RawServer,
@@ -44,8 +45,6 @@ from tests.integration._support import (
     wait_until,
 )
 
-STALL = 5.0  # a handler stalls this long; it is cancelled as soon as its client disconnects
-RETRYING = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.002)
 CLOSED_MID_CALL = "closed while the call was running"
 
 Call = Callable[[AsyncNebulaClient], Awaitable[object]]
@@ -59,7 +58,7 @@ async def test_aclose_fails_calls_waiting_for_a_pooled_connection_with_runtime_e
 ) -> None:
     """aclose() ends the call holding the only connection and the two queued behind it with RuntimeError."""
     fake.delay_next(3, seconds=STALL)
-    client = make_client(fake.base_url, max_connections=1, retry=RETRYING)
+    client = make_client(fake.base_url, max_connections=1, retry=FAST_RETRY)
     tasks = [asyncio.create_task(client.generate_text(model="m", prompt=f"p{i}")) for i in range(3)]
     await wait_until(lambda: len(fake.requests) == 1)  # p0 holds the connection; p1 and p2 wait for it
     await client.aclose()
@@ -76,7 +75,7 @@ async def test_aclose_fails_calls_waiting_for_a_pooled_connection_with_runtime_e
 async def test_call_cancelled_by_its_caller_while_aclose_runs_stays_cancelled(fake: FakeNebulaServer) -> None:
     """A queued call that its caller cancels while aclose() runs still ends cancelled."""
     fake.delay_next(2, seconds=STALL)
-    client = make_client(fake.base_url, max_connections=1, retry=RETRYING)
+    client = make_client(fake.base_url, max_connections=1, retry=FAST_RETRY)
     holder = asyncio.create_task(client.generate_text(model="m", prompt="p0"))
     queued = asyncio.create_task(client.generate_text(model="m", prompt="p1"))
     await wait_until(lambda: len(fake.requests) == 1)
@@ -91,7 +90,7 @@ async def test_call_cancelled_by_its_caller_while_aclose_runs_stays_cancelled(fa
 async def test_generate_many_over_a_client_being_closed_raises_runtime_error(fake: FakeNebulaServer) -> None:
     """generate_many(return_exceptions=True) over a client being closed raises RuntimeError."""
     fake.delay_next(3, seconds=STALL)
-    client = make_client(fake.base_url, max_connections=1, retry=RETRYING)
+    client = make_client(fake.base_url, max_connections=1, retry=FAST_RETRY)
     batch = asyncio.create_task(
         client.generate_many(
             [{"model": "m", "prompt": f"p{i}"} for i in range(3)], concurrency=3, return_exceptions=True
@@ -211,7 +210,7 @@ async def test_stream_cancelled_while_sleeping_before_a_retry_is_failed(
     caplog.set_level(logging.WARNING, logger="nebula_async")
     fake.fail_next(status=429, code="rate_limit_exceeded", message="slow down", retry_after=0.5)
     fake.replies["p"] = "next call"
-    async with make_client(fake.base_url, max_connections=1, retry=RETRYING) as client:
+    async with make_client(fake.base_url, max_connections=1, retry=FAST_RETRY) as client:
         stream = client.stream_text(model="m", prompt="p")
         reader = asyncio.create_task(collect(stream))
         await wait_until(lambda: any("retrying in" in r.getMessage() for r in caplog.records))
@@ -244,7 +243,7 @@ def _late(status: int, body: object, delay: float = 0.2) -> Handler:
 async def _call_across_aclose(server: LocalServer | FakeNebulaServer) -> object:
     """Start a call on a caller's session, aclose() the client while it is in flight; return its outcome."""
     async with aiohttp.ClientSession() as session:
-        client = make_client(server.base_url, session=session, retry=RETRYING)
+        client = make_client(server.base_url, session=session, retry=FAST_RETRY)
         call = asyncio.create_task(client.generate_text(model="m", prompt="p"))
         await wait_until(lambda: len(server.requests) == 1)  # sent; the answer is 0.2 s away
         await client.aclose()

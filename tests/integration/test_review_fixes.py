@@ -32,7 +32,6 @@ from nebula_async import (
     APITimeoutError,
     AsyncNebulaClient,
     InsufficientQuotaError,
-    RetryPolicy,
     TextStream,
     Timeout,
 )
@@ -41,10 +40,12 @@ from tests.conftest import LocalServer
 from tests.helpers import sse, success_body
 from tests.integration._support import (
     CALLS,
+    FAST_RETRY,
     HELLO,
     NO_RETRY,
     SECRET_KEY,
     SSE_HEAD_UNTIL_CLOSE,
+    STALL,
     Handler,
     RawConnection,
     RawServer,
@@ -60,8 +61,6 @@ from tests.integration._support import (
 )
 from tests.integration._tls import self_signed_cert, server_context, trusting_context
 
-STALL = 5.0  # a handler stalls this long; it is cancelled as soon as its client disconnects
-RETRYING = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.002)
 BOM = b"\xef\xbb\xbf"
 
 Call = Callable[[AsyncNebulaClient], Awaitable[object]]
@@ -97,7 +96,7 @@ async def test_cancelled_read_makes_the_stream_fail_without_resending(
 ) -> None:
     """A read cancelled by wait_for leaves a stream that raises RuntimeError and never sends again."""
     server.handler = _stream_then_json(*(sse(chunk(text)) for text in delivered))
-    async with make_client(server.base_url, retry=RETRYING, max_connections=1) as client:
+    async with make_client(server.base_url, retry=FAST_RETRY, max_connections=1) as client:
         stream = client.stream_text(model="m", prompt="p")
         received = [(await asyncio.wait_for(anext(stream), 2)).text for _ in delivered]
         with pytest.raises(asyncio.TimeoutError):
@@ -118,7 +117,7 @@ async def test_stream_failed_midway_raises_runtime_error_when_iterated_again(ser
     """A stream cut before its final event raises APIConnectionError, then RuntimeError; one request."""
     server.handler = stream_handler(sse(chunk("Hello")), sse(chunk(" world")), delay=0.01)
     received: list[str] = []
-    async with make_client(server.base_url, retry=RETRYING) as client:
+    async with make_client(server.base_url, retry=FAST_RETRY) as client:
         stream = client.stream_text(model="m", prompt="p")
         with pytest.raises(APIConnectionError, match="before its final event") as first:
             await collect(stream, received)
@@ -137,7 +136,7 @@ async def test_aclose_from_another_task_during_the_first_read(fake: FakeNebulaSe
     """aclose() while another task awaits the first event makes it raise RuntimeError; one request."""
     fake.time_to_first_token = STALL  # headers at once, then no event for STALL s
     received: list[str] = []
-    async with make_client(fake.base_url, retry=RETRYING) as client:
+    async with make_client(fake.base_url, retry=FAST_RETRY) as client:
         stream = client.stream_text(model="m", prompt="p")
         reader = asyncio.create_task(collect(stream, received))
         await wait_until(lambda: stream.request_id is not None)  # the response is open: the read is pending
@@ -155,7 +154,7 @@ async def test_aclose_from_another_task_while_waiting_for_headers(fake: FakeNebu
     """aclose() while another task awaits the response headers makes it raise RuntimeError, no chunk."""
     fake.delay_next(seconds=0.2)  # then the stream, "Hello, World!"
     received: list[str] = []
-    async with make_client(fake.base_url, retry=RETRYING) as client:
+    async with make_client(fake.base_url, retry=FAST_RETRY) as client:
         stream = client.stream_text(model="m", prompt="p")
         reader = asyncio.create_task(collect(stream, received))
         await wait_until(lambda: len(fake.requests) == 1)  # sent; the headers are 0.2 s away
@@ -199,7 +198,7 @@ async def test_caller_session_with_raise_for_status_still_gets_mapped_errors(
     fake.fail_next(3, status=429, code="insufficient_quota", message="no credits")
     async with (
         aiohttp.ClientSession(raise_for_status=True) as session,
-        make_client(fake.base_url, session=session, retry=RETRYING) as client,
+        make_client(fake.base_url, session=session, retry=FAST_RETRY) as client,
     ):
         with pytest.raises(InsufficientQuotaError) as info:
             await call(client)
@@ -242,7 +241,7 @@ async def test_redirect_is_not_followed(status: int, call: Call) -> None:
             return web.Response(status=status, headers={"Location": "/v2/text/generate"})
         return web.json_response(success_body("followed"))  # reached only if the redirect was followed
 
-    async with _catch_all(moved) as (base_url, seen), make_client(base_url, retry=RETRYING) as client:
+    async with _catch_all(moved) as (base_url, seen), make_client(base_url, retry=FAST_RETRY) as client:
         with pytest.raises(APIError) as info:
             await call(client)
     assert seen == [("POST", "/v1/text/generate")]
@@ -289,7 +288,7 @@ async def test_untrusted_certificate_is_not_retried(
 
     async with RawServer(handle) as raw:
         base_url = f"https://127.0.0.1:{raw.port}/v1"
-        async with make_client(base_url, retry=RETRYING) as client:
+        async with make_client(base_url, retry=FAST_RETRY) as client:
             with pytest.raises(APIConnectionError, match=r"(?i)certificate") as info:
                 await client.generate_text(model="m", prompt="p")
         await wait_until(lambda: len(handshakes) == raw.connections)  # the server saw each refusal
@@ -348,7 +347,7 @@ async def test_done_before_the_final_event_is_a_connection_error(server: LocalSe
     """``data: [DONE]`` before any finish_reason raises APIConnectionError, after the text before it."""
     server.handler = stream_handler(sse(chunk("Hel")) + b"data: [DONE]\n\n")
     received: list[str] = []
-    async with make_client(server.base_url, retry=RETRYING) as client:
+    async with make_client(server.base_url, retry=FAST_RETRY) as client:
         stream = client.stream_text(model="m", prompt="p")
         with pytest.raises(APIConnectionError, match=r"\[DONE\] before its final event"):
             await collect(stream, received)

@@ -19,10 +19,9 @@ from nebula_async import APIConnectionError, APITimeoutError, RetryPolicy, Timeo
 from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
 from tests.helpers import sse
-from tests.integration._support import NO_RETRY, chunk, collect, make_client, open_stream
+from tests.integration._support import NO_RETRY, STALL, chunk, collect, make_client, open_stream
 
 # Long enough that no test could pass by waiting it out; a handler is cancelled when its client leaves.
-STALL = 5.0
 
 
 def _stall_after_one_event(fake: FakeNebulaServer) -> None:
