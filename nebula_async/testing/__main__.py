@@ -53,8 +53,10 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(server: FakeNebulaServer, *, any_key: bool) -> None:
     stop = asyncio.Event()
     with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' loop
-        # Before the banner: whoever reads it may send SIGTERM at once.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        # Before the banner: whoever reads it may signal at once. SIGINT too: a KeyboardInterrupt
+        # raised at a random point of the loop (Python 3.10's asyncio.run) can skip the clean stop.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     async with server:
         keys = "any non-empty Bearer key" if any_key else "the --api-key keys only"
         print(f"FakeNebulaServer at {server.base_url} ({keys}; Ctrl-C to stop)", flush=True)
