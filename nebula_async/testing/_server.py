@@ -32,7 +32,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .._models import GenerateRequest
 from ._generate import Generation, count_tokens, default_reply, generate
-from ._state import FakeModel, Fault, Limits, RecordedRequest, Script, merge_models, seconds_header
+from ._state import FakeModel, Fault, Limits, RecordedRequest, Script, check_int, merge_models, seconds_header
 from ._validate import InvalidJSON, Params, Rejection, check_body, decode_body
 
 __all__ = ["DEFAULT_API_KEY", "FakeNebulaServer"]
@@ -163,8 +163,7 @@ class FakeNebulaServer:
             keys.sort()
         if keys is not None and (not keys or not all(isinstance(k, str) and k.strip() for k in keys)):
             raise ValueError("api_keys must hold at least one key, each a non-empty string")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ValueError(f"port must be an int from 0 (any free port) to 65535, got {port!r}")
+        check_int("port", port, 0, 65535, note=" (0: any free port)")
         _check_seconds("time_to_first_token", time_to_first_token)
         _check_seconds("token_delay", token_delay)
         for name, value in (
@@ -172,11 +171,10 @@ class FakeNebulaServer:
             ("requests_per_minute", requests_per_minute),
             ("token_quota", token_quota),
         ):
-            _check_limit(name, value)
-        if max_recorded is not None and (
-            isinstance(max_recorded, bool) or not isinstance(max_recorded, int) or max_recorded < 0
-        ):
-            raise ValueError(f"max_recorded must be an int >= 0 or None (keep all), got {max_recorded!r}")
+            if value is not None:
+                check_int(name, value, 1, note=" or None (no limit)")
+        if max_recorded is not None:
+            check_int("max_recorded", max_recorded, 0, note=" or None (keep all)")
         if reply is not None and not callable(reply):
             raise TypeError("reply must be a function from a GenerateRequest to the reply text")
         self.models: dict[str, FakeModel] = merge_models(models, default_models=default_models)
@@ -204,7 +202,6 @@ class FakeNebulaServer:
         self._id_prefix = secrets.token_hex(4)
         self._access_log = access_log
         self._runner: web.ServerRunner | None = None
-        self._bound_port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: socket.socket | None = None
         self._portal: BlockingPortal | None = None
@@ -233,7 +230,9 @@ class FakeNebulaServer:
             raise RuntimeError(
                 "the FakeNebulaServer is not running: use 'async with', start() or run_in_thread()"
             )
-        return self._bound_port
+        assert self._listener is not None  # set together with _runner
+        port: int = self._listener.getsockname()[1]
+        return port
 
     @property
     def api_key(self) -> str:
@@ -269,10 +268,10 @@ class FakeNebulaServer:
         ``retry_after`` seconds go out as ``Retry-After`` (whole seconds, rounded up) and
         ``retry-after-ms`` (exact).
         """
-        _check_count(count)
+        check_int("count", count, 1)
         if status is None:
             status = _STATUS_BY_CODE.get(code or "server_error", 500)
-        _check_status(status)
+        check_int("status", status, 400, 599, note=" (an HTTP error status)")
         if retry_after is not None:
             _check_seconds("retry_after", retry_after)
         code = code or _DEFAULT_CODES.get(status) or ("server_error" if status >= 500 else "invalid_request")
@@ -284,19 +283,19 @@ class FakeNebulaServer:
 
     def html_error_next(self, count: int = 1, *, status: int = 502) -> None:
         """Answer the next ``count`` requests with an HTML error page, as a proxy in front of an API does."""
-        _check_count(count)
-        _check_status(status)
+        check_int("count", count, 1)
+        check_int("status", status, 400, 599, note=" (an HTTP error status)")
         self._script.add(Fault("html", status=status), count)
 
     def delay_next(self, count: int = 1, *, seconds: float) -> None:
         """Hold the next ``count`` requests for ``seconds`` before answering them normally."""
-        _check_count(count)
+        check_int("count", count, 1)
         _check_seconds("seconds", seconds)
         self._script.add(Fault("delay", seconds=seconds), count)
 
     def disconnect_next(self, count: int = 1) -> None:
         """Close the connection of the next ``count`` requests without answering."""
-        _check_count(count)
+        check_int("count", count, 1)
         self._script.add(Fault("disconnect"), count)
 
     def drop_stream_after(self, count: int = 1, *, events: int) -> None:
@@ -305,8 +304,8 @@ class FakeNebulaServer:
         The cut always comes before the final event: a stream shorter than ``events + 1`` events is
         cut just before its last one. ``events=0`` cuts right after the response headers.
         """
-        _check_count(count)
-        _check_events(events)
+        check_int("count", count, 1)
+        check_int("events", events, 0)
         self._script.add(Fault("drop_stream", events=events), count)
 
     def error_event_after(
@@ -322,8 +321,8 @@ class FakeNebulaServer:
 
         Like drop_stream_after, the error always comes before the final event would have.
         """
-        _check_count(count)
-        _check_events(events)
+        check_int("count", count, 1)
+        check_int("events", events, 0)
         text = message or _DEFAULT_MESSAGES.get(code, code)
         self._script.add(Fault("error_event", code=code, message=text, details=details, events=events), count)
 
@@ -369,7 +368,6 @@ class FakeNebulaServer:
             await runner.cleanup()
             listener.close()
             raise
-        self._bound_port = listener.getsockname()[1]
         self._listener, self._loop, self._runner = listener, loop, runner
         return self
 
@@ -717,27 +715,3 @@ def _check_seconds(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
     if not (value >= 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-
-
-def _check_limit(name: str, value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1 (or None for no limit), got {value}")
-
-
-def _check_status(status: object) -> None:
-    if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
-        raise ValueError(f"status must be an HTTP error status (400-599), got {status!r}")
-
-
-def _check_count(count: object) -> None:
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be an int >= 1, got {count!r}")
-
-
-def _check_events(events: object) -> None:
-    if isinstance(events, bool) or not isinstance(events, int) or events < 0:
-        raise ValueError(f"events must be an int >= 0, got {events!r}")

@@ -418,14 +418,18 @@ async def test_reset_clears_faults_requests_and_limits(http: aiohttp.ClientSessi
         (
             lambda s: s.fail_next(status=200),
             ValueError,
-            r"status must be an HTTP error status \(400-599\), got 200",
+            r"status must be an int from 400 to 599 \(an HTTP error status\), got 200",
         ),
         (
             lambda s: s.fail_next(retry_after=-1),
             ValueError,
             r"retry_after must be a finite number of seconds >= 0",
         ),
-        (lambda s: s.html_error_next(status=302), ValueError, r"HTTP error status \(400-599\), got 302"),
+        (
+            lambda s: s.html_error_next(status=302),
+            ValueError,
+            r"status must be an int from 400 to 599 \(an HTTP error status\), got 302",
+        ),
         (
             lambda s: s.delay_next(seconds=-0.5),
             ValueError,

@@ -153,10 +153,17 @@ def test_max_recorded_keeps_only_the_last_n_requests() -> None:
         assert server.requests == []
 
 
-@pytest.mark.parametrize("value", [-1, True, "3"])
-def test_max_recorded_rejects_a_bad_value(value: object) -> None:
-    """max_recorded that is negative, a bool or a str raises ValueError."""
-    with pytest.raises(ValueError, match=r"max_recorded must be an int >= 0 or None"):
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (-1, ValueError, r"max_recorded must be an int >= 0 or None \(keep all\), got -1"),
+        (True, TypeError, r"max_recorded must be an int or None \(keep all\), got bool"),
+        ("3", TypeError, r"max_recorded must be an int or None \(keep all\), got str"),
+    ],
+)
+def test_max_recorded_rejects_a_bad_value(value: object, error: type[Exception], match: str) -> None:
+    """max_recorded that is negative raises ValueError; a bool or a str raises TypeError."""
+    with pytest.raises(error, match=match):
         FakeNebulaServer(max_recorded=value)  # type: ignore[arg-type]  # deliberately not an int
 
 

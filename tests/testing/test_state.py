@@ -93,6 +93,23 @@ def test_default_models_false_keeps_only_the_given_ones() -> None:
     assert table == {"a": FakeModel("a"), "b": FakeModel("b", 5)}
 
 
+@pytest.mark.parametrize(
+    ("name", "context_length", "error", "match"),
+    [
+        ("m", 0, ValueError, r"^context_length must be an int >= 1, got 0$"),
+        ("m", 8.5, TypeError, r"^context_length must be an int, got float$"),
+        ("m", True, TypeError, r"^context_length must be an int, got bool$"),
+        ("", 16, TypeError, r"^a model name must be a non-empty str, got ''$"),
+    ],
+)
+def test_a_bad_fake_model_is_refused(
+    name: str, context_length: object, error: type[Exception], match: str
+) -> None:
+    """FakeModel refuses an empty name and a context length that is not an int >= 1, saying which."""
+    with pytest.raises(error, match=match):
+        FakeModel(name, context_length)  # type: ignore[arg-type]  # deliberately not an int
+
+
 @pytest.mark.parametrize("models", ["gpt-4", FakeModel("gpt-4")])
 def test_a_single_model_instead_of_a_list_is_a_type_error(models: str | FakeModel) -> None:
     """A bare string (which would iterate as letters) or one FakeModel raises TypeError with a list hint."""
