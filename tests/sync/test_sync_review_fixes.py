@@ -19,7 +19,7 @@ from nebula_sync import NebulaClient, RetryPolicy
 from tests.helpers import KEY, error_body
 from tests.sync._server import ThreadedServer, call_in_thread, echo, stalled_stream, wait_for
 from tests.sync.conftest import PORTAL_THREAD, portal_threads
-from tests.sync.test_sync_exit import PRELUDE, run_code
+from tests.sync.test_sync_exit import PRELUDE, expect_clean_exit
 
 CLOSED_MID_CALL = "closed while the call was running"
 CLOSED_MID_STREAM = "stream was closed while it was being read"
@@ -144,11 +144,8 @@ print(client.generate_text(model="gpt-4", prompt="after").text)
 @pytest.mark.parametrize("python_options", [(), ("-X", "dev")], ids=["plain", "dev-mode"])
 def test_a_forked_child_exits_promptly_and_quietly(python_options: tuple[str, ...]) -> None:
     """A child forked from a script with a client ends with sys.exit(0) at once; the parent's still works."""
-    proc, elapsed = run_code(PRELUDE + FORK_EXIT_SCRIPT, *python_options)
-    assert proc.stdout == "echo: before\nchild exit code 0 in time\necho: after\n", proc.stderr
-    assert proc.stderr == ""
-    assert proc.returncode == 0
-    assert elapsed < 8.0
+    stdout = "echo: before\nchild exit code 0 in time\necho: after\n"
+    expect_clean_exit(PRELUDE + FORK_EXIT_SCRIPT, stdout, *python_options, within=8.0)
 
 
 # --- an invalid base_url -------------------------------------------------------------------------
@@ -184,11 +181,7 @@ def test_an_invalid_base_url_leaves_nothing_for_exit() -> None:
         print("threads", threading.active_count() - before)
         """
     )
-    proc, elapsed = run_code(code, "-X", "dev")
-    assert proc.stderr == ""
-    assert proc.returncode == 0
-    assert proc.stdout == "ValueError True\nValueError True\nthreads 0\n"
-    assert elapsed < 5.0
+    expect_clean_exit(code, "ValueError True\nValueError True\nthreads 0\n", "-X", "dev")
 
 
 # --- closing a stream after its client -----------------------------------------------------------
@@ -243,11 +236,7 @@ def test_closing_a_half_read_stream_after_the_client_is_quiet_at_exit() -> None:
         print("closed")
         """
     )
-    proc, elapsed = run_code(code, "-X", "dev")
-    assert proc.stderr == ""
-    assert proc.returncode == 0
-    assert proc.stdout == "w0 \nclosed\n"
-    assert elapsed < 5.0
+    expect_clean_exit(code, "w0 \nclosed\n", "-X", "dev")
 
 
 # --- generate_many reads the caller's iterable in the caller's thread ------------------------------
@@ -416,11 +405,7 @@ def test_exit_is_not_held_up_by_a_blocked_input_generator() -> None:
         print("leaving")
         """
     )
-    proc, elapsed = run_code(code)
-    assert proc.stdout == "leaving\n"
-    assert proc.returncode == 0, proc.stderr
-    assert elapsed < 2.0, f"the interpreter took {elapsed:.1f} s to exit"
-    assert proc.stderr == ""
+    expect_clean_exit(code, "leaving\n", within=2.0)
 
 
 # --- close() while other threads are mid-call ----------------------------------------------------
