@@ -21,7 +21,6 @@ from ._config import (
     DEFAULT_MAX_RETRIES,
     ENV_API_KEY,
     ENV_BASE_URL,
-    Headers,
     RetryPolicy,
     Timeout,
     build_headers,
@@ -99,7 +98,6 @@ class AsyncNebulaClient:
         self._drains: dict[asyncio.Task[None], aiohttp.ClientResponse] = {}
         # Built once per client, not per call.
         self._headers = build_headers(key, default_headers)
-        self._stream_headers = Headers({**self._headers, "Accept": "text/event-stream"})
 
     @property
     def base_url(self) -> str:
@@ -257,7 +255,7 @@ class AsyncNebulaClient:
         while True:
             attempt += 1
             try:
-                response = await transport.post(body, self._headers, client_timeout, attempt)
+                response = await transport.post(body, stream=False, timeout=client_timeout, attempt=attempt)
                 raw = await transport.read_body(response)
                 text, usage = parse_generation(response.status, raw, response.headers)
                 return TextGeneration(text, usage, response.headers.get("x-request-id"), attempt - 1)
@@ -290,6 +288,7 @@ class AsyncNebulaClient:
                 url=self._base_url + "/text/generate",
                 max_connections=self._max_connections,
                 session=self._session,
+                headers=self._headers,
             )
         return transport
 

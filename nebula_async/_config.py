@@ -73,7 +73,9 @@ class Timeout:
     """Timeouts in seconds; None disables one.
 
     - ``connect``: opening a TCP connection.
-    - ``read``: the longest wait between two reads from the socket (for streams too).
+    - ``read``: the longest wait between two reads from the socket (for streams too). None by
+      default: a non-streaming answer sends nothing until the whole text is generated, so ``total``
+      is its bound, and ``stream_idle`` a stream's.
     - ``total``: a whole non-streaming call, including waiting for a pooled connection. A stream
       has no overall limit: ``total`` bounds only its wait for a connection, then ``read`` and
       ``stream_idle`` bound its silences.
@@ -82,7 +84,7 @@ class Timeout:
     """
 
     connect: float | None = attrs.field(default=10.0, validator=_seconds_or_none)
-    read: float | None = attrs.field(default=60.0, validator=_seconds_or_none)
+    read: float | None = attrs.field(default=None, validator=_seconds_or_none)
     total: float | None = attrs.field(default=600.0, validator=_seconds_or_none)
     stream_idle: float | None = attrs.field(default=120.0, validator=_seconds_or_none)
 

@@ -1,22 +1,21 @@
 """The aiohttp boundary: session lifecycle, sending and reading, and mapping aiohttp's errors to ours.
 
 Imported on first use, not with the package: aiohttp takes longer to import than the rest of the SDK.
-Every aiohttp call that can fail on the network is made here, inside ``_map_transport_errors``.
+Every aiohttp call that can fail on the network is made here, and its errors mapped by ``_map_error``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ._config import CLIENT_CLOSED, Timeout
+from ._config import CLIENT_CLOSED, Headers, Timeout
 from ._errors import APIConnectionError, APITimeoutError
 
 __all__ = ["Transport"]
@@ -43,18 +42,15 @@ def _describe(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-@contextlib.contextmanager
-def _map_transport_errors(request_id: str | None = None) -> Iterator[None]:
-    try:
-        yield
-    except asyncio.TimeoutError as exc:  # first: aiohttp's timeouts are also ClientConnectionErrors
-        raise APITimeoutError("timed out waiting for the API", request_id=request_id) from exc
-    except _TRANSPORT_ERRORS as exc:
-        if isinstance(exc, aiohttp.ClientResponseError):
-            _redact(exc)  # chained below: its request_info holds our headers, and so the key
-        error = APIConnectionError(f"connection to the API failed: {_describe(exc)}", request_id=request_id)
-        error._permanent = isinstance(exc, _PERMANENT_ERRORS)
-        raise error from exc
+def _map_error(exc: BaseException, request_id: str | None = None) -> APIConnectionError:
+    """Return our error for an aiohttp or timeout error (a function: a context manager per call costs)."""
+    if isinstance(exc, asyncio.TimeoutError):  # first: aiohttp's timeouts are also ClientConnectionErrors
+        return APITimeoutError("timed out waiting for the API", request_id=request_id)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        _redact(exc)  # chained by the caller: its request_info holds our headers, and so the key
+    error = APIConnectionError(f"connection to the API failed: {_describe(exc)}", request_id=request_id)
+    error._permanent = isinstance(exc, _PERMANENT_ERRORS)
+    return error
 
 
 def _redact(exc: aiohttp.ClientResponseError) -> None:
@@ -78,11 +74,27 @@ async def _read_to_end(response: aiohttp.ClientResponse) -> bool:
 class Transport:
     """One client's ClientSession: made lazily in the running loop, or the caller's, never closed by us."""
 
-    def __init__(self, *, url: str, max_connections: int, session: aiohttp.ClientSession | None) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        max_connections: int,
+        session: aiohttp.ClientSession | None,
+        headers: Mapping[str, str],
+    ) -> None:
         self.url = URL(url)
         self._max_connections = max_connections
         self._session = session
         self._owned = session is None
+        self._headers = headers
+        # What each call passes: on a session of ours, our headers are its defaults, which aiohttp copies
+        # in C, instead of merging a dict of them into every request. A caller's session gets them all.
+        stream_headers = {**headers, "Accept": "text/event-stream"}
+        self._call_headers: dict[bool, Mapping[str, str] | None] = (
+            {False: None, True: {"Accept": "text/event-stream"}}
+            if self._owned
+            else {False: headers, True: Headers(stream_headers)}
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._timeouts: dict[tuple[Timeout, bool], aiohttp.ClientTimeout] = {}
@@ -105,7 +117,7 @@ class Transport:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None), headers=self._headers
             )
         return self._session
 
@@ -130,22 +142,24 @@ class Transport:
         return cached
 
     async def post(
-        self, body: bytes, headers: Mapping[str, str], timeout: aiohttp.ClientTimeout, attempt: int
+        self, body: bytes, *, stream: bool, timeout: aiohttp.ClientTimeout, attempt: int
     ) -> aiohttp.ClientResponse:
         """Send one request and return the response with its body unread."""
         session = self._get_session()
         started = time.monotonic()
         try:
-            with _map_transport_errors():
+            try:
                 response = await session.post(
                     self.url,
                     data=body,
-                    headers=headers,
+                    headers=self._call_headers[stream],
                     timeout=timeout,
                     # The status is ours to map, and a redirect would turn the POST into a GET.
                     raise_for_status=False,
                     allow_redirects=False,
                 )
+            except _TRANSPORT_ERRORS as exc:
+                raise _map_error(exc) from exc
         except asyncio.CancelledError:
             # Closing the pool cancels the calls waiting for one of its connections: that is our
             # aclose(), not a cancellation of the caller's task (which, on 3.11+, we can tell apart).
@@ -168,16 +182,19 @@ class Transport:
     async def read_body(response: aiohttp.ClientResponse) -> bytes:
         """Read a whole body and release the connection."""
         try:
-            with _map_transport_errors(response.headers.get("x-request-id")):
-                return await response.read()
+            return await response.read()
+        except _TRANSPORT_ERRORS as exc:
+            raise _map_error(exc, response.headers.get("x-request-id")) from exc
         finally:
             response.release()
 
     @staticmethod
     async def read_chunk(response: aiohttp.ClientResponse, request_id: str | None) -> bytes:
         """Return the next bytes that arrived (as many as there are), or b"" at the end of the body."""
-        with _map_transport_errors(request_id):
+        try:
             return await response.content.readany()
+        except _TRANSPORT_ERRORS as exc:
+            raise _map_error(exc, request_id) from exc
 
     @staticmethod
     async def drain(response: aiohttp.ClientResponse) -> None:

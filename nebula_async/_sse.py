@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 __all__ = ["MAX_LINE_BYTES", "SSEDecoder", "SSEProtocolError", "ServerSentEvent"]
@@ -23,6 +24,10 @@ class ServerSentEvent(NamedTuple):
     event: str = "message"
     id: str | None = None
     retry: int | None = None
+
+
+# tuple.__new__ bound to the class, all in C: cheaper than the generated keyword constructor.
+_make_event = functools.partial(tuple.__new__, ServerSentEvent)
 
 
 class SSEDecoder:
@@ -51,6 +56,50 @@ class SSEDecoder:
         """Consume ``chunk`` and return the events it completes, in order."""
         if not chunk:
             return []
+        if self._skip_lf or self._at_start or b"\r" in chunk:
+            return self._feed_lines(chunk)
+        # The usual case, LF line ends only: the whole lines of a read are decoded in one go (an LF
+        # never sits inside a UTF-8 character) and walked as str, not one bytes line at a time.
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            self._keep_partial(chunk)
+            return []
+        if self._partial:
+            self._partial.append(chunk)
+            chunk = b"".join(self._partial)
+            end += self._partial_len
+            self._partial.clear()
+            self._partial_len = 0
+        events = self._feed_whole_lines(chunk[: end + 1])
+        self._keep_partial(chunk[end + 1 :])  # after: the line-by-line path would read it first
+        return events
+
+    def _feed_whole_lines(self, lines: bytes) -> list[ServerSentEvent]:
+        """Decode ``lines`` (LF-ended, nothing partial before them) at once, and walk them as str."""
+        if len(lines) > MAX_LINE_BYTES:  # only then can one of them be too long
+            return self._feed_lines(lines)
+        try:
+            text = lines[:-1].decode("utf-8")
+        except UnicodeDecodeError:  # the line-by-line path finds the line at fault (it may be a comment)
+            return self._feed_lines(lines)
+        events: list[ServerSentEvent] = []
+        append = events.append
+        data = self._data
+        for line in text.split("\n"):
+            if line.startswith("data:"):
+                data.append(line[6:] if line[5:6] == " " else line[5:])
+            elif not line:
+                if data:  # _dispatch(), inlined: this runs once per event
+                    joined = data[0] if len(data) == 1 else "\n".join(data)
+                    append(_make_event((joined, self._event or "message", self._last_id, self._retry)))
+                    data = self._data = []
+                self._event = ""
+            elif line[0] != ":":
+                self._field(line)
+        return events
+
+    def _feed_lines(self, chunk: bytes) -> list[ServerSentEvent]:
+        """The general path: any line ends, a BOM, and one line decoded at a time."""
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
@@ -109,7 +158,10 @@ class SSEDecoder:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise SSEProtocolError(f"event stream line is not valid UTF-8: {exc.reason}") from exc
-        name, colon, value = text.partition(":")
+        self._field(text)
+
+    def _field(self, line: str) -> None:
+        name, colon, value = line.partition(":")
         if colon and value[:1] == " ":
             value = value[1:]
         if name == "data":
@@ -124,8 +176,8 @@ class SSEDecoder:
         # any other field is ignored, as the spec says
 
     def _dispatch(self) -> ServerSentEvent:
-        data = "\n".join(self._data)
-        event = ServerSentEvent(data, self._event or "message", self._last_id, self._retry)
+        data = self._data[0] if len(self._data) == 1 else "\n".join(self._data)
+        event = _make_event((data, self._event or "message", self._last_id, self._retry))
         self._data = []
         self._event = ""
         return event

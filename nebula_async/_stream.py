@@ -199,7 +199,7 @@ class TextStream:
         self._attempts += 1
         client_timeout = transport.client_timeout(self._timeout, stream=True)
         response = await transport.post(
-            self._body, self._client._stream_headers, client_timeout, self._attempts
+            self._body, stream=True, timeout=client_timeout, attempt=self._attempts
         )
         if self._closed:  # aclose() from another task while we waited for the headers
             response.close()

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import contextvars
+import importlib.util
 import logging
 import os
 import threading
 import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
+import anyio.abc
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from nebula_async import AsyncNebulaClient, GenerateRequest, RetryPolicy, TextGeneration, Timeout
@@ -31,6 +35,20 @@ __all__ = ["NebulaClient"]
 T = TypeVar("T")
 
 logger = logging.getLogger("nebula_async")
+
+# NEBULA_SYNC_UVLOOP=1 runs the client's own event loop on uvloop (the [speed] extra), measured in
+# benchmarks/RESULTS.md. Not the default: uvloop resolves addresses in libuv's thread pool, and libuv
+# then joins those threads at exit even in a forked child, which crashes (SIGSEGV) on its way out.
+ENV_UVLOOP = "NEBULA_SYNC_UVLOOP"
+
+
+def _use_uvloop() -> bool:
+    wanted = os.environ.get(ENV_UVLOOP, "")
+    if wanted not in ("", "0", "1"):
+        raise ValueError(f"{ENV_UVLOOP} must be 1 or 0, got {wanted!r}")
+    if wanted == "1" and importlib.util.find_spec("uvloop") is None:
+        raise RuntimeError(f"{ENV_UVLOOP}=1 needs uvloop: pip install 'nebula-sdk[speed]'")
+    return wanted == "1"
 
 
 class NebulaClient:
@@ -69,13 +87,17 @@ class NebulaClient:
             max_connections=max_connections,
             default_headers=default_headers,
         )
-        portal_cm = start_blocking_portal(name="nebula-sync")
+        options = {"use_uvloop": True} if _use_uvloop() else {}
+        portal_cm = start_blocking_portal(backend_options=options, name="nebula-sync")
         self._portal = portal_cm.__enter__()
         self._pid = os.getpid()
         loop_thread = self._portal.call(threading.get_ident)
+        self._dispatcher = _Dispatcher(self._portal)
         # Runs on close(), on garbage collection and at interpreter exit, whichever comes first:
         # a portal never exited would leave the session unclosed.
-        self._finalizer = weakref.finalize(self, _shutdown, portal_cm, self._portal, self._async, loop_thread)
+        self._finalizer = weakref.finalize(
+            self, _shutdown, portal_cm, self._portal, self._async, loop_thread, self._dispatcher
+        )
         _live_clients.add(self)
         _watch_for_exit()
 
@@ -116,8 +138,8 @@ class NebulaClient:
                 )
             raise RuntimeError(CLIENT_CLOSED)
         try:
-            future = self._portal.start_task_soon(partial(fn, *args, **kwargs))
-        except RuntimeError:  # the portal stopped between the check above and now
+            future = self._dispatcher.submit(fn, args, kwargs)
+        except RuntimeError:  # the loop stopped between the check above and now
             _park_if_exiting()
             raise RuntimeError(CLIENT_CLOSED) from None
         try:
@@ -207,15 +229,106 @@ class NebulaClient:
         return self._run(self._async._generate_many, fed, concurrency, return_exceptions, _serve=fed.serve)
 
 
+_Handles = tuple[asyncio.AbstractEventLoop, anyio.abc.TaskGroup, contextvars.Context]
+
+
+class _Dispatcher:
+    """Starts calls in the portal's event loop with one thread hop there and one back.
+
+    ``BlockingPortal.start_task_soon`` waits for the loop to take the task before returning, a
+    second round trip per call (measured in benchmarks/RESULTS.md): here the caller hands the call
+    over with ``call_soon_threadsafe`` and only waits for its result. The calls run in a task group
+    of the portal's, so stopping the portal cancels them, as it cancels its own tasks.
+    """
+
+    def __init__(self, portal: BlockingPortal) -> None:
+        self._loop, self._group, self._context = portal.start_task(self._serve)[1]
+        self._pending: set[concurrent.futures.Future[Any]] = set()  # settled by close() if never run
+
+    @staticmethod
+    async def _serve(*, task_status: anyio.abc.TaskStatus[_Handles]) -> None:
+        async with anyio.create_task_group() as group:
+            # Callbacks from other threads run in this context: anyio finds its backend in it.
+            task_status.started((asyncio.get_running_loop(), group, contextvars.copy_context()))
+            await anyio.sleep_forever()
+
+    def submit(
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> concurrent.futures.Future[T]:
+        """Schedule ``fn(*args, **kwargs)``; raises RuntimeError if the loop is closed."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        try:
+            self._loop.call_soon_threadsafe(self._spawn, fn, args, kwargs, future, context=self._context)
+        except RuntimeError:
+            self._pending.discard(future)
+            raise
+        return future
+
+    def _spawn(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        future: concurrent.futures.Future[T],
+    ) -> None:
+        try:
+            self._group.start_soon(self._call, fn, args, kwargs, future)
+        except RuntimeError:  # the task group is closing: close() is under way
+            future.cancel()
+
+    async def _call(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        future: concurrent.futures.Future[T],
+    ) -> None:
+        # The future stays pending while the call runs, so that cancel() from the caller's thread
+        # (Ctrl-C) still works; it then cancels the call's scope in the loop.
+        with anyio.CancelScope() as scope:
+            if future.cancelled():
+                return
+
+            def cancel_if_cancelled(done: concurrent.futures.Future[T]) -> None:
+                if done.cancelled():
+                    with contextlib.suppress(RuntimeError):  # the loop closed: the call is over anyway
+                        self._loop.call_soon_threadsafe(scope.cancel, context=self._context)
+
+            future.add_done_callback(cancel_if_cancelled)
+            try:
+                result = await fn(*args, **kwargs)
+            except anyio.get_cancelled_exc_class():
+                future.cancel()
+                raise
+            except BaseException as exc:
+                with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
+                    future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_result(result)
+
+    def cancel_pending(self) -> None:
+        """Cancel the calls the loop never ran (it stopped first): their callers must not wait forever."""
+        for future in list(self._pending):
+            future.cancel()
+
+
 def _shutdown(
     portal_cm: AbstractContextManager[BlockingPortal],
     portal: BlockingPortal,
     client: AsyncNebulaClient,
     loop_thread: int,
+    dispatcher: _Dispatcher,
 ) -> None:
     if threading.get_ident() == loop_thread:
         # Collected inside its own event loop: it can't wait for itself, so another thread does it.
-        threading.Thread(target=_shutdown, args=(portal_cm, portal, client, -1), daemon=True).start()
+        threading.Thread(
+            target=_shutdown, args=(portal_cm, portal, client, -1, dispatcher), daemon=True
+        ).start()
         return
     try:
         try:
@@ -231,6 +344,7 @@ def _shutdown(
                 portal.call(portal.stop, True)
     finally:
         portal_cm.__exit__(None, None, None)
+        dispatcher.cancel_pending()
 
 
 # At interpreter exit the clients are closed (by their finalizers), which ends the calls still

@@ -513,7 +513,9 @@ async def test_api_key_is_not_in_reprs_or_in_our_frames_locals(call: Call) -> No
     try:
         with pytest.raises(APIConnectionError) as info:
             await call(client)
-        shown = [repr(client), repr(vars(client)), repr(client._headers), repr(client._stream_headers)]
+        transport = client._transport
+        assert transport is not None
+        shown = [repr(client), repr(vars(client)), repr(client._headers), repr(vars(transport))]
     finally:
         await client.aclose()
     assert not [text for text in shown if SECRET_KEY in text]

@@ -365,12 +365,12 @@ def _timeouts(mock_api: MockAPI) -> list[aiohttp.ClientTimeout]:
 
 
 async def test_default_timeouts_reach_aiohttp(mock_api: MockAPI) -> None:
-    """A plain call is bounded by the default connect, read and total timeouts."""
+    """A plain call is bounded by the default connect and total timeouts (no read limit by default)."""
     mock_api.post(ENDPOINT, payload=success_body())
     async with make_client() as client:
         await client.generate_text(model="m", prompt="p")
     [timeout] = _timeouts(mock_api)
-    assert (timeout.sock_connect, timeout.sock_read, timeout.total) == (10.0, 60.0, 600.0)
+    assert (timeout.sock_connect, timeout.sock_read, timeout.total) == (10.0, None, 600.0)
 
 
 async def test_per_call_timeout_reaches_aiohttp(mock_api: MockAPI) -> None:
@@ -385,13 +385,13 @@ async def test_per_call_timeout_reaches_aiohttp(mock_api: MockAPI) -> None:
 
 
 async def test_stream_has_no_total_timeout(mock_api: MockAPI) -> None:
-    """A stream keeps connect and read timeouts but no total, which would cut off a long generation."""
+    """A stream keeps connect and a read bound (stream_idle's) but no total: that would cut a long one."""
     mock_stream(mock_api)
     async with make_client() as client:
         await collect(client, model="m", prompt="p")
     [timeout] = _timeouts(mock_api)
     assert timeout.total is None
-    assert (timeout.sock_connect, timeout.sock_read) == (10.0, 60.0)
+    assert (timeout.sock_connect, timeout.sock_read) == (10.0, 120.0)
 
 
 # --- responses -----------------------------------------------------------------------------------
