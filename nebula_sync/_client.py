@@ -300,8 +300,9 @@ class _Dispatcher:
             try:
                 result = await fn(*args, **kwargs)
             except anyio.get_cancelled_exc_class():
+                # Not re-raised into the task group all calls share: a stray CancelledError of one call
+                # would cancel every other. Stopping the portal still ends this task, at its next await.
                 future.cancel()
-                raise
             except BaseException as exc:
                 with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
                     future.set_exception(exc)
