@@ -163,9 +163,7 @@ class RawAiohttp(AsyncClient):
         ) as response:
             async for line in response.content:
                 if line.startswith(b"data: "):
-                    event = json.loads(line[6:])
-                    parts.append(event["text"])
-                    finish = event["finish_reason"]
+                    finish = _take(line[6:], parts)
                     if finish is not None:
                         break
         return _check_stream(parts, finish, "stop", events)
@@ -188,12 +186,17 @@ class RawAiohttpIterAny(RawAiohttp):
                 rest = lines.pop()
                 for line in lines:
                     if line.startswith(b"data: "):
-                        event = json.loads(line[6:])
-                        parts.append(event["text"])
-                        finish = event["finish_reason"]
+                        finish = _take(line[6:], parts)
                 if finish is not None:
                     break
         return _check_stream(parts, finish, "stop", events)
+
+
+def _take(data: bytes | str, parts: list[str]) -> object:
+    """Decode one event's JSON as any raw client must, keep its text, return its finish_reason."""
+    event = json.loads(data)
+    parts.append(event["text"])
+    return event["finish_reason"]
 
 
 def _check_stream(parts: list[str], finish: object, want_finish: str, events: int) -> int:
@@ -335,9 +338,7 @@ class RawHttpx(SyncClient):
         with self.client.stream("POST", self.url, content=_nebula_body(f"bench-sse-{events}", True)) as r:
             for line in r.iter_lines():
                 if line.startswith("data: "):
-                    event = json.loads(line[6:])
-                    parts.append(event["text"])
-                    finish = event["finish_reason"]
+                    finish = _take(line[6:], parts)
                     if finish is not None:
                         break
         return _check_stream(parts, finish, "stop", events)
