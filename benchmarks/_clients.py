@@ -384,6 +384,59 @@ ASYNC_CLIENTS: dict[str, type[AsyncClient]] = {
         OpenAIAsyncAiohttp,
     )
 }
+# --- one thread hop, no HTTP: what a sync call adds to an async one -------------------------------
+
+
+async def _hop_reply() -> str:
+    return WHOLE
+
+
+class NebulaSyncHop(NebulaSync):
+    """nebula_sync's round trip to its event loop alone: a no-op coroutine run there."""
+
+    name = "nebula_sync hop"
+
+    def generate(self) -> None:
+        _check(self.client._run(_hop_reply), WHOLE)
+
+
+class AnyioPortalCall(SyncClient):
+    """anyio's BlockingPortal.call with the same no-op coroutine."""
+
+    name = "anyio portal.call"
+
+    def open(self, base_url: str) -> None:
+        from anyio.from_thread import start_blocking_portal
+
+        self._portal_cm = start_blocking_portal()
+        self.portal = self._portal_cm.__enter__()
+
+    def close(self) -> None:
+        self._portal_cm.__exit__(None, None, None)
+
+    def generate(self) -> None:
+        _check(self.portal.call(_hop_reply), WHOLE)
+
+
+class AnyioStartTaskSoon(AnyioPortalCall):
+    """anyio's BlockingPortal.start_task_soon, waiting for its future."""
+
+    name = "anyio start_task_soon"
+
+    def generate(self) -> None:
+        _check(self.portal.start_task_soon(_hop_reply).result(), WHOLE)
+
+
 SYNC_CLIENTS: dict[str, type[SyncClient]] = {
-    c.name: c for c in (NebulaSync, NebulaSyncUvloop, NebulaSyncStdlibJson, RawHttpx, OpenAISync)
+    c.name: c
+    for c in (
+        NebulaSync,
+        NebulaSyncUvloop,
+        NebulaSyncStdlibJson,
+        RawHttpx,
+        OpenAISync,
+        NebulaSyncHop,
+        AnyioPortalCall,
+        AnyioStartTaskSoon,
+    )
 }

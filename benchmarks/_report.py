@@ -54,7 +54,7 @@ def _medians(scenario: Scenario) -> dict[str, float]:
 
 
 def _scenario_table(scenario: Scenario) -> list[str]:
-    floor = "aiohttp" if scenario.kind == "async" else "httpx"
+    floor = scenario.floor or ("aiohttp" if scenario.kind == "async" else "httpx")
     medians = _medians(scenario)
     per = "event" if scenario.unit == "events/s" else "call"
     extra_floor = "aiohttp iter_any" if "aiohttp iter_any" in medians else None

@@ -45,6 +45,7 @@ class Scenario:
     clients: list[str]
     command: dict[str, Any]
     unit: str = "req/s"
+    floor: str | None = None  # the client the ratios are to: raw aiohttp or raw httpx by default
     results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -103,6 +104,15 @@ def scenarios() -> list[Scenario]:
             [*SYNC_REST, "nebula_sync (stdlib json)"],
             {"threads": 1, "events": 10_000},
             "events/s",
+        ),
+        Scenario(
+            "sync-hop",
+            "Sync, one round trip to the event loop's thread and back (a no-op coroutine, no HTTP)",
+            "sync",
+            ["nebula_sync hop", "anyio portal.call", "anyio start_task_soon"],
+            {"threads": 1},
+            "round trips/s",
+            floor="anyio portal.call",
         ),
     ]
 

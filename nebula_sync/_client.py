@@ -154,7 +154,7 @@ class NebulaClient:
             _park_if_exiting()
             raise RuntimeError("this client was closed while the call was running") from None
         except BaseException:  # KeyboardInterrupt too: cancel the call underneath, then re-raise
-            future.cancel()
+            self._dispatcher.cancel(future)
             _park_if_exiting()
             raise
 
@@ -229,42 +229,71 @@ class NebulaClient:
         return self._run(self._async._generate_many, fed, concurrency, return_exceptions, _serve=fed.serve)
 
 
-_Handles = tuple[asyncio.AbstractEventLoop, anyio.abc.TaskGroup, contextvars.Context]
+_Handles = tuple[asyncio.AbstractEventLoop, contextvars.Context]
 
 
 class _Dispatcher:
-    """Starts calls in the portal's event loop with one thread hop there and one back.
+    """Runs calls in the portal's event loop with one thread hop there and one back.
 
-    ``BlockingPortal.start_task_soon`` waits for the loop to take the task before returning, a
-    second round trip per call (measured in benchmarks/RESULTS.md): here the caller hands the call
-    over with ``call_soon_threadsafe`` and only waits for its result. The calls run in a task group
-    of the portal's, so stopping the portal cancels them, as it cancels its own tasks.
+    ``BlockingPortal.call`` and ``start_task_soon`` wait for the loop to take the task before
+    returning (a second round trip), and an anyio task with its cancel scope per call costs as much
+    again: together about three times this round trip (the "sync-hop" table of
+    benchmarks/RESULTS.md). Here the caller hands the call over with ``call_soon_threadsafe`` and
+    waits only for its result; the call is a plain asyncio task. The portal's own task ``_serve``
+    cancels the calls still running when the portal stops, as a task group would.
     """
 
     def __init__(self, portal: BlockingPortal) -> None:
-        self._loop, self._group, self._context = portal.start_task(self._serve)[1]
-        self._pending: set[concurrent.futures.Future[Any]] = set()  # settled by close() if never run
+        # Every call not yet settled: its task once the loop has started it. A dict, not a task group,
+        # so that a call's failure, even a stray CancelledError, stays that call's.
+        self._calls: dict[concurrent.futures.Future[Any], asyncio.Task[None] | None] = {}
+        self._stopping = False
+        self.shut_down = threading.Event()  # set once close() has closed the pool and stopped the loop
+        self._loop, self._context = portal.start_task(self._serve)[1]
 
-    @staticmethod
-    async def _serve(*, task_status: anyio.abc.TaskStatus[_Handles]) -> None:
-        async with anyio.create_task_group() as group:
-            # Callbacks from other threads run in this context: anyio finds its backend in it.
-            task_status.started((asyncio.get_running_loop(), group, contextvars.copy_context()))
+    async def _serve(self, *, task_status: anyio.abc.TaskStatus[_Handles]) -> None:
+        # Callbacks from other threads run in this context: anyio finds its backend in it.
+        task_status.started((asyncio.get_running_loop(), contextvars.copy_context()))
+        try:
             await anyio.sleep_forever()
+        finally:  # the portal is stopping: so do the calls
+            with anyio.CancelScope(shield=True):
+                await self.stop()
+
+    async def stop(self) -> None:
+        """In the loop: refuse new calls, cancel the running ones and wait for them to end."""
+        self._stopping = True
+        tasks = [task for task in list(self._calls.values()) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self.cancel_pending()  # and the calls cancelled before they started, which never ran
 
     def submit(
         self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> concurrent.futures.Future[T]:
         """Schedule ``fn(*args, **kwargs)``; raises RuntimeError if the loop is closed."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
+        self._calls[future] = None
         try:
             self._loop.call_soon_threadsafe(self._spawn, fn, args, kwargs, future, context=self._context)
         except RuntimeError:
-            self._pending.discard(future)
+            self._calls.pop(future, None)
             raise
         return future
+
+    def cancel(self, future: concurrent.futures.Future[Any]) -> None:
+        """Cancel a call from the caller's thread (Ctrl-C): its future now, its task in the loop."""
+        future.cancel()
+        with contextlib.suppress(RuntimeError):  # the loop closed: the call is over anyway
+            self._loop.call_soon_threadsafe(self._cancel_task, future, context=self._context)
+
+    def _cancel_task(self, future: concurrent.futures.Future[Any]) -> None:
+        # Runs after the call's _spawn (callbacks run in order): its task exists, or it never will.
+        task = self._calls.get(future)
+        if task is not None:
+            task.cancel()
 
     def _spawn(
         self,
@@ -273,10 +302,11 @@ class _Dispatcher:
         kwargs: dict[str, Any],
         future: concurrent.futures.Future[T],
     ) -> None:
-        try:
-            self._group.start_soon(self._call, fn, args, kwargs, future)
-        except RuntimeError:  # the task group is closing: close() is under way
+        if self._stopping or future.cancelled():  # close() is under way, or the caller gave up
             future.cancel()
+            self._calls.pop(future, None)
+            return
+        self._calls[future] = self._loop.create_task(self._call(fn, args, kwargs, future))
 
     async def _call(
         self,
@@ -285,36 +315,28 @@ class _Dispatcher:
         kwargs: dict[str, Any],
         future: concurrent.futures.Future[T],
     ) -> None:
-        # The future stays pending while the call runs, so that cancel() from the caller's thread
-        # (Ctrl-C) still works; it then cancels the call's scope in the loop.
-        with anyio.CancelScope() as scope:
-            if future.cancelled():
-                return
-
-            def cancel_if_cancelled(done: concurrent.futures.Future[T]) -> None:
-                if done.cancelled():
-                    with contextlib.suppress(RuntimeError):  # the loop closed: the call is over anyway
-                        self._loop.call_soon_threadsafe(scope.cancel, context=self._context)
-
-            future.add_done_callback(cancel_if_cancelled)
-            try:
-                result = await fn(*args, **kwargs)
-            except anyio.get_cancelled_exc_class():
-                # Not re-raised into the task group all calls share: a stray CancelledError of one call
-                # would cancel every other. Stopping the portal still ends this task, at its next await.
-                future.cancel()
-            except BaseException as exc:
-                with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
-                    future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    future.set_result(result)
+        # The future stays pending while the call runs, so that the caller can still cancel it.
+        try:
+            result = await fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:  # SystemExit too: raised in the caller's thread, not in the loop's
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
+                future.set_exception(exc)
+        else:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_result(result)
+        finally:
+            self._calls.pop(future, None)
 
     def cancel_pending(self) -> None:
         """Cancel the calls the loop never ran (it stopped first): their callers must not wait forever."""
-        for future in list(self._pending):
+        while True:  # popitem, not a loop over the dict: other threads may still be adding to it
+            try:
+                future, _ = self._calls.popitem()
+            except KeyError:
+                return
             future.cancel()
 
 
@@ -333,6 +355,9 @@ def _shutdown(
         return
     try:
         try:
+            # The calls still running end first, each with "closed while the call was running"; closing
+            # the pool under them would fail them as connection errors instead.
+            portal.call(dispatcher.stop)
             portal.call(client.aclose)
         except RuntimeError:  # the portal already stopped (late in interpreter shutdown)
             pass
@@ -344,8 +369,11 @@ def _shutdown(
                 # close() and interpreter exit must not hang on them.
                 portal.call(portal.stop, True)
     finally:
-        portal_cm.__exit__(None, None, None)
-        dispatcher.cancel_pending()
+        try:
+            portal_cm.__exit__(None, None, None)
+            dispatcher.cancel_pending()
+        finally:
+            dispatcher.shut_down.set()
 
 
 # At interpreter exit the clients are closed (by their finalizers), which ends the calls still
@@ -384,6 +412,7 @@ _left_by_fork: list[object] = []
 def _forget_clients_after_fork() -> None:
     for client in list(_live_clients):
         _left_by_fork.append(client._finalizer.detach())
+        client._dispatcher.shut_down.set()  # nothing is left to wait for in this process
     _live_clients.clear()
 
 

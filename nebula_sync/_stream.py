@@ -63,18 +63,22 @@ class TextStream:
 
     def __next__(self) -> TextChunk:
         # The event-loop thread fills the buffer only while we wait on it; the one exception, a
-        # client.close() from another thread emptying it, makes _next_buffered return None.
+        # close() from another thread emptying it, makes _next_buffered return None.
         chunk = self._stream._next_buffered()
         if chunk is not None:
             return chunk
         if not self._run(self._stream._fill):
             raise StopIteration
         chunk = self._stream._next_buffered()
-        assert chunk is not None  # _fill returned True: something is buffered
+        if chunk is None:  # _fill buffered a chunk, and a close() from another thread dropped it since
+            raise RuntimeError("this stream was closed while it was being read")
         return chunk
 
     def close(self) -> None:
         """Release the connection; idempotent."""
         if self._client.closed:
-            return  # closing the client closed its streams
+            # Closing the client closes its streams: wait for it, if another thread is closing it now,
+            # rather than drop a stream whose connection is still open.
+            self._client._dispatcher.shut_down.wait()
+            return
         self._run(self._stream.aclose)

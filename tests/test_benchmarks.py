@@ -29,7 +29,10 @@ def test_fake_server_benchmark_runs_and_reports_both_modes() -> None:
 
 
 SMOKE = ["--quick", "--runs", "1", "--seconds", "0.05"]
-SUBSET = ["--only", "async-c64", "--only", "stream-64x100", "--only", "sync-8", "--only", "rss"]
+SUBSET = [
+    *("--only", "async-c64", "--only", "stream-64x100", "--only", "sync-8"),
+    *("--only", "sync-hop", "--only", "rss"),
+]
 
 
 @pytest.mark.timeout(180)
@@ -49,7 +52,9 @@ def test_the_suite_runs_in_quick_mode_and_reports_every_client(tmp_path: Path) -
     )
     assert run.returncode == 0, run.stderr
     assert report.read_text() == run.stdout
-    for client in ("nebula_async", "aiohttp", "aiohttp iter_any", "openai", "nebula_sync", "httpx"):
+    clients = ("nebula_async", "aiohttp", "aiohttp iter_any", "openai", "nebula_sync", "httpx")
+    hops = ("nebula_sync hop", "anyio portal.call", "anyio start_task_soon")
+    for client in clients + hops:
         assert re.search(rf"^\| (\*\*)?{re.escape(client)}(\*\*)? \| [\d,]+", run.stdout, re.M), client
     for target in ("async-c64", "stream-64x100", "sync-8", "rss"):
         assert re.search(rf"^\| {target} \| .* \| [\d.]+× \| (met|\*\*not met\*\*)", run.stdout, re.M), target
