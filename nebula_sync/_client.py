@@ -121,6 +121,11 @@ class NebulaClient:
         """Say whether close() was called (or the client was left behind by a fork)."""
         return not self._finalizer.alive
 
+    @property
+    def _forked(self) -> bool:
+        """Whether this is a forked child of the process that made the client (which owns it)."""
+        return os.getpid() != self._pid
+
     def _run(
         self,
         fn: Callable[..., Awaitable[T]],
@@ -132,7 +137,7 @@ class NebulaClient:
         """Run ``fn(*args, **kwargs)`` in the client's loop and wait; ``_serve`` works for it meanwhile."""
         if not self._finalizer.alive:
             _park_if_exiting()  # a daemon thread still calling at exit: see _park_if_exiting
-            if os.getpid() != self._pid:
+            if self._forked:
                 raise RuntimeError(
                     "this NebulaClient was created in another process; create a new one after fork"
                 )
@@ -154,7 +159,8 @@ class NebulaClient:
             _park_if_exiting()
             raise RuntimeError("this client was closed while the call was running") from None
         except BaseException:  # KeyboardInterrupt too: cancel the call underneath, then re-raise
-            self._dispatcher.cancel(future)
+            if not future.done():
+                self._dispatcher.cancel(future)
             _park_if_exiting()
             raise
 
@@ -230,6 +236,7 @@ class NebulaClient:
 
 
 _Handles = tuple[asyncio.AbstractEventLoop, contextvars.Context]
+_RECANCEL_SECONDS = 0.01
 
 
 class _Dispatcher:
@@ -248,7 +255,6 @@ class _Dispatcher:
         # so that a call's failure, even a stray CancelledError, stays that call's.
         self._calls: dict[concurrent.futures.Future[Any], asyncio.Task[None] | None] = {}
         self._stopping = False
-        self.shut_down = threading.Event()  # set once close() has closed the pool and stopped the loop
         self._loop, self._context = portal.start_task(self._serve)[1]
 
     async def _serve(self, *, task_status: anyio.abc.TaskStatus[_Handles]) -> None:
@@ -263,12 +269,19 @@ class _Dispatcher:
     async def stop(self) -> None:
         """In the loop: refuse new calls, cancel the running ones and wait for them to end."""
         self._stopping = True
-        tasks = [task for task in list(self._calls.values()) if task is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        pending = {task for task in list(self._calls.values()) if task is not None}
+        while pending:
+            # Cancelled again until they end, as a cancel scope would: a cancel can be swallowed (aiohttp
+            # turns one that lands with its own timeout into a TimeoutError, which would be retried).
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=_RECANCEL_SECONDS)
         self.cancel_pending()  # and the calls cancelled before they started, which never ran
+
+    def run_soon(self, fn: Callable[[], object]) -> None:
+        """Have the loop run ``fn`` soon, without waiting for it; nothing if the loop is closed."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(fn, context=self._context)
 
     def submit(
         self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -292,8 +305,10 @@ class _Dispatcher:
     def _cancel_task(self, future: concurrent.futures.Future[Any]) -> None:
         # Runs after the call's _spawn (callbacks run in order): its task exists, or it never will.
         task = self._calls.get(future)
-        if task is not None:
+        if task is not None and not task.done():
             task.cancel()
+            # Again until the call ends (its finally removes it from _calls): a cancel can be swallowed.
+            self._loop.call_later(_RECANCEL_SECONDS, self._cancel_task, future)
 
     def _spawn(
         self,
@@ -369,11 +384,8 @@ def _shutdown(
                 # close() and interpreter exit must not hang on them.
                 portal.call(portal.stop, True)
     finally:
-        try:
-            portal_cm.__exit__(None, None, None)
-            dispatcher.cancel_pending()
-        finally:
-            dispatcher.shut_down.set()
+        portal_cm.__exit__(None, None, None)
+        dispatcher.cancel_pending()
 
 
 # At interpreter exit the clients are closed (by their finalizers), which ends the calls still
@@ -412,7 +424,6 @@ _left_by_fork: list[object] = []
 def _forget_clients_after_fork() -> None:
     for client in list(_live_clients):
         _left_by_fork.append(client._finalizer.detach())
-        client._dispatcher.shut_down.set()  # nothing is left to wait for in this process
     _live_clients.clear()
 
 

@@ -76,9 +76,16 @@ class TextStream:
 
     def close(self) -> None:
         """Release the connection; idempotent."""
-        if self._client.closed:
-            # Closing the client closes its streams: wait for it, if another thread is closing it now,
-            # rather than drop a stream whose connection is still open.
-            self._client._dispatcher.shut_down.wait()
-            return
-        self._run(self._stream.aclose)
+        if not self._client.closed:
+            try:
+                self._run(self._stream.aclose)
+            except RuntimeError:
+                if not self._client.closed:
+                    raise
+            else:
+                return
+        # Closing the client closes its streams, but another thread may be closing it right now: hand
+        # this one to the loop too, rather than leave its connection to the garbage collector. Not
+        # waited for: this thread may be the one closing the client, or the loop's own.
+        if not self._client._forked:
+            self._client._dispatcher.run_soon(self._stream._close)

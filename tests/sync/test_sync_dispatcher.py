@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import gc
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +18,7 @@ from nebula_async.testing import FakeNebulaServer
 from nebula_sync import NebulaClient
 from tests.helpers import KEY
 from tests.sync._server import call_in_thread, wait_for
+from tests.sync.test_sync_exit import expect_clean_exit
 
 
 async def _requests_awaiting_a_cancelled_future() -> AsyncIterator[dict[str, Any]]:
@@ -133,23 +137,96 @@ def test_a_chunk_dropped_by_a_close_from_another_thread_is_a_clear_error(
         assert client.generate_text(model="m", prompt="after").text == "echo: after"
 
 
-def test_closing_a_stream_while_another_thread_closes_the_client_waits_for_it(
+def test_closing_a_stream_while_another_thread_closes_the_client_closes_it_quietly(
     fake_thread: FakeNebulaServer,
 ) -> None:
-    """stream.close() during another thread's client.close() returns once the stream's connection closed."""
+    """stream.close() while another thread closes the client: its connection closes, no ResourceWarning."""
     client = NebulaClient(KEY, base_url=fake_thread.base_url)
     stream = client.stream_text(model="m", prompt="a b c d")
     next(stream)  # the response is open, half read
+    inner = [stream._stream]  # in a list, to be dropped before the garbage collection below
     close_pool = client._async.aclose
 
     async def slow_close() -> None:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.5)
         await close_pool()
 
     client._async.aclose = slow_close  # type: ignore[method-assign]
     closer, outcome = call_in_thread(client.close)
     assert wait_for(lambda: client.closed)
-    stream.close()
-    assert stream._stream._response is None  # not left to the garbage collector, with a ResourceWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a ResourceWarning from the stream's __del__ would fail the test
+        stream.close()
+        # Closed by the loop long before the client's own close gets to it (0.5 s from now).
+        assert wait_for(lambda: inner[0]._response is None, timeout=0.3)
+        del stream
+        inner.clear()
+        gc.collect()
     closer.join(5)
     assert outcome == {"result": None}
+
+
+_FREED_DURING_CLOSE = """\
+import gc
+from nebula_async.testing import FakeNebulaServer
+from nebula_sync import NebulaClient
+
+server = FakeNebulaServer(models=["m"]).start()
+client = NebulaClient("sk-test", base_url=server.base_url)
+stream = client.stream_text(model="m", prompt="a b c d")
+next(stream)
+
+class Holder:  # your object that releases its stream when dropped, in a reference cycle
+    def __init__(self, stream):
+        self.stream, self.me = stream, self
+
+    def __del__(self):
+        self.stream.close()
+        print("stream closed in __del__")
+
+gc.collect()
+gc.disable()
+Holder(stream)
+del stream
+gc.set_threshold(1)  # the next allocations, inside close(), collect it
+gc.enable()
+client.close()
+print("close() returned")
+server.stop()
+"""
+
+
+def test_a_stream_closed_by_an_object_freed_inside_close_does_not_hang_it() -> None:
+    """A __del__ closing a stream, run by the cyclic GC inside client.close() in its thread: no deadlock."""
+    expect_clean_exit(_FREED_DURING_CLOSE, "stream closed in __del__\nclose() returned\n")
+
+
+async def _swallows_one_cancel() -> None:
+    """A call that shrugs off one cancellation, as aiohttp does when it lands with its own timeout."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(10)
+    await asyncio.sleep(10)
+
+
+def test_close_is_prompt_when_a_call_swallows_a_cancellation(fake_thread: FakeNebulaServer) -> None:
+    """close() cancels until the call ends: it returns at once, and the caller gets the "closed" error."""
+    client = NebulaClient(KEY, base_url=fake_thread.base_url)
+    caller, outcome = call_in_thread(lambda: client._run(_swallows_one_cancel))
+    assert wait_for(lambda: len(client._dispatcher._calls) == 1 and all(client._dispatcher._calls.values()))
+    started = time.monotonic()
+    client.close()
+    caller.join(5)
+    assert time.monotonic() - started < 1.0
+    assert isinstance(outcome.get("error"), RuntimeError), outcome
+    assert "closed while the call was running" in str(outcome["error"])
+
+
+def test_cancelling_a_call_that_swallows_a_cancellation_still_ends_it(fake_thread: FakeNebulaServer) -> None:
+    """The caller's cancel (Ctrl-C) is delivered again until the call's task has ended."""
+    with NebulaClient(KEY, base_url=fake_thread.base_url) as client:
+        dispatcher = client._dispatcher
+        future = dispatcher.submit(_swallows_one_cancel, (), {})
+        assert wait_for(lambda: dispatcher._calls.get(future) is not None)
+        dispatcher.cancel(future)
+        assert wait_for(lambda: not dispatcher._calls, timeout=1.0)
+        assert future.cancelled()
