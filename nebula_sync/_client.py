@@ -7,6 +7,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import contextvars
+import functools
 import importlib.util
 import logging
 import os
@@ -143,7 +144,7 @@ class NebulaClient:
                 )
             raise RuntimeError(CLIENT_CLOSED)
         try:
-            future = self._dispatcher.submit(fn, args, kwargs)
+            future = self._dispatcher.submit(functools.partial(fn, *args, **kwargs))
         except RuntimeError:  # the loop stopped between the check above and now
             _park_if_exiting()
             raise RuntimeError(CLIENT_CLOSED) from None
@@ -269,13 +270,11 @@ class _Dispatcher:
     async def stop(self) -> None:
         """In the loop: refuse new calls, cancel the running ones and wait for them to end."""
         self._stopping = True
-        pending = {task for task in list(self._calls.values()) if task is not None}
-        while pending:
-            # Cancelled again until they end, as a cancel scope would: a cancel can be swallowed (aiohttp
-            # turns one that lands with its own timeout into a TimeoutError, which would be retried).
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=_RECANCEL_SECONDS)
+        started = [(future, task) for future, task in list(self._calls.items()) if task is not None]
+        for future, _ in started:
+            self._cancel_task(future)
+        if started:
+            await asyncio.wait([task for _, task in started])
         self.cancel_pending()  # and the calls cancelled before they started, which never ran
 
     def run_soon(self, fn: Callable[[], object]) -> None:
@@ -283,14 +282,12 @@ class _Dispatcher:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(fn, context=self._context)
 
-    def submit(
-        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> concurrent.futures.Future[T]:
-        """Schedule ``fn(*args, **kwargs)``; raises RuntimeError if the loop is closed."""
+    def submit(self, call: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T]:
+        """Schedule ``call()`` in the loop; raises RuntimeError if the loop is closed."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._calls[future] = None
         try:
-            self._loop.call_soon_threadsafe(self._spawn, fn, args, kwargs, future, context=self._context)
+            self._loop.call_soon_threadsafe(self._spawn, call, future, context=self._context)
         except RuntimeError:
             self._calls.pop(future, None)
             raise
@@ -307,32 +304,22 @@ class _Dispatcher:
         task = self._calls.get(future)
         if task is not None and not task.done():
             task.cancel()
-            # Again until the call ends (its finally removes it from _calls): a cancel can be swallowed.
+            # Again until the call ends (its finally removes it from _calls), as a cancel scope would:
+            # a cancel can be swallowed (aiohttp turns one that lands with its own timeout into a
+            # TimeoutError, which would be retried).
             self._loop.call_later(_RECANCEL_SECONDS, self._cancel_task, future)
 
-    def _spawn(
-        self,
-        fn: Callable[..., Awaitable[T]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        future: concurrent.futures.Future[T],
-    ) -> None:
+    def _spawn(self, call: Callable[[], Awaitable[T]], future: concurrent.futures.Future[T]) -> None:
         if self._stopping or future.cancelled():  # close() is under way, or the caller gave up
             future.cancel()
             self._calls.pop(future, None)
             return
-        self._calls[future] = self._loop.create_task(self._call(fn, args, kwargs, future))
+        self._calls[future] = self._loop.create_task(self._call(call, future))
 
-    async def _call(
-        self,
-        fn: Callable[..., Awaitable[T]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        future: concurrent.futures.Future[T],
-    ) -> None:
+    async def _call(self, call: Callable[[], Awaitable[T]], future: concurrent.futures.Future[T]) -> None:
         # The future stays pending while the call runs, so that the caller can still cancel it.
         try:
-            result = await fn(*args, **kwargs)
+            result = await call()
         except asyncio.CancelledError:
             future.cancel()
             raise

@@ -63,7 +63,7 @@ def test_a_call_cancelled_before_the_loop_takes_it_never_runs(fake_thread: FakeN
         blocker, outcome = call_in_thread(lambda: client._run(block_the_loop))
         time.sleep(0.1)  # the loop is now inside block_the_loop
         dispatcher = client._dispatcher
-        future = dispatcher.submit(must_not_run, (), {})
+        future = dispatcher.submit(must_not_run)
         dispatcher.cancel(future)
         blocker.join(5)
         assert outcome == {"result": None}
@@ -225,7 +225,7 @@ def test_cancelling_a_call_that_swallows_a_cancellation_still_ends_it(fake_threa
     """The caller's cancel (Ctrl-C) is delivered again until the call's task has ended."""
     with NebulaClient(KEY, base_url=fake_thread.base_url) as client:
         dispatcher = client._dispatcher
-        future = dispatcher.submit(_swallows_one_cancel, (), {})
+        future = dispatcher.submit(_swallows_one_cancel)
         assert wait_for(lambda: dispatcher._calls.get(future) is not None)
         dispatcher.cancel(future)
         assert wait_for(lambda: not dispatcher._calls, timeout=1.0)
