@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import weakref
@@ -28,7 +27,7 @@ from ._config import (
     check_base_url,
 )
 from ._errors import NebulaError
-from ._models import GenerateRequest, TextGeneration, unstructure_request
+from ._models import GenerateRequest, TextGeneration, encode_request
 from ._parse import parse_generation
 from ._retry import retry_delay
 from ._stream import TextStream
@@ -43,9 +42,6 @@ __all__ = ["AsyncNebulaClient"]
 logger = logging.getLogger("nebula_async")
 # A library does not print: without the application's logging set up, retry warnings stay silent.
 logger.addHandler(logging.NullHandler())
-
-# Typed parameters: passing one through extra_body would bypass its validation.
-_RESERVED_BODY_KEYS = frozenset(field.name for field in attrs.fields(GenerateRequest)) | {"stream"}
 
 _BATCH_ERRORS = (NebulaError, ValueError, TypeError)  # what one failed item of generate_many can raise
 
@@ -163,7 +159,7 @@ class AsyncNebulaClient:
         for an error answer, APIConnectionError or APITimeoutError when the API can't be reached.
         """
         request = GenerateRequest(model, prompt, max_tokens, temperature, top_p, stop)
-        body = _encode(request, extra_body, stream=False)
+        body = encode_request(request, extra_body, stream=False)
         return await self._generate(body, self._policy(max_retries), self._timeout_for(timeout))
 
     def stream_text(
@@ -185,7 +181,7 @@ class AsyncNebulaClient:
         async for chunk in stream: ...``.
         """
         request = GenerateRequest(model, prompt, max_tokens, temperature, top_p, stop)
-        body = _encode(request, extra_body, stream=True)
+        body = encode_request(request, extra_body, stream=True)
         return TextStream(self, body, self._policy(max_retries), self._timeout_for(timeout))
 
     async def generate_many(
@@ -242,7 +238,7 @@ class AsyncNebulaClient:
 
     async def _generate_item(self, item: GenerateRequest | Mapping[str, Any]) -> TextGeneration:
         if isinstance(item, GenerateRequest):
-            body = _encode(item, None, stream=False)
+            body = encode_request(item, None, stream=False)
             return await self._generate(body, self._retry, self._timeout)
         if isinstance(item, Mapping):
             return await self.generate_text(**item)
@@ -314,39 +310,3 @@ def _is_client_session(session: object) -> bool:
     import aiohttp  # only reached when a session is passed, which means aiohttp is loaded already
 
     return isinstance(session, aiohttp.ClientSession)
-
-
-def _encode(request: GenerateRequest, extra_body: Mapping[str, Any] | None, *, stream: bool) -> bytes:
-    payload = unstructure_request(request)
-    if extra_body is not None and not isinstance(extra_body, Mapping):
-        raise TypeError(f"extra_body must be a dict of JSON values, got {type(extra_body).__name__}")
-    if extra_body:
-        clash = _RESERVED_BODY_KEYS.intersection(extra_body)
-        if clash:
-            name = sorted(clash)[0]
-            hint = "use stream_text()" if name == "stream" else f"pass {name}= as an argument"
-            raise ValueError(f"extra_body must not set {name!r}: {hint}")
-        payload.update(extra_body)
-    if stream:
-        payload["stream"] = True
-    try:
-        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except TypeError as exc:
-        raise TypeError(f"extra_body must hold only JSON values: {exc}") from None
-    except ValueError as exc:  # NaN or infinity, or a circular reference
-        raise ValueError(f"extra_body must hold only JSON values: {exc}") from None
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        raise ValueError(
-            f"{_unencodable_field(payload)} is not valid text: it holds a lone surrogate"
-        ) from None
-
-
-def _unencodable_field(payload: Mapping[str, Any]) -> str:
-    for name, value in payload.items():
-        try:
-            json.dumps(value, ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            return name if name in _RESERVED_BODY_KEYS else f"extra_body[{name!r}]"
-    return "the request"  # unreachable in practice: encode() failed, so some field is at fault

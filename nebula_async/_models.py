@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -15,9 +16,9 @@ __all__ = [
     "TextChunk",
     "TextGeneration",
     "Usage",
+    "encode_request",
     "structure_chunk",
     "structure_success",
-    "unstructure_request",
 ]
 
 
@@ -149,7 +150,7 @@ _converter.register_structure_hook(_SuccessData, make_dict_structure_fn(_Success
 _converter.register_structure_hook(TextChunk, make_dict_structure_fn(TextChunk, _converter))
 _structure_success = _converter.get_structure_hook(_SuccessData)
 _structure_chunk = _converter.get_structure_hook(TextChunk)
-unstructure_request: Callable[[GenerateRequest], dict[str, Any]] = _converter.get_unstructure_hook(
+_unstructure_request: Callable[[GenerateRequest], dict[str, Any]] = _converter.get_unstructure_hook(
     GenerateRequest
 )
 
@@ -164,3 +165,44 @@ def structure_chunk(data: Mapping[str, Any]) -> TextChunk:
     """Read one stream event's payload; raises cattrs errors."""
     chunk: TextChunk = _structure_chunk(data, TextChunk)
     return chunk
+
+
+# Typed parameters: passing one through extra_body would bypass its validation.
+_RESERVED_BODY_KEYS = frozenset(field.name for field in attrs.fields(GenerateRequest)) | {"stream"}
+
+
+def encode_request(request: GenerateRequest, extra_body: Mapping[str, Any] | None, *, stream: bool) -> bytes:
+    """Return the JSON body for ``request``; raise ValueError or TypeError for what can't be sent."""
+    payload = _unstructure_request(request)
+    if extra_body is not None and not isinstance(extra_body, Mapping):
+        raise TypeError(f"extra_body must be a dict of JSON values, got {type(extra_body).__name__}")
+    if extra_body:
+        clash = _RESERVED_BODY_KEYS.intersection(extra_body)
+        if clash:
+            name = sorted(clash)[0]
+            hint = "use stream_text()" if name == "stream" else f"pass {name}= as an argument"
+            raise ValueError(f"extra_body must not set {name!r}: {hint}")
+        payload.update(extra_body)
+    if stream:
+        payload["stream"] = True
+    try:
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except TypeError as exc:
+        raise TypeError(f"extra_body must hold only JSON values: {exc}") from None
+    except ValueError as exc:  # NaN or infinity, or a circular reference
+        raise ValueError(f"extra_body must hold only JSON values: {exc}") from None
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{_unencodable_field(payload)} is not valid text: it holds a lone surrogate"
+        ) from None
+
+
+def _unencodable_field(payload: Mapping[str, Any]) -> str:
+    for name, value in payload.items():
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            return name if name in _RESERVED_BODY_KEYS else f"extra_body[{name!r}]"
+    return "the request"  # unreachable in practice: encode() failed, so some field is at fault

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import RetryPolicy, Timeout
 from ._errors import APIConnectionError, APITimeoutError, NebulaError, ServerError
-from ._models import TextChunk
+from ._models import TextChunk, Usage
 from ._parse import DONE, parse_event, parse_generation
 from ._sse import SSEDecoder, SSEProtocolError
 
@@ -53,6 +53,7 @@ class TextStream:
         self._error: NebulaError | None = None  # raised once the chunks read before it are delivered
         self._failure: BaseException | None = None  # what ended the stream early: it can't resume
         self._idle_deadline: float | None = None
+        self._usage: Usage | None = None
 
     @property
     def text(self) -> str:
@@ -65,6 +66,11 @@ class TextStream:
     def finish_reason(self) -> str | None:
         """Why generation stopped (``"stop"``, ``"length"``...), once the last chunk was delivered."""
         return self._finish_reason
+
+    @property
+    def usage(self) -> Usage | None:
+        """Token counts, once an event carried them (in practice the final one); else None."""
+        return self._usage
 
     @property
     def request_id(self) -> str | None:
@@ -101,6 +107,16 @@ class TextStream:
         chunk = self._next_buffered()
         assert chunk is not None  # _fill returned True: something is buffered
         return chunk
+
+    async def next_chunks(self) -> list[TextChunk]:
+        """Return the chunks that are read and not yet delivered, reading the network only if there
+        are none; an empty list once the stream is over. The sync TextStream's one hop per read."""
+        if not self._buffered and not await self._fill():
+            return []
+        chunks = []
+        while (chunk := self._next_buffered()) is not None:
+            chunks.append(chunk)
+        return chunks
 
     async def aclose(self) -> None:
         """Release the connection; idempotent. A stream closed before its end cannot be iterated again."""
