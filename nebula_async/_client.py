@@ -8,7 +8,7 @@ import os
 import weakref
 from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 import attrs
 
@@ -42,6 +42,11 @@ __all__ = ["AsyncNebulaClient"]
 logger = logging.getLogger("nebula_async")
 # A library does not print: without the application's logging set up, retry warnings stay silent.
 logger.addHandler(logging.NullHandler())
+
+BatchInput: TypeAlias = (
+    "Iterable[GenerateRequest | Mapping[str, Any]] | AsyncIterable[GenerateRequest | Mapping[str, Any]]"
+)
+"""What generate_many reads: GenerateRequest objects or dicts of generate_text's keywords."""
 
 _BATCH_ERRORS = (NebulaError, ValueError, TypeError)  # what one failed item of generate_many can raise
 
@@ -184,14 +189,27 @@ class AsyncNebulaClient:
         body = encode_request(request, extra_body, stream=True)
         return TextStream(self, body, self._policy(max_retries), self._timeout_for(timeout))
 
+    @overload
     async def generate_many(
         self,
-        requests: Iterable[GenerateRequest | Mapping[str, Any]]
-        | AsyncIterable[GenerateRequest | Mapping[str, Any]],
+        requests: BatchInput,
+        *,
+        concurrency: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> list[TextGeneration]: ...
+
+    @overload
+    async def generate_many(
+        self, requests: BatchInput, *, concurrency: int = ..., return_exceptions: bool
+    ) -> list[TextGeneration | Exception]: ...
+
+    async def generate_many(
+        self,
+        requests: BatchInput,
         *,
         concurrency: int = 16,
         return_exceptions: bool = False,
-    ) -> list[Any]:
+    ) -> list[TextGeneration] | list[TextGeneration | Exception]:
         """Run many generations, at most ``concurrency`` at once; results come in input order.
 
         ``requests`` holds GenerateRequest objects or dicts of generate_text's keywords (a list, a

@@ -10,7 +10,14 @@ import pytest
 from yarl import URL
 
 import nebula_sync
-from nebula_async import AsyncNebulaClient, GenerateRequest, RateLimitError, ServerError, Timeout
+from nebula_async import (
+    AsyncNebulaClient,
+    GenerateRequest,
+    RateLimitError,
+    ServerError,
+    TextGeneration,
+    Timeout,
+)
 from tests.conftest import MockAPI
 from tests.helpers import error_body, sse, success_body
 from tests.unit._support import BASE_URL, ENDPOINT, SECRET_KEY, make_client
@@ -481,6 +488,7 @@ async def test_generate_many_bad_item_sends_nothing_for_it(mock_api: MockAPI) ->
             return_exceptions=True,
         )
     assert isinstance(results[0], ValueError)
+    assert isinstance(results[1], TextGeneration)
     assert results[1].text == "ok"
     assert [s["body"] for s in mock_api.sent()] == [{"model": "m", "prompt": "p"}]
 
