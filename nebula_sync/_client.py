@@ -13,17 +13,18 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio
 import anyio.abc
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from nebula_async import AsyncNebulaClient, GenerateRequest, RetryPolicy, TextGeneration, Timeout
+from nebula_async import AsyncNebulaClient, RetryPolicy, TextGeneration, Timeout
 from nebula_async._batch import CallerFedSource, EscapedExit, ItemSource
+from nebula_async._client import BatchInput
 from nebula_async._config import CLIENT_CLOSED, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RETRIES
 
 from ._stream import TextStream
@@ -219,21 +220,40 @@ class NebulaClient:
         )
         return TextStream(stream, self)
 
+    @overload
     def generate_many(
         self,
-        requests: Iterable[GenerateRequest | Mapping[str, Any]]
-        | AsyncIterable[GenerateRequest | Mapping[str, Any]],
+        requests: BatchInput,
+        *,
+        concurrency: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> list[TextGeneration]: ...
+
+    @overload
+    def generate_many(
+        self, requests: BatchInput, *, concurrency: int = ..., return_exceptions: bool
+    ) -> list[TextGeneration | Exception]: ...
+
+    def generate_many(
+        self,
+        requests: BatchInput,
         *,
         concurrency: int = 16,
         return_exceptions: bool = False,
-    ) -> list[Any]:
+    ) -> list[TextGeneration] | list[TextGeneration | Exception]:
         """Run many generations concurrently; see AsyncNebulaClient.generate_many."""
         if isinstance(requests, AsyncIterable):  # an async generator only runs in the event loop
             in_loop = ItemSource(requests, carry_exits=True)
-            return self._run(self._async._generate_many, in_loop, concurrency, return_exceptions)
+            results: list[TextGeneration | Exception] = self._run(
+                self._async._generate_many, in_loop, concurrency, return_exceptions
+            )
+            return results
         # A plain iterable is read here, in your thread, never in the event loop all calls share.
         fed = CallerFedSource(requests)
-        return self._run(self._async._generate_many, fed, concurrency, return_exceptions, _serve=fed.serve)
+        results: list[TextGeneration | Exception] = self._run(
+            self._async._generate_many, fed, concurrency, return_exceptions, _serve=fed.serve
+        )
+        return results
 
 
 _Handles = tuple[asyncio.AbstractEventLoop, contextvars.Context]
