@@ -250,10 +250,10 @@ class NebulaClient:
             return results
         # A plain iterable is read here, in your thread, never in the event loop all calls share.
         fed = CallerFedSource(requests)
-        results: list[TextGeneration | Exception] = self._run(
+        fed_results: list[TextGeneration | Exception] = self._run(
             self._async._generate_many, fed, concurrency, return_exceptions, _serve=fed.serve
         )
-        return results
+        return fed_results
 
 
 _Handles = tuple[asyncio.AbstractEventLoop, contextvars.Context]
