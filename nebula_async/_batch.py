@@ -1,4 +1,4 @@
-"""Where generate_many takes its requests from: read lazily, one item per free worker."""
+"""generate_many's worker pool, and where it takes its requests from: read lazily, one per free worker."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import asyncio
 import concurrent.futures
 import contextlib
 import queue
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
-__all__ = ["CallerFedSource", "EscapedExit", "ItemSource", "check_requests"]
+from ._errors import NebulaError
+
+__all__ = ["BATCH_ERRORS", "CallerFedSource", "EscapedExit", "ItemSource", "check_requests", "run_pool"]
+
+BATCH_ERRORS = (NebulaError, ValueError, TypeError)
+"""What one failed item can raise without failing the batch, with ``return_exceptions``."""
 
 _END = object()
 
@@ -34,6 +39,54 @@ def check_requests(requests: object) -> None:
         raise TypeError(
             f"requests must be an iterable of GenerateRequest or dicts, got {type(requests).__name__}"
         )
+
+
+class Source(Protocol):
+    """Where the workers take their items from."""
+
+    async def next(self) -> tuple[Any] | None:
+        """Return the next item as a 1-tuple, or None once the input is exhausted."""
+
+
+async def run_pool(
+    source: Source,
+    call: Callable[[Any], Awaitable[Any]],
+    *,
+    concurrency: int,
+    return_exceptions: bool,
+) -> list[Any]:
+    """Run ``call(item)`` for each item of ``source``, ``concurrency`` at a time; results in input order.
+
+    Items are taken only as workers free up, so memory holds ``concurrency`` calls, not the input.
+    With ``return_exceptions`` an item's BATCH_ERRORS stand in its place; otherwise the first
+    failure cancels the other workers and is raised.
+    """
+    results: list[Any] = []
+
+    async def worker() -> None:
+        while True:
+            item = await source.next()
+            if item is None:
+                return
+            # The slot is taken before any await, so results keep input order.
+            index = len(results)
+            results.append(None)
+            try:
+                results[index] = await call(item[0])
+            except BATCH_ERRORS as exc:
+                if not return_exceptions:
+                    raise
+                results[index] = exc
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return results
 
 
 class ItemSource:

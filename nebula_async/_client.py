@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import functools
 import os
-import weakref
 from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 import attrs
 
-from ._batch import CallerFedSource, ItemSource
+from ._batch import ItemSource, run_pool
+from ._calls import CallPath
+from ._checks import check_int
 from ._config import (
-    CLIENT_CLOSED,
     DEFAULT_BASE_URL,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_RETRIES,
@@ -26,29 +25,19 @@ from ._config import (
     check_api_key,
     check_base_url,
 )
-from ._errors import NebulaError
 from ._models import GenerateRequest, TextGeneration, encode_request
 from ._parse import parse_generation
-from ._retry import retry_delay
 from ._stream import TextStream
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from ._http import Transport
-
-__all__ = ["AsyncNebulaClient"]
-
-logger = logging.getLogger("nebula_async")
-# A library does not print: without the application's logging set up, retry warnings stay silent.
-logger.addHandler(logging.NullHandler())
+__all__ = ["AsyncNebulaClient", "BatchInput"]
 
 BatchInput: TypeAlias = (
     "Iterable[GenerateRequest | Mapping[str, Any]] | AsyncIterable[GenerateRequest | Mapping[str, Any]]"
 )
 """What generate_many reads: GenerateRequest objects or dicts of generate_text's keywords."""
-
-_BATCH_ERRORS = (NebulaError, ValueError, TypeError)  # what one failed item of generate_many can raise
 
 
 class AsyncNebulaClient:
@@ -84,21 +73,15 @@ class AsyncNebulaClient:
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         self._retry = retry if retry is not None else default_policy
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-            raise TypeError(f"max_connections must be an int, got {type(max_connections).__name__}")
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
-        self._max_connections = max_connections
+        check_int("max_connections", max_connections, 1)
         if session is not None and not _is_client_session(session):
             raise TypeError(f"session must be an aiohttp.ClientSession, got {type(session).__name__}")
-        self._session = session
-        self._transport: Transport | None = None
-        self._closed = False
-        self._streams: weakref.WeakSet[TextStream] = weakref.WeakSet()  # open ones, closed by aclose()
-        # Finished streams handing their connection back, with the response each one drains.
-        self._drains: dict[asyncio.Task[None], aiohttp.ClientResponse] = {}
-        # Built once per client, not per call.
-        self._headers = build_headers(key, default_headers)
+        self._calls = CallPath(
+            url=self._base_url + "/text/generate",
+            headers=build_headers(key, default_headers),  # built once per client, not per call
+            max_connections=max_connections,
+            session=session,
+        )
 
     @property
     def base_url(self) -> str:
@@ -128,22 +111,7 @@ class AsyncNebulaClient:
 
     async def aclose(self) -> None:
         """Close the connection pool (not a session you passed in) and open streams; idempotent."""
-        if self._closed:
-            return
-        if self._transport is not None:
-            self._transport.check_loop()
-        self._closed = True
-        for stream in list(self._streams):
-            stream._close()
-        drains, self._drains = self._drains, {}
-        for task, response in drains.items():
-            task.cancel()
-            response.close()  # a task cancelled before its first step never runs its own cleanup
-        try:
-            await asyncio.gather(*drains, return_exceptions=True)
-        finally:  # even if this aclose() is cancelled: a second call would find the client closed
-            if self._transport is not None:
-                await self._transport.aclose()
+        await self._calls.aclose()
 
     async def generate_text(
         self,
@@ -187,7 +155,7 @@ class AsyncNebulaClient:
         """
         request = GenerateRequest(model, prompt, max_tokens, temperature, top_p, stop)
         body = encode_request(request, extra_body, stream=True)
-        return TextStream(self, body, self._policy(max_retries), self._timeout_for(timeout))
+        return TextStream(self._calls, body, self._policy(max_retries), self._timeout_for(timeout))
 
     @overload
     async def generate_many(
@@ -218,41 +186,19 @@ class AsyncNebulaClient:
         a failed item's exception stands in its place; otherwise the first failure cancels the
         rest and is raised.
         """
-        return await self._generate_many(ItemSource(requests), concurrency, return_exceptions)
+        check_int("concurrency", concurrency, 1)
+        return await run_pool(
+            ItemSource(requests),
+            self._generate_item,
+            concurrency=concurrency,
+            return_exceptions=return_exceptions,
+        )
 
-    async def _generate_many(
-        self, source: ItemSource | CallerFedSource, concurrency: int, return_exceptions: bool
-    ) -> list[Any]:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-            raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        results: list[Any] = []
-
-        async def worker() -> None:
-            while True:
-                item = await source.next()
-                if item is None:
-                    return
-                # The slot is taken before any await, so results keep input order.
-                index = len(results)
-                results.append(None)
-                try:
-                    results[index] = await self._generate_item(item[0])
-                except _BATCH_ERRORS as exc:
-                    if not return_exceptions:
-                        raise
-                    results[index] = exc
-
-        tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        return results
+    async def _generate_many(self, source: Any, concurrency: int, return_exceptions: bool) -> list[Any]:
+        check_int("concurrency", concurrency, 1)
+        return await run_pool(
+            source, self._generate_item, concurrency=concurrency, return_exceptions=return_exceptions
+        )
 
     async def _generate_item(self, item: GenerateRequest | Mapping[str, Any]) -> TextGeneration:
         if isinstance(item, GenerateRequest):
@@ -263,57 +209,15 @@ class AsyncNebulaClient:
         raise TypeError(f"generate_many items must be GenerateRequest or dict, got {type(item).__name__}")
 
     async def _generate(self, body: bytes, policy: RetryPolicy, timeout: Timeout) -> TextGeneration:
-        transport = self._get_transport()
+        return await self._calls.run(policy, functools.partial(self._attempt, body, timeout))
+
+    async def _attempt(self, body: bytes, timeout: Timeout, number: int) -> TextGeneration:
+        transport = self._calls.transport()
         client_timeout = transport.client_timeout(timeout, stream=False)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = await transport.post(body, stream=False, timeout=client_timeout, attempt=attempt)
-                raw = await transport.read_body(response)
-                text, usage = parse_generation(response.status, raw, response.headers)
-                return TextGeneration(text, usage, response.headers.get("x-request-id"), attempt - 1)
-            except NebulaError as err:
-                if not await self._wait_before_retry(policy, attempt, err):
-                    raise
-
-    async def _wait_before_retry(self, policy: RetryPolicy, attempt: int, error: NebulaError) -> bool:
-        """Sleep before retry ``attempt`` and return True, or return False to give up."""
-        delay = retry_delay(policy, attempt, error)
-        if delay is None:
-            return False
-        if self._closed:  # the retry can't be sent, and closing is likely what broke the call
-            raise RuntimeError("this client was closed while the call was running") from error
-        logger.warning(
-            "retrying in %.3f s (retry %d of %d) after %s: %s",
-            delay, attempt, policy.max_retries, type(error).__name__, error,
-        )  # fmt: skip
-        await asyncio.sleep(delay)
-        return True
-
-    def _get_transport(self) -> Transport:
-        if self._closed:
-            raise RuntimeError(CLIENT_CLOSED)
-        transport = self._transport
-        if transport is None:
-            from ._http import Transport  # aiohttp is imported on first use, not with the package
-
-            transport = self._transport = Transport(
-                url=self._base_url + "/text/generate",
-                max_connections=self._max_connections,
-                session=self._session,
-                headers=self._headers,
-            )
-        return transport
-
-    def _drain_later(self, response: aiohttp.ClientResponse) -> None:
-        """Read the tail of a finished stream in the background, then hand its connection back."""
-        if self._closed or self._transport is None:
-            response.close()
-            return
-        task = asyncio.get_running_loop().create_task(self._transport.drain(response))
-        self._drains[task] = response
-        task.add_done_callback(lambda done: self._drains.pop(done, None))
+        response = await transport.post(body, stream=False, timeout=client_timeout, attempt=number)
+        raw = await transport.read_body(response)
+        text, usage = parse_generation(response.status, raw, response.headers)
+        return TextGeneration(text, usage, response.headers.get("x-request-id"), number - 1)
 
     def _policy(self, max_retries: int | None) -> RetryPolicy:
         if max_retries is None:

@@ -145,12 +145,12 @@ class ServerError(APIError):
 class APIConnectionError(NebulaError):
     """The API could not be reached, or the connection broke before the answer was complete."""
 
-    _permanent = False  # set on errors that retrying can't fix, such as a bad TLS certificate
-
-    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+    def __init__(self, message: str, *, request_id: str | None = None, retryable: bool = True) -> None:
         super().__init__(message)
         self.message = message
         self.request_id = request_id
+        # False for what retrying can't fix, such as a certificate that does not match.
+        self.retryable = retryable
 
     def __str__(self) -> str:
         message = " ".join(self.message.split())

@@ -48,9 +48,11 @@ def _map_error(exc: BaseException, request_id: str | None = None) -> APIConnecti
         return APITimeoutError("timed out waiting for the API", request_id=request_id)
     if isinstance(exc, aiohttp.ClientResponseError):
         _redact(exc)  # chained by the caller: its request_info holds our headers, and so the key
-    error = APIConnectionError(f"connection to the API failed: {_describe(exc)}", request_id=request_id)
-    error._permanent = isinstance(exc, _PERMANENT_ERRORS)
-    return error
+    return APIConnectionError(
+        f"connection to the API failed: {_describe(exc)}",
+        request_id=request_id,
+        retryable=not isinstance(exc, _PERMANENT_ERRORS),
+    )
 
 
 def _redact(exc: aiohttp.ClientResponseError) -> None:

@@ -110,10 +110,15 @@ class TextGeneration:
 
 @attrs.frozen
 class TextChunk:
-    """One streamed piece of text; ``finish_reason`` is set on the last one (``"stop"``, ``"length"``...)."""
+    """One streamed piece of text.
+
+    ``finish_reason`` is set on the last one (``"stop"``, ``"length"``...); ``usage`` on the one
+    that carried token counts, if the server sends them (in practice the last one).
+    """
 
     text: str
     finish_reason: str | None = None
+    usage: Usage | None = None
 
 
 @attrs.frozen

@@ -56,12 +56,11 @@ def parse_generation(status: int, raw: bytes, headers: Mapping[str, str]) -> tup
         # the converter's path below, which names what is wrong. This runs once per call.
         data = body.get("data")
         if type(data) is dict:
-            text, usage = data.get("text"), data.get("usage")
-            if type(text) is str and type(usage) is dict:
-                prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-                total = usage.get("total_tokens")
-                if type(prompt) is int and type(completion) is int and type(total) is int:
-                    return text, Usage(prompt, completion, total)
+            text = data.get("text")
+            if type(text) is str:
+                usage = _plain_usage(data.get("usage"))
+                if usage is not None:
+                    return text, usage
     if status != 200 or not isinstance(body, dict) or body.get("status") != "success":
         raise _error(status, body, headers)
     data = body.get("data")
@@ -73,15 +72,29 @@ def parse_generation(status: int, raw: bytes, headers: Mapping[str, str]) -> tup
         raise _malformed(status, headers, "; ".join(cattrs.transform_error(exc, path="data"))) from None
 
 
+def _plain_usage(usage: object) -> Usage | None:
+    """Return well-formed token counts as the converter would, or None to let the converter say why."""
+    if type(usage) is dict:
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        total = usage.get("total_tokens")
+        if type(prompt) is int and type(completion) is int and type(total) is int:
+            return Usage(prompt, completion, total)
+    return None
+
+
 def parse_event(data: str, headers: Mapping[str, str]) -> TextChunk:
     """Return the chunk one stream event carries, or raise the APIError of an error event."""
     payload = parse_json(data, 200, headers)
     if type(payload) is dict and "error" not in payload and "status" not in payload:
         # A plain chunk, checked as the converter would (it runs once per event, the converter costs
         # more than the JSON decoding); anything else takes the converter's path below.
-        text, finish = payload.get("text"), payload.get("finish_reason")
+        text, finish, usage = payload.get("text"), payload.get("finish_reason"), payload.get("usage")
         if type(text) is str and (finish is None or type(finish) is str):
-            return TextChunk(text, finish)
+            if usage is None:
+                return TextChunk(text, finish)
+            counts = _plain_usage(usage)
+            if counts is not None:
+                return TextChunk(text, finish, counts)
     if not isinstance(payload, dict):
         raise _malformed(200, headers, f"a stream event is not a JSON object: {data[:200]!r}")
     if isinstance(payload.get("error"), dict) or payload.get("status") == "error":

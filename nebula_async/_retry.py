@@ -26,7 +26,7 @@ _CODE_RETRYABLE = {
 def is_retryable(error: NebulaError) -> bool:
     """Say whether another attempt could succeed where this one failed."""
     if isinstance(error, APIConnectionError):
-        return not error._permanent
+        return error.retryable
     if isinstance(error, APIError):
         by_code = _CODE_RETRYABLE.get(error.code or "")
         if by_code is not None:

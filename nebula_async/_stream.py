@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import warnings
 from collections import deque
 from types import TracebackType
@@ -18,10 +19,19 @@ from ._sse import SSEDecoder, SSEProtocolError
 if TYPE_CHECKING:
     import aiohttp
 
-    from ._client import AsyncNebulaClient
-    from ._http import Transport
+    from ._calls import CallPath
 
 __all__ = ["TextStream"]
+
+_CLOSED_WHILE_READ = "this stream was closed while it was being read"
+
+
+class _State(enum.Enum):
+    NEW = "new"  # nothing sent yet
+    OPEN = "open"  # sending, or reading the response
+    ENDED = "ended"  # the final event (or [DONE]) was read; chunks may still wait for delivery
+    CLOSED = "closed"  # closed before its end, by aclose() or the client's aclose()
+    FAILED = "failed"  # an error or a cancellation ended it: it can't resume
 
 
 class TextStream:
@@ -34,26 +44,24 @@ class TextStream:
     early raises RuntimeError if used again: start a new one.
     """
 
-    def __init__(self, client: AsyncNebulaClient, body: bytes, policy: RetryPolicy, timeout: Timeout) -> None:
-        self._client = client
+    def __init__(self, calls: CallPath, body: bytes, policy: RetryPolicy, timeout: Timeout) -> None:
+        self._calls = calls
         self._body = body
         self._policy = policy
         self._timeout = timeout
-        self._transport: Transport | None = None
+        self._state = _State.NEW
         self._response: aiohttp.ClientResponse | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._decoder = SSEDecoder()
         self._buffered: deque[TextChunk] = deque()
         self._parts: list[str] = []
         self._finish_reason: str | None = None
+        self._usage: Usage | None = None
         self._request_id: str | None = None
         self._attempts = 0
-        self._ended = False  # the final event (or [DONE]) has been read
-        self._closed = False
         self._error: NebulaError | None = None  # raised once the chunks read before it are delivered
-        self._failure: BaseException | None = None  # what ended the stream early: it can't resume
+        self._failure: BaseException | None = None  # what ended the stream early
         self._idle_deadline: float | None = None
-        self._usage: Usage | None = None
 
     @property
     def text(self) -> str:
@@ -64,12 +72,15 @@ class TextStream:
 
     @property
     def finish_reason(self) -> str | None:
-        """Why generation stopped (``"stop"``, ``"length"``...), once the last chunk was delivered."""
+        """Why generation stopped (``"stop"``, ``"length"``...), once the last chunk was delivered.
+
+        None when the server ended the stream with ``[DONE]`` without giving a reason.
+        """
         return self._finish_reason
 
     @property
     def usage(self) -> Usage | None:
-        """Token counts, once an event carried them (in practice the final one); else None."""
+        """Token counts, once a delivered chunk carried them (in practice the last one); else None."""
         return self._usage
 
     @property
@@ -83,11 +94,12 @@ class TextStream:
         return max(0, self._attempts - 1)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "ended" if self._ended else "open" if self._response else "new"
-        return f"<TextStream {state} request_id={self._request_id!r} chars={len(self.text)}>"
+        return f"<TextStream {self._state.value} request_id={self._request_id!r} chars={len(self.text)}>"
 
     async def __aenter__(self) -> TextStream:
-        await self._advance(read=False)
+        self._check_usable()
+        if self._state is _State.NEW:
+            await self._start()
         return self
 
     async def __aexit__(
@@ -99,23 +111,22 @@ class TextStream:
         return self
 
     async def __anext__(self) -> TextChunk:
-        chunk = self._next_buffered()
-        if chunk is not None:
-            return chunk
-        if not await self._fill():
-            raise StopAsyncIteration
-        chunk = self._next_buffered()
-        assert chunk is not None  # _fill returned True: something is buffered
-        return chunk
+        if not self._buffered:
+            await self._fill()
+            if not self._buffered:
+                raise StopAsyncIteration
+        return self._deliver(self._buffered.popleft())
 
     async def next_chunks(self) -> list[TextChunk]:
-        """Return the chunks that are read and not yet delivered, reading the network only if there
-        are none; an empty list once the stream is over. The sync TextStream's one hop per read."""
-        if not self._buffered and not await self._fill():
-            return []
-        chunks = []
-        while (chunk := self._next_buffered()) is not None:
-            chunks.append(chunk)
+        """Deliver every chunk already read, reading the network only if there is none.
+
+        Returns an empty list once the stream is over. The sync TextStream takes one thread hop
+        per call of this, that is per network read, not one per chunk.
+        """
+        if not self._buffered:
+            await self._fill()
+        chunks = [self._deliver(chunk) for chunk in self._buffered]
+        self._buffered.clear()
         return chunks
 
     async def aclose(self) -> None:
@@ -123,125 +134,92 @@ class TextStream:
         self._close()
 
     def _close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._ended and not self._buffered and self._error is None:
-            self._finish()
-        else:
-            # Closed before its end: what was read but not delivered is dropped.
-            self._buffered.clear()
-            self._error = None
+        # What was read but not delivered is dropped.
+        self._buffered.clear()
+        self._error = None
+        if self._state in (_State.NEW, _State.OPEN):
+            self._state = _State.CLOSED
             self._discard()
 
-    # The sync TextStream drives these two: one thread hop per network read, not one per chunk.
-    def _next_buffered(self) -> TextChunk | None:
-        """Deliver the next chunk already read, without waiting, or None."""
-        try:
-            chunk = self._buffered.popleft()
-        except IndexError:  # empty; or emptied by a client.close() from another thread just now
-            return None
+    def _deliver(self, chunk: TextChunk) -> TextChunk:
         self._parts.append(chunk.text)
         if chunk.finish_reason is not None:
             self._finish_reason = chunk.finish_reason
+        if chunk.usage is not None:
+            self._usage = chunk.usage
         return chunk
 
-    async def _fill(self) -> bool:
-        """Read until a chunk is buffered (True) or the stream is over (False)."""
+    async def _fill(self) -> None:
+        """Read until a chunk is buffered or the stream is over."""
+        if self._state is _State.NEW:
+            await self._start()
         while not self._buffered:
             if self._error is not None:
                 error, self._error = self._error, None
                 self._fail(error)
                 raise error
-            if self._ended:
-                self._finish()
-                return False
-            await self._advance(read=True)
-        return True
-
-    async def _advance(self, *, read: bool) -> None:
-        """Open the response if needed and, if ``read``, consume one network read; retry while allowed."""
-        self._check_usable()
-        while True:
-            try:
-                if self._response is None and not self._ended:
-                    await self._open()
-                if read and not self._ended:
-                    await self._read()
+            if self._state is _State.ENDED:
                 return
+            self._check_usable()
+            try:
+                await self._read()
             except NebulaError as err:
-                error = err
+                if self._was_closed():  # aclose() from another task cut the read short
+                    raise RuntimeError(_CLOSED_WHILE_READ) from err
+                self._fail(err)  # text reached the caller: a retry would deliver it twice
+                raise
             except BaseException as exc:  # cancelled, or a bug: never leave the connection checked out
                 self._fail(exc)
                 raise
-            # Outside the except clause, so that a cancellation while we wait marks the stream failed.
-            await self._before_retry(error)
 
-    async def _before_retry(self, error: NebulaError) -> None:
-        """Wait before the next attempt, or raise ``error`` (or what stops it being retried)."""
-        self._discard()
-        if self._closed:  # aclose() from another task cut the read short: not a failure to retry
-            raise RuntimeError("this stream was closed while it was being read") from error
+    async def _start(self) -> None:
+        """Send the request and read up to the first chunk, retrying as the policy allows."""
+        self._state = _State.OPEN
         try:
-            # Once text reached the caller a retry would deliver it twice.
-            retry = not self._parts and await self._client._wait_before_retry(
-                self._policy, self._attempts, error
-            )
+            await self._calls.run(self._policy, self._attempt)
         except BaseException as exc:
-            self._fail(exc)
+            if not self._was_closed():
+                self._fail(exc)
             raise
-        if not retry:
-            self._fail(error)
-            raise error
-        self._check_usable()  # closed while we slept
-        self._buffered.clear()
 
-    def _check_usable(self) -> None:
-        if self._failure is not None:
-            raise RuntimeError(
-                f"this stream failed earlier ({type(self._failure).__name__}); "
-                "start a new one with stream_text()"
-            ) from self._failure
-        if self._closed:
-            raise RuntimeError("this stream was closed before its end; start a new one with stream_text()")
-
-    def _fail(self, exc: BaseException) -> None:
-        self._failure = exc
-        self._buffered.clear()
-        self._discard()
-
-    async def _open(self) -> None:
-        transport = self._transport = self._client._get_transport()
-        self._attempts += 1
+    async def _attempt(self, number: int) -> None:
+        """One try: open the response and read until a chunk is buffered or the stream ended."""
+        self._check_usable()  # closed while we slept before this retry
+        self._attempts = number
+        transport = self._calls.transport()
         client_timeout = transport.client_timeout(self._timeout, stream=True)
-        response = await transport.post(
-            self._body, stream=True, timeout=client_timeout, attempt=self._attempts
-        )
-        if self._closed:  # aclose() from another task while we waited for the headers
+        response = await transport.post(self._body, stream=True, timeout=client_timeout, attempt=number)
+        if self._was_closed():  # aclose() from another task while we waited for the headers
             response.close()
-            raise RuntimeError("this stream was closed while it was being read")
-        self._response = response
-        self._client._streams.add(self)
-        self._loop = asyncio.get_running_loop()
+            raise RuntimeError(_CLOSED_WHILE_READ)
         self._request_id = response.headers.get("x-request-id")
-        if response.status != 200 or response.content_type != "text/event-stream":
-            self._response = None
-            raw = await transport.read_body(response)
-            parse_generation(response.status, raw, response.headers)  # raises the error it stands for
-            raise ServerError(
-                f"expected an event stream, got {response.content_type!r}",
-                status_code=response.status,
-                request_id=self._request_id,
-            )
-        idle = self._timeout.stream_idle
-        self._idle_deadline = None if idle is None else self._loop.time() + idle
+        try:
+            if response.status != 200 or response.content_type != "text/event-stream":
+                raw = await transport.read_body(response)
+                parse_generation(response.status, raw, response.headers)  # raises the error it stands for
+                raise ServerError(
+                    f"expected an event stream, got {response.content_type!r}",
+                    status_code=response.status,
+                    request_id=self._request_id,
+                )
+            self._response = response
+            self._loop = loop = asyncio.get_running_loop()
+            self._calls.track(self, self._close)
+            idle = self._timeout.stream_idle
+            self._idle_deadline = None if idle is None else loop.time() + idle
+            while not self._buffered and self._state is _State.OPEN and self._error is None:
+                await self._read()
+        except NebulaError as err:
+            self._discard()
+            if self._was_closed():
+                raise RuntimeError(_CLOSED_WHILE_READ) from err
+            raise
 
     async def _read(self) -> None:
+        """Consume one network read: buffer its chunks, end the stream, or raise what went wrong."""
         response = self._response
         assert response is not None
-        assert self._transport is not None
-        assert self._loop is not None
-        data = await self._transport.read_chunk(response, self._request_id)
+        data = await self._calls.transport().read_chunk(response, self._request_id)
         if not data:
             where = "in the middle of an event" if self._decoder.pending() else "before its final event"
             raise APIConnectionError(f"the stream ended {where}", request_id=self._request_id)
@@ -253,27 +231,28 @@ class TextStream:
             ) from None
         got_data = False
         for event in events:
-            if event.event not in ("message", "error"):
-                continue  # event types of a newer API: not ours to interpret
+            # Event types of a newer API are not ours to interpret; an empty data field is a
+            # keep-alive, like a comment, and so does not count as data for stream_idle.
+            if event.event not in ("message", "error") or not event.data:
+                continue
             got_data = True
+            if event.data == DONE:  # the end, even when no event gave a finish_reason
+                self._end()
+                return
             try:
-                if event.data == DONE:  # we stop at the final event, so this one came before it
-                    raise APIConnectionError(
-                        "the stream sent [DONE] before its final event", request_id=self._request_id
-                    )
                 chunk = parse_event(event.data, response.headers)
             except NebulaError as err:
                 if not self._buffered:
                     raise
                 self._error = err  # deliver the text that came before it first
-                break
+                return
             self._buffered.append(chunk)
             if chunk.finish_reason is not None:
-                self._ended = True
-                break
+                self._end()
+                return
         idle = self._timeout.stream_idle
         if self._idle_deadline is not None and idle is not None:
-            now = self._loop.time()
+            now = asyncio.get_running_loop().time()
             if got_data:
                 self._idle_deadline = now + idle
             elif now > self._idle_deadline:
@@ -281,19 +260,36 @@ class TextStream:
                     f"no data event in the stream for {idle:g} s", request_id=self._request_id
                 )
 
-    def _finish(self) -> None:
-        """After the final event: hand the connection back to the pool, draining the body's tail if any."""
+    def _end(self) -> None:
+        """The final event was read: hand the connection back; the buffered chunks stay to deliver."""
+        self._state = _State.ENDED
+        self._calls.untrack(self)
         response, self._response = self._response, None
-        if response is None:
-            return
-        if response.content.at_eof():
-            response.release()
-        else:
-            # Not on the caller's time: the loop ends as soon as the final chunk is delivered.
-            self._client._drain_later(response)
+        if response is not None:
+            self._calls.release(response)
+
+    def _was_closed(self) -> bool:
+        # A method, not an inline check: another task's aclose() can change the state at any await.
+        return self._state is _State.CLOSED
+
+    def _check_usable(self) -> None:
+        if self._state is _State.FAILED:
+            raise RuntimeError(
+                f"this stream failed earlier ({type(self._failure).__name__}); "
+                "start a new one with stream_text()"
+            ) from self._failure
+        if self._state is _State.CLOSED:
+            raise RuntimeError("this stream was closed before its end; start a new one with stream_text()")
+
+    def _fail(self, exc: BaseException) -> None:
+        self._state = _State.FAILED
+        self._failure = exc
+        self._buffered.clear()
+        self._discard()
 
     def _discard(self) -> None:
         """Close the response now: an unread body means the connection cannot be reused."""
+        self._calls.untrack(self)
         response, self._response = self._response, None
         self._decoder = SSEDecoder()  # a half-read event of this response must not prefix the next
         if response is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ class TextStream:
         self._stream = stream
         self._client = client
         self._run = client._run
+        self._local: deque[TextChunk] = deque()
 
     @property
     def text(self) -> str:
@@ -62,17 +64,11 @@ class TextStream:
         return self
 
     def __next__(self) -> TextChunk:
-        # The event-loop thread fills the buffer only while we wait on it; the one exception, a
-        # close() from another thread emptying it, makes _next_buffered return None.
-        chunk = self._stream._next_buffered()
-        if chunk is not None:
-            return chunk
-        if not self._run(self._stream._fill):
-            raise StopIteration
-        chunk = self._stream._next_buffered()
-        if chunk is None:  # _fill buffered a chunk, and a close() from another thread dropped it since
-            raise RuntimeError("this stream was closed while it was being read")
-        return chunk
+        if not self._local:
+            self._local.extend(self._run(self._stream.next_chunks))
+            if not self._local:
+                raise StopIteration
+        return self._local.popleft()
 
     def close(self) -> None:
         """Release the connection; idempotent."""

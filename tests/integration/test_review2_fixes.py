@@ -176,22 +176,18 @@ async def test_cancelled_aclose_still_closes_the_session(
     client = make_client(server.base_url, retry=NO_RETRY)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        # The handler stalls after the final event: the body's tail is being drained in the background.
         texts = await collect(client.stream_text(model="m", prompt="p"))
-        assert client._drains  # the body is still open: its tail is being drained in the background
-        assert client._transport is not None
-        session = client._transport._session
-        assert session is not None
         closing = asyncio.create_task(client.aclose())
         await asyncio.sleep(0)  # aclose() has cancelled the drain and now waits for it
         closing.cancel()
         with pytest.raises(asyncio.CancelledError):
             await closing
-        assert session.closed
-        assert client._transport._session is None
         with pytest.raises(RuntimeError, match="client is closed"):
             await client.generate_text(model="m", prompt="p")
         await client.aclose()  # a second aclose() has nothing left to do
-        del session, client
+        # An unclosed session or connector would warn when collected (the asserts below).
+        del client
         await asyncio.sleep(0.01)
         gc.collect()
     assert texts == ["Hi"]

@@ -1,0 +1,159 @@
+"""CallPath: what every call of one client shares, and the one loop each call's attempts run in.
+
+Every request, streaming or not, goes through :meth:`CallPath.run`: it runs attempt 1, 2, ...
+and, between two of them, :meth:`CallPath.before_retry` decides, logs, checks the client is still
+open and sleeps. That is the one place where anything that must happen before each attempt (a
+client-wide rate limit, a shared back-off after a 429) belongs.
+
+It also owns the transport (made lazily, in the running loop), the client's closed state, the
+open streams that closing the client closes, and the background drains that hand a finished
+stream's connection back to the pool (:meth:`CallPath.release`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, TypeVar
+
+from ._config import CLIENT_CLOSED, RetryPolicy
+from ._errors import NebulaError
+from ._retry import retry_delay
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from ._http import Transport
+
+__all__ = ["CLOSED_DURING_CALL", "CallPath"]
+
+T = TypeVar("T")
+
+logger = logging.getLogger("nebula_async")
+# A library does not print: without the application's logging set up, retry warnings stay silent.
+logger.addHandler(logging.NullHandler())
+
+CLOSED_DURING_CALL = "this client was closed while the call was running"
+
+
+class CallPath:
+    """The state all calls of one client share, and the retry loop they all run in."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        headers: Mapping[str, str],
+        max_connections: int,
+        session: aiohttp.ClientSession | None,
+    ) -> None:
+        self._url = url
+        self._headers = headers
+        self._max_connections = max_connections
+        self._session = session
+        self._transport: Transport | None = None
+        self._closed = False
+        # Open streams, each by the bound method that cuts it off; weak, so a forgotten stream is
+        # still collected (and its finalizer warns).
+        self._open: dict[int, weakref.WeakMethod[Callable[[], None]]] = {}
+        # Finished streams handing their connection back, with the response each one drains.
+        self._drains: dict[asyncio.Task[None], aiohttp.ClientResponse] = {}
+
+    @property
+    def closed(self) -> bool:
+        """Whether aclose() was called."""
+        return self._closed
+
+    def transport(self) -> Transport:
+        """Return the transport, made on first use; raises RuntimeError once the client is closed."""
+        if self._closed:
+            raise RuntimeError(CLIENT_CLOSED)
+        transport = self._transport
+        if transport is None:
+            from ._http import Transport  # aiohttp is imported on first use, not with the package
+
+            transport = self._transport = Transport(
+                url=self._url,
+                max_connections=self._max_connections,
+                session=self._session,
+                headers=self._headers,
+            )
+        return transport
+
+    async def run(self, policy: RetryPolicy, attempt: Callable[[int], Awaitable[T]]) -> T:
+        """Return what ``attempt(1)``, ``attempt(2)``... returns first; retried as ``policy`` allows.
+
+        An attempt fails by raising a NebulaError; any other exception (a bug, a cancellation)
+        ends the call at once. The last error is raised unchanged when no retry is left.
+        """
+        number = 0
+        while True:
+            number += 1
+            try:
+                return await attempt(number)
+            except NebulaError as err:
+                error = err
+            # Outside the except clause: a cancellation while we wait must not chain the error.
+            await self.before_retry(policy, number, error)
+
+    async def before_retry(self, policy: RetryPolicy, attempt: int, error: NebulaError) -> None:
+        """Wait before retry ``attempt`` (1-based), or raise ``error`` when it is not to be retried."""
+        delay = retry_delay(policy, attempt, error)
+        if delay is None:
+            raise error
+        if self._closed:  # the retry can't be sent, and closing is likely what broke the call
+            raise RuntimeError(CLOSED_DURING_CALL) from error
+        logger.warning(
+            "retrying in %.3f s (retry %d of %d) after %s: %s",
+            delay, attempt, policy.max_retries, type(error).__name__, error,
+        )  # fmt: skip
+        await asyncio.sleep(delay)
+
+    def track(self, stream: object, cut_off: Callable[[], None]) -> None:
+        """Have aclose() call ``cut_off`` (a bound method of ``stream``) while ``stream`` is open."""
+        key = id(stream)
+        self._open[key] = weakref.WeakMethod(cut_off, lambda _: self._open.pop(key, None))
+
+    def untrack(self, stream: object) -> None:
+        """Forget ``stream``: it ended or was closed."""
+        self._open.pop(id(stream), None)
+
+    def release(self, response: aiohttp.ClientResponse) -> None:
+        """Hand a finished stream's connection back to the pool, draining its body's tail if any.
+
+        The tail (a trailing ``[DONE]``, say) is read in the background, not on the caller's time;
+        a body that won't end soon is closed instead.
+        """
+        if response.content.at_eof():
+            response.release()
+            return
+        if self._closed or self._transport is None:
+            response.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._transport.drain(response))
+        self._drains[task] = response
+        task.add_done_callback(lambda done: self._drains.pop(done, None))
+
+    async def aclose(self) -> None:
+        """Close open streams, drains and the transport; idempotent."""
+        if self._closed:
+            return
+        if self._transport is not None:
+            self._transport.check_loop()
+        self._closed = True
+        open_streams, self._open = self._open, {}
+        for ref in open_streams.values():
+            cut_off = ref()
+            if cut_off is not None:
+                cut_off()
+        drains, self._drains = self._drains, {}
+        for task, response in drains.items():
+            task.cancel()
+            response.close()  # a task cancelled before its first step never runs its own cleanup
+        try:
+            await asyncio.gather(*drains, return_exceptions=True)
+        finally:  # even if this aclose() is cancelled: a second call would find the client closed
+            if self._transport is not None:
+                await self._transport.aclose()
