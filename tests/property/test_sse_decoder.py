@@ -212,7 +212,7 @@ def _event(text: str, finish_reason: str | None = "stop") -> bytes:
     return b"data: " + json.dumps({"text": text, "finish_reason": finish_reason}).encode() + b"\n\n"
 
 
-# A BOM cut by a read boundary used to stay in the first line: the first event was lost.
+# Regression (6705a48, "SSE BOM"): a BOM is dropped even when a read boundary cuts it.
 @pytest.mark.parametrize("cut", range(1, len(BOM) + 3))
 def test_bom_split_anywhere_across_reads_is_dropped(cut: int) -> None:
     """A UTF-8 BOM opening the stream is dropped wherever a read boundary cuts it (or the event after it)."""

@@ -193,7 +193,7 @@ def test_html_5xx_page_is_a_server_error_on_one_line(status: int) -> None:
 @pytest.mark.parametrize("status", [405, 409, 413, 402, 418])
 def test_html_page_with_an_unmapped_4xx_is_an_api_error_not_a_server_error(status: int) -> None:
     """A proxy's HTML page with an unmapped 4xx status is a plain APIError, as the same envelope would be."""
-    # Such a page used to be a ServerError, and so retried like a 5xx.
+    # Regression (review of 6705a48): such a page was taken for a ServerError.
     page = b"<html><head><title>%d</title></head><body><h1>%d</h1><hr>nginx</body></html>" % (status, status)
     envelope = error_from_response(status, {"status": "error", "error": {"message": "no"}}, NO_HEADERS)
     err = error_from_response(status, page, NO_HEADERS)

@@ -411,7 +411,7 @@ def test_bad_base_url_is_rejected(base_url: Any, error: type[Exception]) -> None
         AsyncNebulaClient("k", base_url=base_url)
 
 
-# A bare "?" or "#" used to pass: yarl drops it, so the URL looked clean.
+# Regression (second review): a bare "?" or "#" passed, as yarl drops it and the URL looks clean.
 BARE_MARKERS = [
     "http://127.0.0.1:8080/v1?",
     "http://127.0.0.1:8080/v1#",

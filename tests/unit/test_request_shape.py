@@ -186,7 +186,7 @@ async def test_default_headers_are_merged(mock_api: MockAPI) -> None:
 @pytest.mark.parametrize("name", ["User-Agent", "user-agent"])
 async def test_default_headers_can_replace_the_user_agent(mock_api: MockAPI, name: str, path: str) -> None:
     """A User-Agent in default_headers, in any case, is the only one sent, not one beside the SDK's."""
-    # A lower-case "user-agent" used to be sent beside ours: two User-Agent headers on the wire.
+    # Regression (review of 6705a48): a lower-case "user-agent" was sent beside ours, not instead.
     async with mock_client(default_headers={name: "my-app/2.0"}) as client:
         if path == "stream":
             mock_stream(mock_api)
