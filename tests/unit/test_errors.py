@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import re
 import traceback
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,6 +14,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+import nebula_async
 from nebula_async import (
     APIConnectionError,
     APIError,
@@ -33,6 +36,7 @@ from tests.helpers import SECRET_KEY, error_body, sse
 from tests.unit._support import ENDPOINT, consume, mock_client
 
 NO_HEADERS: CIMultiDict[str] = CIMultiDict()
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 CODES: dict[str, type[APIError]] = {
     "invalid_request": InvalidRequestError,
@@ -65,26 +69,31 @@ STATUSES: dict[int, type[APIError]] = {
 # --- the class tree ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("child", "parent"),
-    [
-        (APIError, NebulaError),
-        (APIConnectionError, NebulaError),
-        (APITimeoutError, APIConnectionError),
-        (InvalidRequestError, APIError),
-        (ContextLengthExceededError, InvalidRequestError),
-        (AuthenticationError, APIError),
-        (PermissionDeniedError, APIError),
-        (NotFoundError, APIError),
-        (ModelNotFoundError, NotFoundError),
-        (RateLimitError, APIError),
-        (InsufficientQuotaError, APIError),
-        (ServerError, APIError),
-    ],
-)
-def test_error_tree(child: type[Exception], parent: type[Exception]) -> None:
-    """Each error class sits under its documented parent."""
-    assert issubclass(child, parent)
+def _readme_error_tree() -> dict[str, str]:
+    """Return each error class of the README's tree, mapped to the class it sits under."""
+    text = README.read_text(encoding="utf-8")
+    block = text[text.index("```\nNebulaError\n") + 4 : text.index("```", text.index("NebulaError\n"))]
+    parents: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []  # (the column of a name, the name)
+    for line in block.splitlines():
+        match = re.search(r"[A-Z][A-Za-z]*Error\b", line)
+        if match is None:
+            continue
+        while stack and stack[-1][0] >= match.start():
+            stack.pop()
+        if stack:
+            parents[match.group()] = stack[-1][1]
+        stack.append((match.start(), match.group()))
+    return parents
+
+
+def test_errors_subclass_what_the_readme_tree_says() -> None:
+    """Every error class's direct base is its parent in the README's tree, and the tree names every error."""
+    tree = _readme_error_tree()
+    exported = {name for name in nebula_async.__all__ if name.endswith("Error")}
+    assert set(tree) | {"NebulaError"} == exported
+    for name, parent in tree.items():
+        assert getattr(nebula_async, name).__bases__ == (getattr(nebula_async, parent),), name
 
 
 def test_quota_is_not_a_rate_limit_and_connection_is_not_api() -> None:
