@@ -27,15 +27,13 @@ import pytest
 from aiohttp import web
 
 from nebula_async import AsyncNebulaClient, GenerateRequest, TextStream
-from tests.conftest import LocalServer
+from tests.conftest import Handler, LocalServer
 from tests.helpers import FAST_RETRY, SECRET_KEY, sse
 
 # What the ``fake`` fixture answers the prompt "p" (four chunks when streamed), as ``server`` does by default.
 HELLO = "Hello, World!"
 
 STALL = 5.0  # a handler stalls this long; it is cancelled as soon as its client disconnects
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_client(base_url: str, **kwargs: Any) -> AsyncNebulaClient:

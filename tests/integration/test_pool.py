@@ -21,12 +21,11 @@ from aiohttp import web
 
 from nebula_async import AsyncNebulaClient, InvalidRequestError, ServerError, TextGeneration, TextStream
 from nebula_async.testing import FakeNebulaServer
-from tests.conftest import LocalServer
+from tests.conftest import Handler, LocalServer
 from tests.helpers import NO_RETRY, error_body, sse, success_body
 from tests.integration._support import (
     HELLO,
     STALL,
-    Handler,
     break_after,
     chunk,
     collect,

@@ -30,10 +30,9 @@ from nebula_async import (
     ServerError,
 )
 from nebula_async.testing import FakeNebulaServer
-from tests.conftest import LocalServer
+from tests.conftest import Handler, LocalServer
 from tests.helpers import FAST_RETRY, NO_RETRY, error_body, success_body
 from tests.integration._support import (
-    Handler,
     RawConnection,
     RawServer,
     free_port,

@@ -19,13 +19,12 @@ from aiohttp import web
 from nebula_async import APIConnectionError, RateLimitError, RetryPolicy, ServerError, TextChunk
 from nebula_async._sse import MAX_LINE_BYTES
 from nebula_async.testing import FakeNebulaServer
-from tests.conftest import LocalServer
+from tests.conftest import Handler, LocalServer
 from tests.helpers import FAST_RETRY, NO_RETRY, error_body, sse, success_body
 from tests.integration._support import (
     SSE_HEAD_CHUNKED,
     SSE_HEAD_UNTIL_CLOSE,
     STALL,
-    Handler,
     RawConnection,
     RawServer,
     chunk,
