@@ -88,7 +88,8 @@ class LocalServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def _route(self, request: web.Request) -> web.StreamResponse:
+    async def route(self, request: web.Request) -> web.StreamResponse:
+        """Record the request, then answer it with ``handler``."""
         raw = await request.read()
         self.requests.append(
             {"headers": dict(request.headers), "body": json.loads(raw) if raw else None, "raw": raw}
@@ -118,7 +119,7 @@ async def server() -> AsyncIterator[LocalServer]:
     """Start a LocalServer on an ephemeral port for the test, in the test's own event loop."""
     srv = LocalServer()
     app = web.Application()
-    app.router.add_post("/v1/text/generate", srv._route)
+    app.router.add_post("/v1/text/generate", srv.route)
     runner = web.AppRunner(app, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -1,11 +1,19 @@
-"""Builders for the API's documented bodies, shared by the tests."""
+"""The root's support module: keys, retry policies and the API's documented bodies, shared by every folder."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-KEY = "sk-test-0123456789"
+from nebula_async import RetryPolicy
+
+KEY = "sk-test-0123456789"  # a plain key, for tests that only need one
+# Distinctive, so finding it anywhere (a log, an error, a repr) can only mean a leak.
+SECRET_KEY = "sk-live-SECRET-7f3a9c2e5d1b4088"
+
+# Retries that wait about a millisecond: the tests measure behaviour, not backoff.
+FAST_RETRY = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.002)
+NO_RETRY = RetryPolicy(max_retries=0)
 
 
 def success_body(

@@ -1,11 +1,11 @@
-"""Helpers of the integration tests: handlers for the hand-rolled aiohttp server and a raw TCP server.
+"""Helpers of the integration tests: handlers for the hand-rolled aiohttp server, a raw TCP server, TLS.
 
 Most tests run against the ``fake`` fixture (tests/integration/conftest.py): a FakeNebulaServer,
 which speaks the API's protocol and scripts its documented faults. The hand-rolled ``server``
 fixture (tests/conftest.py) serves answers the fake won't give: malformed or unusual SSE, a 200 that
 isn't the envelope, a stall with the body left open. The ``RawServer`` here writes bytes by hand,
 for what aiohttp.web will not do: a response cut at an exact byte, a body delimited by closing the
-connection, a malformed status line.
+connection, a malformed status line, a TLS handshake with a throwaway certificate.
 """
 
 from __future__ import annotations
@@ -13,34 +13,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from nebula_async import AsyncNebulaClient, GenerateRequest, RetryPolicy, TextStream
-from tests.helpers import sse
-
-# Distinctive, so a leak into a log line or an error message cannot be a coincidence.
-SECRET_KEY = "sk-integ-7f3c9e1d-SECRET-do-not-log"
+from nebula_async import AsyncNebulaClient, GenerateRequest, TextStream
+from tests.conftest import Handler, LocalServer
+from tests.helpers import FAST_RETRY, SECRET_KEY, sse
 
 # What the ``fake`` fixture answers the prompt "p" (four chunks when streamed), as ``server`` does by default.
 HELLO = "Hello, World!"
 
-# Retries that wait about a millisecond: the tests measure behaviour, not backoff.
-FAST_RETRY = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.002)
-NO_RETRY = RetryPolicy(max_retries=0)
 STALL = 5.0  # a handler stalls this long; it is cancelled as soon as its client disconnects
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_client(base_url: str, **kwargs: Any) -> AsyncNebulaClient:
-    """Return a client for ``base_url`` with the secret key and fast retries unless overridden."""
+    """Return a client for a local server at ``base_url``: the secret key, FAST_RETRY unless overridden."""
     kwargs.setdefault("retry", FAST_RETRY)
     return AsyncNebulaClient(SECRET_KEY, base_url=base_url, **kwargs)
 
@@ -103,6 +100,39 @@ def sequence_handler(*handlers: Handler) -> Handler:
         return await current(request)
 
     return handler
+
+
+def track_peers(server: LocalServer, inner: Handler) -> list[object]:
+    """Make ``server`` run ``inner``, recording each request's client (host, port): one per TCP connection."""
+    peers: list[object] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        return await inner(request)
+
+    server.handler = handler
+    return peers
+
+
+@contextlib.asynccontextmanager
+async def catch_all(handler: Handler) -> AsyncIterator[tuple[str, list[tuple[str, str]]]]:
+    """Serve ``handler`` for every method and path on 127.0.0.1; yield the base URL and a log of requests."""
+    seen: list[tuple[str, str]] = []
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        seen.append((request.method, request.path))
+        return await handler(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", route)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1", seen
+    finally:
+        await runner.cleanup()
 
 
 def free_port() -> int:
@@ -260,6 +290,16 @@ async def collect(
     return out
 
 
+async def break_after(stream: TextStream, count: int) -> list[str]:
+    """Iterate in a plain ``async for``, break after ``count`` chunks; the stream is dropped on return."""
+    received: list[str] = []
+    async for piece in stream:
+        received.append(piece.text)
+        if len(received) == count:
+            break
+    return received
+
+
 async def generate_once(client: AsyncNebulaClient) -> object:
     """Make one non-streaming call; a CALLS case."""
     return await client.generate_text(model="m", prompt="p")
@@ -270,5 +310,41 @@ async def stream_once(client: AsyncNebulaClient) -> object:
     return await collect(client.stream_text(model="m", prompt="p"))
 
 
+Call = Callable[[AsyncNebulaClient], Awaitable[object]]  # one of the CALLS cases
+
 # Runs a test once per path that sends a request: a plain call and a stream.
 CALLS = pytest.mark.parametrize("call", [generate_once, stream_once], ids=["generate", "stream"])
+
+
+# --- TLS: a throwaway self-signed certificate for 127.0.0.1, made at test time (no key file is committed)
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """Write a self-signed certificate for 127.0.0.1 and its key into ``directory``; skip without openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: no certificate for the TLS test")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    command = [
+        openssl, "req", "-x509", "-nodes", "-days", "1",
+        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",  # an EC key: made in milliseconds
+        "-keyout", str(key), "-out", str(cert),
+        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+    ]  # fmt: skip
+    try:
+        subprocess.run(command, check=True, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"openssl could not make a test certificate: {exc}")
+    return cert, key
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """Return a server-side TLS context presenting ``cert``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def trusting_context(cert: Path) -> ssl.SSLContext:
+    """Return a client-side TLS context that trusts ``cert`` (and nothing else)."""
+    return ssl.create_default_context(cafile=str(cert))

@@ -1,11 +1,13 @@
 """Error answers over a real socket: the same class for the same code on every path.
 
 The FakeNebulaServer (``fake``) sends the documented errors; the hand-rolled ``server`` sends what it
-never does: error envelopes in a 200, answers without x-request-id, bodies that aren't the envelope.
+never does: error envelopes in a 200, answers without x-request-id, bodies that aren't the envelope,
+redirects.
 """
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -24,8 +26,8 @@ from nebula_async import (
 )
 from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
-from tests.helpers import error_body, success_body
-from tests.integration._support import NO_RETRY, collect, json_handler, make_client
+from tests.helpers import NO_RETRY, error_body, success_body
+from tests.integration._support import CALLS, Call, catch_all, collect, json_handler, make_client
 
 # (code, the HTTP status a server would send it with, the class it must raise)
 DOCUMENTED_CODES = [
@@ -232,3 +234,43 @@ async def test_stream_answered_with_json_success_is_a_server_error(server: Local
     async with _client(server) as client:
         with pytest.raises(ServerError):
             await collect(client.stream_text(model="m", prompt="p"))
+
+
+@CALLS
+async def test_caller_session_with_raise_for_status_still_gets_mapped_errors(
+    fake: FakeNebulaServer, call: Call
+) -> None:
+    """A caller's ClientSession(raise_for_status=True) still gets InsufficientQuotaError, in one request."""
+    # Regression (6705a48): a caller's raise_for_status=True must not bypass the error mapping.
+    fake.fail_next(3, status=429, code="insufficient_quota", message="no credits")
+    async with (
+        aiohttp.ClientSession(raise_for_status=True) as session,
+        make_client(fake.base_url, session=session) as client,
+    ):
+        with pytest.raises(InsufficientQuotaError) as info:
+            await call(client)
+    assert info.value.code == "insufficient_quota"
+    assert info.value.status_code == 429
+    assert info.value.request_id == fake.requests[0].request_id
+    assert len(fake.requests) == 1
+
+
+@CALLS
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_redirect_is_not_followed(status: int, call: Call) -> None:
+    """A 3xx is not followed: one request is sent, and the APIError names the Location and base_url."""
+    # Regression (6705a48, "no redirects"): a 3xx was followed, as aiohttp does by default.
+
+    async def moved(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/text/generate":
+            return web.Response(status=status, headers={"Location": "/v2/text/generate"})
+        return web.json_response(success_body("followed"))  # reached only if the redirect was followed
+
+    async with catch_all(moved) as (base_url, seen), make_client(base_url) as client:
+        with pytest.raises(APIError) as info:
+            await call(client)
+    assert seen == [("POST", "/v1/text/generate")]
+    assert type(info.value) is APIError
+    assert info.value.status_code == status
+    assert "/v2/text/generate" in info.value.message
+    assert "base_url" in info.value.message

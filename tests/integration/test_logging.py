@@ -7,19 +7,23 @@ stream that ends without its final event and malformed HTTP.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
+import aiohttp
 import pytest
 
+import nebula_async
 from nebula_async import APIConnectionError, AsyncNebulaClient, NebulaError, Timeout
 from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
-from tests.helpers import sse
+from tests.helpers import NO_RETRY, SECRET_KEY, sse
 from tests.integration._support import (
-    SECRET_KEY,
+    CALLS,
     SSE_HEAD_CHUNKED,
+    Call,
     RawConnection,
     RawServer,
     chunk,
@@ -27,6 +31,7 @@ from tests.integration._support import (
     free_port,
     make_client,
     stream_handler,
+    stream_once,
 )
 
 
@@ -222,3 +227,125 @@ async def test_bad_status_error_is_one_line() -> None:
         with pytest.raises(APIConnectionError) as info:
             await client.generate_text(model="m", prompt="p")
     assert "\n" not in str(info.value)
+
+
+# --- the key in reprs, traceback locals and chained errors -----------------------------------------
+
+
+def _reprs_reachable_from(root: object) -> tuple[list[str], list[dict[object, object]]]:
+    """Return repr() of ``root`` and of every nebula_async object reachable through attributes and containers.
+
+    Also return the mappings met on the way: the test checks that the one holding the key was reached.
+    """
+    shown: list[str] = []
+    mappings: list[dict[object, object]] = []
+    seen: set[int] = set()
+    pending: list[object] = [root]
+    while pending:
+        obj = pending.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            mappings.append(obj)
+            pending.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            pending.extend(obj)
+        if not type(obj).__module__.startswith("nebula_async"):
+            continue  # aiohttp's objects are aiohttp's: the test stops at our boundary
+        shown.append(repr(obj))
+        attributes = dict(getattr(obj, "__dict__", {}))
+        for cls in type(obj).__mro__:
+            for name in getattr(cls, "__slots__", ()):
+                if hasattr(obj, name):
+                    attributes[name] = getattr(obj, name)
+        shown.append(repr(attributes))
+        pending.extend(attributes.values())
+    return shown, mappings
+
+
+def _frames(exc: traceback.TracebackException) -> Iterator[traceback.FrameSummary]:
+    """Yield every frame of ``exc`` and of the exceptions chained to it."""
+    seen: set[int] = set()
+    pending: list[traceback.TracebackException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield from current.stack
+        pending.extend([current.__cause__, current.__context__])
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """Yield ``exc`` and every exception chained to it, as cause or context."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending.extend([current.__cause__, current.__context__])
+
+
+@CALLS
+async def test_api_key_is_not_in_reprs_or_in_our_frames_locals(call: Call) -> None:
+    """No repr of the client's objects, nor a nebula_async frame of a traceback with locals, shows the key."""
+    package_dir = os.path.dirname(nebula_async.__file__)
+    aiohttp_dir = os.path.dirname(aiohttp.__file__)
+    client = make_client(f"http://127.0.0.1:{free_port()}/v1", retry=NO_RETRY)
+    try:
+        with pytest.raises(APIConnectionError) as info:
+            await call(client)
+        shown, mappings = _reprs_reachable_from(client)  # after a call: the transport exists
+    finally:
+        await client.aclose()
+    assert any(f"Bearer {SECRET_KEY}" in m.values() for m in mappings)  # the walk reached the key's holder
+    assert not [text for text in shown if SECRET_KEY in text]
+    summary = traceback.TracebackException.from_exception(info.value, capture_locals=True)
+    frames = list(_frames(summary))
+    ours = [f for f in frames if f.filename.startswith(package_dir)]
+    assert ours  # the check below is not vacuous
+    assert all(f.locals for f in ours)
+    leaking = {
+        f"{f.filename}:{f.lineno} {f.name}"
+        for f in frames
+        if any(SECRET_KEY in value for value in (f.locals or {}).values())
+    }
+    assert not [where for where in leaking if not where.startswith(aiohttp_dir)]  # only aiohttp's own frames
+    without_locals = "".join(traceback.TracebackException.from_exception(info.value).format())
+    assert SECRET_KEY not in without_locals  # no message or source line of the chain shows it
+
+
+MALFORMED = {
+    "bad-status-line": b"HTTP/1.1 abc OK\r\n\r\n",
+    "bad-header": b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nBad Header\r\n\r\n",
+    "huge-header": b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 70_000 + b"\r\n\r\n",
+}
+
+
+@CALLS
+@pytest.mark.parametrize("payload", list(MALFORMED.values()), ids=list(MALFORMED))
+async def test_malformed_response_error_does_not_hold_the_api_key(call: Call, payload: bytes) -> None:
+    """A malformed response's error holds the key in no chained repr, request_info or traceback."""
+    # Regression (second review): aiohttp's error kept our request's headers, the key among them.
+
+    async def handle(conn: RawConnection) -> None:
+        await conn.read_request()
+        await conn.send(payload)
+
+    async with RawServer(handle) as raw, make_client(raw.base_url, retry=NO_RETRY) as client:
+        with pytest.raises(APIConnectionError) as info:
+            await call(client)
+    cause = info.value.__cause__
+    assert isinstance(cause, aiohttp.ClientResponseError)  # the one carrying our request's headers
+    assert "Authorization" in cause.request_info.headers  # the check below is not vacuous
+    assert SECRET_KEY not in repr(dict(cause.request_info.headers))
+    assert SECRET_KEY not in repr(cause)
+    assert not [repr(e) for e in _chain(info.value) if SECRET_KEY in repr(e)]
+    assert SECRET_KEY not in "".join(traceback.format_exception(info.value))
+    assert raw.requests == [
+        {"model": "m", "prompt": "p", **({"stream": True} if call is stream_once else {})}
+    ]

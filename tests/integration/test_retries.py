@@ -1,7 +1,8 @@
 """Retries over a real socket, counted on the server: what is retried, how often, how long it waits.
 
 The FakeNebulaServer (``fake``) scripts the documented failures; the hand-rolled servers send the
-Retry-After forms it doesn't (seconds alone, an HTTP date), a rate limit in a 200, a body cut short.
+Retry-After forms it doesn't (seconds alone, an HTTP date), a rate limit in a 200, a body cut short,
+a TLS certificate the client does not trust.
 """
 
 from __future__ import annotations
@@ -9,8 +10,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
+import ssl
+import sys
 import time
+from pathlib import Path
 
+import aiohttp
 import pytest
 
 from nebula_async import (
@@ -24,19 +30,20 @@ from nebula_async import (
     ServerError,
 )
 from nebula_async.testing import FakeNebulaServer
-from tests.conftest import LocalServer
-from tests.helpers import error_body, success_body
+from tests.conftest import Handler, LocalServer
+from tests.helpers import FAST_RETRY, NO_RETRY, error_body, success_body
 from tests.integration._support import (
-    FAST_RETRY,
-    NO_RETRY,
-    Handler,
     RawConnection,
     RawServer,
     free_port,
     http_head,
     json_handler,
     make_client,
+    self_signed_cert,
     sequence_handler,
+    server_context,
+    trusting_context,
+    wait_until,
 )
 
 
@@ -246,3 +253,77 @@ async def test_body_cut_short_is_retried() -> None:
         result = await client.generate_text(model="m", prompt="p")
     assert (result.text, result.retries) == ("complete", 1)
     assert len(raw.requests) == 2
+
+
+# --- a TLS certificate the client does not trust is not retried ----------------------------------
+
+# The test server upgrades its sockets with loop.start_tls(), which resets the connection on 3.10.
+_tls_server_works = pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="the test TLS server needs Python 3.11+"
+)
+
+
+async def _tls_json(context: ssl.SSLContext, conn: RawConnection, handshakes: list[bool]) -> None:
+    """Upgrade to TLS and answer one request with a success; record whether the client accepted us."""
+    try:
+        await conn.writer.start_tls(context)
+    except (ssl.SSLError, OSError):  # the client refused the certificate
+        handshakes.append(False)
+        return
+    handshakes.append(True)
+    await conn.read_request()
+    payload = json.dumps(success_body("over tls")).encode()
+    head = {"Content-Type": "application/json", "Content-Length": str(len(payload)), "Connection": "close"}
+    await conn.send(http_head(200, head) + payload)
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """Make a self-signed certificate for 127.0.0.1 in the test's temporary directory."""
+    return self_signed_cert(tmp_path)
+
+
+@_tls_server_works
+async def test_untrusted_certificate_is_not_retried(
+    tls_files: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A self-signed certificate raises APIConnectionError after one connection: it is never retried."""
+    # Regression (6705a48, "narrower transport errors"): a bad certificate is not transient, so no retry.
+    caplog.set_level(logging.WARNING, logger="nebula_async")
+    context = server_context(*tls_files)
+    handshakes: list[bool] = []
+
+    async def handle(conn: RawConnection) -> None:
+        await _tls_json(context, conn, handshakes)
+
+    async with RawServer(handle) as raw:
+        async with make_client(f"https://127.0.0.1:{raw.port}/v1", retry=FAST_RETRY) as client:
+            with pytest.raises(APIConnectionError, match=r"(?i)certificate") as info:
+                await client.generate_text(model="m", prompt="p")
+        await wait_until(lambda: len(handshakes) == raw.connections)  # the server saw each refusal
+    assert type(info.value) is APIConnectionError
+    assert info.value.retryable is False
+    assert raw.connections == 1
+    assert handshakes == [False]
+    assert [r.getMessage() for r in caplog.records if r.name == "nebula_async"] == []
+
+
+@_tls_server_works
+async def test_trusted_certificate_reaches_the_same_server(tls_files: tuple[Path, Path]) -> None:
+    """The same TLS server answers a session that trusts its certificate: the failure above is the trust."""
+    cert, key = tls_files
+    context = server_context(cert, key)
+    handshakes: list[bool] = []
+
+    async def handle(conn: RawConnection) -> None:
+        await _tls_json(context, conn, handshakes)
+
+    connector = aiohttp.TCPConnector(ssl=trusting_context(cert))
+    async with (
+        RawServer(handle) as raw,
+        aiohttp.ClientSession(connector=connector) as session,
+        make_client(f"https://127.0.0.1:{raw.port}/v1", session=session) as client,
+    ):
+        result = await client.generate_text(model="m", prompt="p")
+    assert result.text == "over tls"
+    assert handshakes == [True]

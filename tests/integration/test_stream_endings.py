@@ -14,9 +14,8 @@ from aiohttp import web
 
 from nebula_async import APIConnectionError, APITimeoutError, ServerError, TextChunk, Timeout, Usage
 from tests.conftest import LocalServer
-from tests.helpers import sse
+from tests.helpers import NO_RETRY, sse
 from tests.integration._support import (
-    NO_RETRY,
     chunk,
     collect,
     events,

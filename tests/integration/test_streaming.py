@@ -2,13 +2,15 @@
 
 The FakeNebulaServer (``fake``) streams the documented events and scripts drops and error events;
 the hand-rolled servers send what it never does: other line ends, comments, ``[DONE]``, a clean end
-without a final event, writes split at chosen bytes, a drop timed by what the caller has read.
+without a final event, a byte order mark, ``"error": null``, a stall with the body open after some
+events, writes split at chosen bytes, a drop timed by what the caller has read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import pytest
@@ -17,12 +19,12 @@ from aiohttp import web
 from nebula_async import APIConnectionError, RateLimitError, RetryPolicy, ServerError, TextChunk
 from nebula_async._sse import MAX_LINE_BYTES
 from nebula_async.testing import FakeNebulaServer
-from tests.conftest import LocalServer
-from tests.helpers import error_body, sse
+from tests.conftest import Handler, LocalServer
+from tests.helpers import FAST_RETRY, NO_RETRY, error_body, sse, success_body
 from tests.integration._support import (
-    NO_RETRY,
     SSE_HEAD_CHUNKED,
     SSE_HEAD_UNTIL_CLOSE,
+    STALL,
     RawConnection,
     RawServer,
     chunk,
@@ -32,9 +34,10 @@ from tests.integration._support import (
     make_client,
     open_stream,
     stream_handler,
+    wait_until,
 )
 
-FAST_RETRY_3 = RetryPolicy(max_retries=3, initial_delay=0.001, max_delay=0.002)
+BOM = b"\xef\xbb\xbf"
 
 
 def _data(text: str, finish_reason: str | None = None) -> bytes:
@@ -159,14 +162,20 @@ async def test_multibyte_utf8_split_across_reads() -> None:
 
 
 async def test_eof_before_finish_reason_is_a_connection_error(server: LocalServer) -> None:
-    """A stream that ends cleanly without a finish_reason raises APIConnectionError, not a short success."""
+    """A stream ending without a finish_reason raises APIConnectionError, then RuntimeError if read again."""
     server.handler = stream_handler(sse(chunk("partial")), sse(chunk(" answer")), delay=0.01)
     received: list[str] = []
     async with make_client(server.base_url) as client:
-        with pytest.raises(APIConnectionError) as info:
-            await collect(client.stream_text(model="m", prompt="p"), received)
+        stream = client.stream_text(model="m", prompt="p")
+        with pytest.raises(APIConnectionError, match="before its final event") as first:
+            await collect(stream, received)
+        # Regression (6705a48): a failed stream could be iterated again, and re-sent its request.
+        with pytest.raises(RuntimeError, match=r"failed earlier \(APIConnectionError\)") as again:
+            await collect(stream, received)
+    assert again.value.__cause__ is first.value
     assert received == ["partial", " answer"]
-    assert info.value.request_id is None
+    assert stream.text == "partial answer"
+    assert first.value.request_id is None
     assert len(server.requests) == 1  # text reached the caller: a retry would repeat it
 
 
@@ -204,7 +213,7 @@ async def test_drop_mid_stream_is_not_retried(framing: str) -> None:
         conn.abort()
 
     received: list[str] = []
-    async with RawServer(handle) as raw, make_client(raw.base_url, retry=FAST_RETRY_3) as client:
+    async with RawServer(handle) as raw, make_client(raw.base_url, retry=FAST_RETRY) as client:
         stream = client.stream_text(model="m", prompt="p")
         with pytest.raises(APIConnectionError) as info:
             await collect(stream, received, on_chunk=lambda got: _set_when(len(got) == 2, delivered))
@@ -348,3 +357,146 @@ async def test_endless_line_is_rejected_not_buffered(server: LocalServer) -> Non
         with pytest.raises(ServerError, match="longer than"):
             await collect(client.stream_text(model="m", prompt="p"))
     assert len(server.requests) == 1  # a malformed stream will not get better by asking again
+
+
+# --- a stream that failed, was cancelled or closed is over for good ------------------------------
+
+
+def _stream_then_json(*first: bytes) -> Handler:
+    """Answer a stream with ``first`` then stall STALL s; answer a plain call with a success at once."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if not (await request.json()).get("stream"):
+            return web.json_response(success_body("next call"))
+        response = await open_stream(request, {"x-request-id": "req_s"})
+        for payload in first:
+            await response.write(payload)
+        await asyncio.sleep(STALL)
+        return response
+
+    return handler
+
+
+@pytest.mark.parametrize("delivered", [[], ["Hello"]], ids=["before-first-chunk", "after-a-chunk"])
+async def test_cancelled_read_makes_the_stream_fail_without_resending(
+    server: LocalServer, delivered: list[str]
+) -> None:
+    """A read cancelled by wait_for leaves a stream that raises RuntimeError and never sends again."""
+    # Regression (6705a48): a cancelled read left the stream usable, and the next read re-sent it.
+    server.handler = _stream_then_json(*(sse(chunk(text)) for text in delivered))
+    async with make_client(server.base_url, max_connections=1) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        received = [(await asyncio.wait_for(anext(stream), 2)).text for _ in delivered]
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(anext(stream), 0.1)
+        with pytest.raises(RuntimeError, match="failed earlier"):
+            await anext(stream)
+        with pytest.raises(RuntimeError, match="failed earlier"):
+            async for _ in stream:
+                pass
+        next_call = await asyncio.wait_for(client.generate_text(model="m", prompt="p"), 2)
+    assert received == delivered
+    assert stream.text == "".join(delivered)  # nothing delivered twice
+    assert next_call.text == "next call"  # the cancelled stream's connection went back to the pool
+    assert [bool(r["body"].get("stream")) for r in server.requests] == [True, False]  # one stream, one call
+
+
+async def test_stream_cancelled_while_sleeping_before_a_retry_is_failed(
+    fake: FakeNebulaServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream cancelled in its Retry-After sleep raises RuntimeError if used again; nothing is resent."""
+    caplog.set_level(logging.WARNING, logger="nebula_async")
+    fake.fail_next(status=429, code="rate_limit_exceeded", message="slow down", retry_after=0.5)
+    fake.replies["p"] = "next call"
+    async with make_client(fake.base_url, max_connections=1) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        reader = asyncio.create_task(collect(stream))
+        await wait_until(lambda: any("retrying in" in r.getMessage() for r in caplog.records))
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        with pytest.raises(RuntimeError, match=r"failed earlier \(CancelledError\)"):
+            await anext(stream)
+        with pytest.raises(RuntimeError, match="failed earlier"):
+            await collect(stream)
+        next_call = await asyncio.wait_for(client.generate_text(model="m", prompt="p"), 2)
+    assert next_call.text == "next call"  # the pool's only connection was not kept by the stream
+    assert [bool(r.json.get("stream")) for r in fake.requests] == [True, False]  # one stream request
+    assert [r.status for r in fake.requests] == [429, 200]
+
+
+async def test_aclose_from_another_task_during_the_first_read(fake: FakeNebulaServer) -> None:
+    """aclose() while another task awaits the first event makes it raise RuntimeError; one request."""
+    # Regression (6705a48, close-aware retries): a stream closed under its reader must not retry.
+    fake.time_to_first_token = STALL  # headers at once, then no event for STALL s
+    received: list[str] = []
+    async with make_client(fake.base_url) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        reader = asyncio.create_task(collect(stream, received))
+        await wait_until(lambda: stream.request_id is not None)  # the response is open: the read is pending
+        await asyncio.sleep(0.02)
+        await stream.aclose()
+        with pytest.raises(RuntimeError, match="closed while it was being read"):
+            await asyncio.wait_for(reader, 2)
+        await asyncio.sleep(0.05)  # a retry, had there been one, would have reached the server by now
+    assert received == []
+    assert stream.text == ""
+    assert len(fake.requests) == 1
+
+
+async def test_aclose_from_another_task_while_waiting_for_headers(fake: FakeNebulaServer) -> None:
+    """aclose() while another task awaits the response headers makes it raise RuntimeError, no chunk."""
+    fake.delay_next(seconds=0.2)  # then the stream, "Hello, World!"
+    received: list[str] = []
+    async with make_client(fake.base_url) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        reader = asyncio.create_task(collect(stream, received))
+        await wait_until(lambda: len(fake.requests) == 1)  # sent; the headers are 0.2 s away
+        await stream.aclose()
+        [outcome] = await asyncio.wait_for(asyncio.gather(reader, return_exceptions=True), 2)
+    assert received == []  # nothing may be delivered by a stream closed before it
+    assert isinstance(outcome, RuntimeError)
+    assert "closed" in str(outcome)
+    assert len(fake.requests) == 1
+
+
+# --- SSE edges: a byte order mark, "error": null (how streams end: test_stream_endings.py) ---
+
+
+@pytest.mark.parametrize(
+    "cut", [None, 1, 2, 3, 4], ids=["whole", "after-1-byte", "after-2-bytes", "bom-alone", "bom-and-1-byte"]
+)
+async def test_byte_order_mark_at_the_start_is_dropped(cut: int | None) -> None:
+    """A UTF-8 BOM opening the stream is dropped, also when it is split across two network reads."""
+    body = BOM + events("Hi", " there")
+    parts = [body] if cut is None else [body[:cut], body[cut:]]
+
+    async def handle(conn: RawConnection) -> None:
+        await conn.read_request()
+        await conn.send(SSE_HEAD_UNTIL_CLOSE, *parts, pause=0.02)
+
+    async with RawServer(handle) as raw, make_client(raw.base_url, retry=NO_RETRY) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        texts = await collect(stream)
+    assert texts == ["Hi", " there"]
+    assert stream.finish_reason == "stop"
+
+
+async def test_event_with_error_null_is_a_normal_chunk(server: LocalServer) -> None:
+    """Stream events carrying ``"error": null`` are ordinary chunks, and so is a success envelope with it."""
+    # Regression (review of 6705a48): ``"error": null`` is not an error.
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if not (await request.json()).get("stream"):
+            return web.json_response({**success_body("plain"), "error": None})
+        response = await open_stream(request)
+        await response.write(sse({**chunk("Hi"), "error": None}, {**chunk("!", "stop"), "error": None}))
+        await response.write_eof()
+        return response
+
+    server.handler = handler
+    async with make_client(server.base_url, retry=NO_RETRY) as client:
+        texts = await collect(client.stream_text(model="m", prompt="p"))
+        plain = await client.generate_text(model="m", prompt="p")
+    assert texts == ["Hi", "!"]
+    assert plain.text == "plain"

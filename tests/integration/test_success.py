@@ -10,8 +10,8 @@ import platform
 from nebula_async import GenerateRequest, TextGeneration, Usage, __version__
 from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
-from tests.helpers import success_body
-from tests.integration._support import SECRET_KEY, json_handler, make_client
+from tests.helpers import SECRET_KEY, success_body
+from tests.integration._support import json_handler, make_client
 
 
 async def test_success_returns_text_usage_request_id_and_no_retries(fake: FakeNebulaServer) -> None:

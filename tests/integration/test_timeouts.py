@@ -18,8 +18,8 @@ from aiohttp import web
 from nebula_async import APIConnectionError, APITimeoutError, RetryPolicy, Timeout
 from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
-from tests.helpers import sse
-from tests.integration._support import NO_RETRY, STALL, chunk, collect, make_client, open_stream
+from tests.helpers import NO_RETRY, sse
+from tests.integration._support import STALL, chunk, collect, make_client, open_stream, wait_until
 
 # Long enough that no test could pass by waiting it out; a handler is cancelled when its client leaves.
 
@@ -194,19 +194,41 @@ async def test_connect_timeout_is_a_timeout(backlog_full_port: int) -> None:
     assert isinstance(info.value, APIConnectionError)  # a timeout is also a connection error
 
 
-async def test_total_timeout_covers_waiting_for_a_pooled_connection(fake: FakeNebulaServer) -> None:
-    """With the only connection busy, a call with total=0.2 fails in time instead of queueing on."""
-    fake.delay_next(2, seconds=STALL)  # both calls, were the second to reach the server
-    async with make_client(fake.base_url, max_connections=1, retry=NO_RETRY) as client:
-        busy = asyncio.create_task(client.generate_text(model="m", prompt="busy"))
-        try:
-            await asyncio.sleep(0.05)  # the first call now holds the connection
-            started = time.monotonic()
-            with pytest.raises(APITimeoutError):
-                await client.generate_text(model="m", prompt="queued", timeout=Timeout(total=0.2))
-            assert time.monotonic() - started < 1.0
-        finally:
-            busy.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await busy
-    assert [r.json["prompt"] for r in fake.requests] == ["busy"]
+@pytest.mark.parametrize("kind", ["generate", "stream"])
+async def test_total_timeout_covers_waiting_for_a_pooled_connection(
+    fake: FakeNebulaServer, kind: str
+) -> None:
+    """With the only connection busy, a call or stream with total=0.3 fails in time instead of queueing on."""
+    # Regression (review of 6705a48): a stream's wait for a pooled connection had no bound.
+    async with contextlib.AsyncExitStack() as stack:
+        client = make_client(fake.base_url, max_connections=1, retry=NO_RETRY)
+        await stack.enter_async_context(client)
+        if kind == "stream":
+            fake.replies["busy"] = "held on"
+            fake.token_delay = STALL  # "held", then nothing for STALL s
+            holder = await stack.enter_async_context(client.stream_text(model="m", prompt="busy"))
+            assert (await anext(holder)).text == "held"  # it now holds the only connection
+        else:
+            fake.delay_next(seconds=STALL)
+            busy = asyncio.create_task(client.generate_text(model="m", prompt="busy"))
+            stack.push_async_callback(_cancel, busy)
+            await wait_until(lambda: len(fake.requests) == 1)  # the first call now holds the connection
+
+        async def queued() -> object:
+            if kind == "stream":
+                return await collect(client.stream_text(model="m", prompt="q", timeout=Timeout(total=0.3)))
+            return await client.generate_text(model="m", prompt="q", timeout=Timeout(total=0.3))
+
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError):
+            await queued()
+        elapsed = time.monotonic() - started
+    assert 0.25 <= elapsed < 1.0
+    assert [r.json["prompt"] for r in fake.requests] == ["busy"]  # the second never got a connection
+
+
+async def _cancel(task: asyncio.Task[object]) -> None:
+    """Cancel ``task`` and wait for it to end."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

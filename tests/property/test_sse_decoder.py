@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from nebula_async._sse import MAX_LINE_BYTES, ServerSentEvent, SSEDecoder, SSEProtocolError
+
+BOM = b"\xef\xbb\xbf"
 
 
 def feed(*chunks: bytes) -> list[ServerSentEvent]:
@@ -200,3 +205,45 @@ def test_a_comment_only_tail_is_not_pending() -> None:
     decoder = SSEDecoder()
     decoder.feed(b"data: a\n\n: ping\n\nevent: x\n\n")
     assert not decoder.pending()
+
+
+def _event(text: str, finish_reason: str | None = "stop") -> bytes:
+    """Return one documented stream event, framed."""
+    return b"data: " + json.dumps({"text": text, "finish_reason": finish_reason}).encode() + b"\n\n"
+
+
+# Regression (6705a48, "SSE BOM"): a BOM is dropped even when a read boundary cuts it.
+@pytest.mark.parametrize("cut", range(1, len(BOM) + 3))
+def test_bom_split_anywhere_across_reads_is_dropped(cut: int) -> None:
+    """A UTF-8 BOM opening the stream is dropped wherever a read boundary cuts it (or the event after it)."""
+    body = BOM + _event("Hi")
+    split = feed(body[:cut], body[cut:])
+    assert split == feed(_event("Hi"))
+    assert [e.data for e in split] == ['{"text": "Hi", "finish_reason": "stop"}']
+
+
+def test_bom_in_byte_sized_reads_and_after_an_empty_read_is_dropped() -> None:
+    """A BOM sent one byte per read, after an empty read, is still recognised and dropped."""
+    body = BOM + _event("Hi")
+    decoder = SSEDecoder()
+    reads = [b"", *(body[i : i + 1] for i in range(len(body)))]
+    events = [event for part in reads for event in decoder.feed(part)]
+    assert events == feed(_event("Hi"))
+    assert not decoder.pending()
+
+
+def test_bom_is_dropped_only_at_the_start() -> None:
+    """Only the stream's first bytes may be a BOM: one later on stays part of the line it opens."""
+    events = feed(BOM + _event("a", None), BOM + _event("b"))
+    assert [json.loads(e.data)["text"] for e in events] == ["a"]  # "\ufeffdata" is an unknown field
+
+
+def test_long_line_in_small_reads_is_decoded_in_linear_time() -> None:
+    """A 3 MiB line fed in 1 KiB reads decodes in well under a second (quadratic re-joining took seconds)."""
+    payload = _event("x" * (3 * 1024 * 1024))
+    started = time.perf_counter()
+    events = feed(*(payload[i : i + 1024] for i in range(0, len(payload), 1024)))
+    elapsed = time.perf_counter() - started
+    assert len(events) == 1
+    assert len(json.loads(events[0].data)["text"]) == 3 * 1024 * 1024
+    assert elapsed < 1.0

@@ -34,7 +34,7 @@ class Event(NamedTuple):
 
 
 @st.composite
-def _events(draw: st.DrawFn) -> Event:
+def _an_event(draw: st.DrawFn) -> Event:
     data = draw(st.lists(_line_text, min_size=1, max_size=4))
     event = draw(st.none() | _line_text)  # "" means the default type, "message"
     ident = draw(st.none() | _line_text.filter(lambda s: "\x00" not in s))
@@ -67,7 +67,7 @@ def _field_lines(draw: st.DrawFn, ev: Event) -> list[str]:
 @st.composite
 def _streams(draw: st.DrawFn) -> tuple[bytes, list[ServerSentEvent]]:
     """Draw an encoded event stream, each line with its own line end, and the events it must give."""
-    events = draw(st.lists(_events(), min_size=1, max_size=5))
+    events = draw(st.lists(_an_event(), min_size=1, max_size=5))
     lines: list[str] = []
     if draw(st.booleans()):
         lines.append(": leading keep-alive")

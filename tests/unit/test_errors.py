@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import re
 import traceback
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,6 +14,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+import nebula_async
 from nebula_async import (
     APIConnectionError,
     APIError,
@@ -29,10 +32,11 @@ from nebula_async import (
 )
 from nebula_async._errors import error_from_response
 from tests.conftest import MockAPI
-from tests.helpers import error_body, sse
-from tests.unit._support import ENDPOINT, SECRET_KEY, consume, make_client
+from tests.helpers import SECRET_KEY, error_body, sse
+from tests.unit._support import ENDPOINT, consume, mock_client
 
 NO_HEADERS: CIMultiDict[str] = CIMultiDict()
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 CODES: dict[str, type[APIError]] = {
     "invalid_request": InvalidRequestError,
@@ -65,26 +69,31 @@ STATUSES: dict[int, type[APIError]] = {
 # --- the class tree ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("child", "parent"),
-    [
-        (APIError, NebulaError),
-        (APIConnectionError, NebulaError),
-        (APITimeoutError, APIConnectionError),
-        (InvalidRequestError, APIError),
-        (ContextLengthExceededError, InvalidRequestError),
-        (AuthenticationError, APIError),
-        (PermissionDeniedError, APIError),
-        (NotFoundError, APIError),
-        (ModelNotFoundError, NotFoundError),
-        (RateLimitError, APIError),
-        (InsufficientQuotaError, APIError),
-        (ServerError, APIError),
-    ],
-)
-def test_error_tree(child: type[Exception], parent: type[Exception]) -> None:
-    """Each error class sits under its documented parent."""
-    assert issubclass(child, parent)
+def _readme_error_tree() -> dict[str, str]:
+    """Return each error class of the README's tree, mapped to the class it sits under."""
+    text = README.read_text(encoding="utf-8")
+    block = text[text.index("```\nNebulaError\n") + 4 : text.index("```", text.index("NebulaError\n"))]
+    parents: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []  # (the column of a name, the name)
+    for line in block.splitlines():
+        match = re.search(r"[A-Z][A-Za-z]*Error\b", line)
+        if match is None:
+            continue
+        while stack and stack[-1][0] >= match.start():
+            stack.pop()
+        if stack:
+            parents[match.group()] = stack[-1][1]
+        stack.append((match.start(), match.group()))
+    return parents
+
+
+def test_errors_subclass_what_the_readme_tree_says() -> None:
+    """Every error class's direct base is its parent in the README's tree, and the tree names every error."""
+    tree = _readme_error_tree()
+    exported = {name for name in nebula_async.__all__ if name.endswith("Error")}
+    assert set(tree) | {"NebulaError"} == exported
+    for name, parent in tree.items():
+        assert getattr(nebula_async, name).__bases__ == (getattr(nebula_async, parent),), name
 
 
 def test_quota_is_not_a_rate_limit_and_connection_is_not_api() -> None:
@@ -177,16 +186,48 @@ def test_unmapped_4xx_is_still_an_api_error(status: int) -> None:
     assert err.status_code == status
 
 
-def test_html_502_is_a_server_error_on_one_line() -> None:
-    """An HTML 502 page is a ServerError whose one-line message quotes the start of the page."""
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_html_5xx_page_is_a_server_error_on_one_line(status: int) -> None:
+    """A proxy's HTML 5xx page is a ServerError whose one-line message quotes the start of the page."""
     page = b"<html>\n<head><title>502 Bad Gateway</title></head>\n<body>" + b"x" * 5000 + b"</body></html>"
-    err = error_from_response(502, page, NO_HEADERS)
+    err = error_from_response(status, page, NO_HEADERS)
     assert type(err) is ServerError
-    assert err.status_code == 502
+    assert err.status_code == status
     assert err.code is None
     assert "502 Bad Gateway" in str(err)
     assert "\n" not in str(err)
     assert len(str(err)) < 600  # a whole page must not land in a log line
+
+
+@pytest.mark.parametrize("status", [405, 409, 413, 402, 418])
+def test_html_page_with_an_unmapped_4xx_is_an_api_error_not_a_server_error(status: int) -> None:
+    """A proxy's HTML page with an unmapped 4xx status is a plain APIError, as the same envelope would be."""
+    # Regression (review of 6705a48): such a page was taken for a ServerError.
+    page = b"<html><head><title>%d</title></head><body><h1>%d</h1><hr>nginx</body></html>" % (status, status)
+    envelope = error_from_response(status, {"status": "error", "error": {"message": "no"}}, NO_HEADERS)
+    err = error_from_response(status, page, NO_HEADERS)
+    assert type(err) is APIError
+    assert type(envelope) is APIError
+    assert err.status_code == status
+
+
+@pytest.mark.parametrize(
+    "body", [b"<html>ok</html>", {"hello": "world"}, [1, 2], b""], ids=["html", "dict", "list", "empty"]
+)
+def test_200_that_is_not_an_envelope_is_a_server_error(body: object) -> None:
+    """A 200 whose body is not the API's envelope is a ServerError: the API is broken, not the request."""
+    err = error_from_response(200, body, NO_HEADERS)
+    assert type(err) is ServerError
+    assert err.status_code == 200
+
+
+def test_redirect_error_names_the_location_and_base_url() -> None:
+    """A 3xx without an envelope gives an APIError naming the Location and suggesting base_url."""
+    err = error_from_response(301, b"", CIMultiDict({"Location": "https://new.example/v1/text/generate"}))
+    assert type(err) is APIError
+    assert err.status_code == 301
+    assert "https://new.example/v1/text/generate" in err.message
+    assert "base_url" in err.message
 
 
 @pytest.mark.parametrize(("code", "expected"), list(CODES.items()))
@@ -302,7 +343,7 @@ async def _http_error(mock_api: MockAPI, code: str) -> APIError:
         payload=error_body(code, "msg"),
         headers={"x-request-id": "req_h"},
     )
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(APIError) as info:
             await client.generate_text(model="m", prompt="p")
     return info.value
@@ -310,7 +351,7 @@ async def _http_error(mock_api: MockAPI, code: str) -> APIError:
 
 async def _envelope_200(mock_api: MockAPI, code: str) -> APIError:
     mock_api.post(ENDPOINT, status=200, payload=error_body(code, "msg"), headers={"x-request-id": "req_e"})
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(APIError) as info:
             await client.generate_text(model="m", prompt="p")
     return info.value
@@ -323,9 +364,9 @@ async def _stream_http_error(mock_api: MockAPI, code: str) -> APIError:
         payload=error_body(code, "msg"),
         headers={"x-request-id": "req_s"},
     )
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(APIError) as info:
-            await consume(client, [], model="m", prompt="p")
+            await consume(client, model="m", prompt="p")
     return info.value
 
 
@@ -333,7 +374,7 @@ async def _mid_stream(mock_api: MockAPI, code: str) -> APIError:
     body = sse({"text": "partial", "finish_reason": None}, error_body(code, "msg"))
     mock_api.post(ENDPOINT, body=body, content_type="text/event-stream", headers={"x-request-id": "req_m"})
     received: list[str] = []
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(APIError) as info:
             await consume(client, received, model="m", prompt="p")
     assert received == ["partial"]  # the text before the error event was delivered first
@@ -371,7 +412,7 @@ async def test_html_502_through_the_client(mock_api: MockAPI) -> None:
         content_type="text/html",
         headers={"x-request-id": "req_gw"},
     )
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(ServerError) as info:
             await client.generate_text(model="m", prompt="p")
     assert info.value.status_code == 502
@@ -386,7 +427,7 @@ async def test_html_502_through_the_client(mock_api: MockAPI) -> None:
 async def test_broken_200_is_a_server_error(mock_api: MockAPI, body: bytes) -> None:
     """A 200 that is neither a success nor an error envelope raises ServerError, never a silent success."""
     mock_api.post(ENDPOINT, status=200, body=body)
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(ServerError):
             await client.generate_text(model="m", prompt="p")
 
@@ -394,9 +435,9 @@ async def test_broken_200_is_a_server_error(mock_api: MockAPI, body: bytes) -> N
 async def test_stream_answered_with_json_200_is_a_server_error(mock_api: MockAPI) -> None:
     """A stream request answered by a JSON success instead of an event stream raises ServerError."""
     mock_api.post(ENDPOINT, status=200, payload={"status": "success", "data": {"text": "x"}})
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(ServerError):
-            await consume(client, [], model="m", prompt="p")
+            await consume(client, model="m", prompt="p")
 
 
 async def test_stream_eof_before_finish_is_a_connection_error(mock_api: MockAPI) -> None:
@@ -404,7 +445,7 @@ async def test_stream_eof_before_finish_is_a_connection_error(mock_api: MockAPI)
     body = sse({"text": "a", "finish_reason": None})
     mock_api.post(ENDPOINT, body=body, content_type="text/event-stream")
     chunks: list[str] = []
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(APIConnectionError):
             await consume(client, chunks, model="m", prompt="p")
     assert chunks == ["a"]
@@ -413,7 +454,7 @@ async def test_stream_eof_before_finish_is_a_connection_error(mock_api: MockAPI)
 async def test_connection_refused_is_a_connection_error(mock_api: MockAPI) -> None:
     """A refused connection raises APIConnectionError, not APITimeoutError."""
     mock_api.post(ENDPOINT, exception=aiohttp.ClientConnectionError("Connection refused"))
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(APIConnectionError) as info:
             await client.generate_text(model="m", prompt="p")
     assert type(info.value) is APIConnectionError
@@ -422,7 +463,7 @@ async def test_connection_refused_is_a_connection_error(mock_api: MockAPI) -> No
 async def test_timeout_is_a_timeout_error(mock_api: MockAPI) -> None:
     """A timeout raised by the transport becomes APITimeoutError."""
     mock_api.post(ENDPOINT, exception=asyncio.TimeoutError())
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(APITimeoutError):
             await client.generate_text(model="m", prompt="p")
 
@@ -460,7 +501,7 @@ ERROR_ANSWERS: list[dict[str, Any]] = [
 async def test_api_key_never_in_a_raised_error(mock_api: MockAPI, answer: dict[str, Any]) -> None:
     """No error raised by a call shows the API key in its str, repr, args, attributes or traceback."""
     mock_api.post(ENDPOINT, **answer)
-    async with make_client(SECRET_KEY) as client:
+    async with mock_client(SECRET_KEY) as client:
         with pytest.raises(NebulaError) as info:
             await client.generate_text(model="m", prompt="p")
     assert _leaks(info.value) == []
@@ -471,9 +512,9 @@ async def test_api_key_never_in_a_raised_stream_error(mock_api: MockAPI) -> None
     """A mid-stream error event raised from a stream does not show the API key either."""
     body = sse({"text": "a", "finish_reason": None}, error_body("rate_limit_exceeded", "slow"))
     mock_api.post(ENDPOINT, body=body, content_type="text/event-stream")
-    async with make_client(SECRET_KEY) as client:
+    async with mock_client(SECRET_KEY) as client:
         with pytest.raises(RateLimitError) as info:
-            await consume(client, [], model="m", prompt="p")
+            await consume(client, model="m", prompt="p")
     assert _leaks(info.value) == []
 
 
@@ -483,7 +524,7 @@ async def test_api_key_never_in_a_transport_error_that_carries_request_headers(m
     # What aiohttp raises after following too many redirects: request_info holds the sent headers.
     request_info = aiohttp.RequestInfo(URL(ENDPOINT), "POST", sent_headers, URL(ENDPOINT))
     mock_api.post(ENDPOINT, exception=aiohttp.TooManyRedirects(request_info, (), status=307, message="loop"))
-    async with make_client(SECRET_KEY) as client:
+    async with mock_client(SECRET_KEY) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.generate_text(model="m", prompt="p")
     assert _leaks(info.value) == []

@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import collections.abc
+import contextlib
+import importlib.metadata
 import importlib.resources
 import inspect
 import subprocess
 import sys
+import typing
 from types import ModuleType
 
+import attrs
 import pytest
+from packaging.version import Version
 
 import nebula_async
 import nebula_sync
+from tests.helpers import KEY
 
 PACKAGES = [nebula_async, nebula_sync]
 MIRRORED_METHODS = ["__init__", "generate_text", "stream_text", "generate_many"]
+UNREACHABLE = "http://127.0.0.1:9/v1"  # the discard port: nothing answers, nothing leaves the machine
+
+# What each exported name is: the documented surface, by kind.
+MODELS = {"GenerateRequest", "TextChunk", "TextGeneration", "Usage", "RetryPolicy", "Timeout"}
+ERRORS = {
+    "NebulaError",
+    "APIError",
+    "InvalidRequestError",
+    "ContextLengthExceededError",
+    "AuthenticationError",
+    "PermissionDeniedError",
+    "NotFoundError",
+    "ModelNotFoundError",
+    "RateLimitError",
+    "InsufficientQuotaError",
+    "ServerError",
+    "APIConnectionError",
+    "APITimeoutError",
+}
 
 
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
@@ -25,11 +51,26 @@ def test_all_is_sorted_and_unique(package: ModuleType) -> None:
     assert len(set(names)) == len(names)
 
 
+def test_async_exports_are_the_documented_objects() -> None:
+    """nebula_async exports the client, the stream, frozen attrs models and the error classes, all its own."""
+    assert set(nebula_async.__all__) == MODELS | ERRORS | {"AsyncNebulaClient", "TextStream", "__version__"}
+    for name in MODELS:
+        model = getattr(nebula_async, name)
+        assert attrs.has(model), name
+        assert model.__module__.startswith("nebula_async."), name
+        assert attrs.fields(model), name  # a model with fields, not an empty marker
+    for name in ERRORS:
+        error = getattr(nebula_async, name)
+        assert issubclass(error, nebula_async.NebulaError), name
+        assert error.__module__.startswith("nebula_async."), name
+    assert issubclass(nebula_async.NebulaError, Exception)
+    assert nebula_async.AsyncNebulaClient.__module__.startswith("nebula_async.")
+    assert nebula_async.TextStream.__module__.startswith("nebula_async.")
+
+
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
-def test_every_exported_name_resolves(package: ModuleType) -> None:
-    """Every name in __all__ resolves, and a star import gives exactly those names."""
-    missing = [name for name in package.__all__ if not hasattr(package, name)]
-    assert missing == []
+def test_star_import_gives_exactly_all(package: ModuleType) -> None:
+    """A star import gives exactly the names in __all__."""
     namespace: dict[str, object] = {}
     exec(f"from {package.__name__} import *", namespace)  # the star import a user might write
     namespace.pop("__builtins__", None)
@@ -50,21 +91,26 @@ def test_shared_names_are_the_same_objects(name: str) -> None:
     assert getattr(nebula_sync, name) is getattr(nebula_async, name)
 
 
-def test_sync_text_stream_is_its_own_class() -> None:
-    """nebula_sync.TextStream is a blocking class of its own, not the async one."""
+def test_each_client_returns_its_own_text_stream() -> None:
+    """stream_text returns nebula_sync.TextStream (an iterator) or nebula_async.TextStream (an async one)."""
     sync_stream: object = nebula_sync.TextStream
     assert sync_stream is not nebula_async.TextStream
-    assert hasattr(nebula_sync.TextStream, "__iter__")
-    assert hasattr(nebula_sync.TextStream, "__next__")
-    assert hasattr(nebula_sync.TextStream, "__enter__")
-    assert hasattr(nebula_async.TextStream, "__aiter__")
-    assert hasattr(nebula_async.TextStream, "__aenter__")
+    assert typing.get_type_hints(nebula_sync.NebulaClient.stream_text)["return"] is nebula_sync.TextStream
+    assert (
+        typing.get_type_hints(nebula_async.AsyncNebulaClient.stream_text)["return"] is nebula_async.TextStream
+    )
+    assert issubclass(nebula_sync.TextStream, collections.abc.Iterator)
+    assert issubclass(nebula_sync.TextStream, contextlib.AbstractContextManager)
+    assert issubclass(nebula_async.TextStream, collections.abc.AsyncIterator)
+    assert issubclass(nebula_async.TextStream, contextlib.AbstractAsyncContextManager)
 
 
-def test_version_is_0_1_0() -> None:
-    """Both packages report the distribution's version, 0.1.0."""
-    assert nebula_async.__version__ == "0.1.0"
-    assert nebula_sync.__version__ == "0.1.0"
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_version_is_the_installed_distributions(package: ModuleType) -> None:
+    """Both packages report the installed nebula-sdk's version, a canonical PEP 440 version."""
+    installed = importlib.metadata.version("nebula-sdk")
+    assert package.__version__ == installed
+    assert str(Version(installed)) == installed  # Version() raises on anything PEP 440 does not allow
 
 
 @pytest.mark.parametrize("method", MIRRORED_METHODS)
@@ -77,25 +123,24 @@ def test_sync_method_parameters_match_async_twin(method: str) -> None:
     assert sync_params == async_params
 
 
-@pytest.mark.parametrize("method", MIRRORED_METHODS)
-def test_sync_method_parameter_names_kinds_and_defaults_match(method: str) -> None:
-    """Each NebulaClient method is called like its twin: the same names, kinds and defaults, in order."""
-
-    def shape(fn: object) -> list[tuple[str, object, object]]:
-        params = inspect.signature(fn).parameters.values()  # type: ignore[arg-type]  # a function object
-        return [(p.name, p.kind, p.default) for p in params]
-
-    assert shape(getattr(nebula_sync.NebulaClient, method)) == shape(
-        getattr(nebula_async.AsyncNebulaClient, method)
-    )
-
-
-def test_close_methods_differ_only_in_name() -> None:
-    """The async client closes with aclose(), the sync one with close(); each has a context manager."""
+async def test_async_client_closes_with_aclose_or_async_with() -> None:
+    """aclose() is a coroutine; ``async with`` gives the client itself and closes it on exit."""
     assert inspect.iscoroutinefunction(nebula_async.AsyncNebulaClient.aclose)
+    client = nebula_async.AsyncNebulaClient(KEY, base_url=UNREACHABLE)
+    async with client as entered:
+        assert entered is client
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.generate_text(model="m", prompt="p")
+
+
+def test_sync_client_closes_with_close_or_with() -> None:
+    """close() is a plain method; ``with`` gives the client itself and closes it on exit."""
     assert not inspect.iscoroutinefunction(nebula_sync.NebulaClient.close)
-    assert hasattr(nebula_async.AsyncNebulaClient, "__aenter__")
-    assert hasattr(nebula_sync.NebulaClient, "__enter__")
+    client = nebula_sync.NebulaClient(KEY, base_url=UNREACHABLE)
+    with client as entered:
+        assert entered is client
+    with pytest.raises(RuntimeError, match="closed"):
+        client.generate_text(model="m", prompt="p")
 
 
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)

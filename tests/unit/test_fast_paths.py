@@ -151,7 +151,7 @@ STREAM = (
 )
 
 
-def _events(chunks: list[bytes], *, general: bool) -> list[object]:
+def _decode(chunks: list[bytes], *, general: bool) -> list[object]:
     decoder = SSEDecoder()
     feed = decoder._feed_lines if general else decoder.feed
     return [event for chunk in chunks for event in feed(chunk)]
@@ -161,6 +161,6 @@ def _events(chunks: list[bytes], *, general: bool) -> list[object]:
 def test_the_lf_fast_path_gives_the_general_paths_events(size: int) -> None:
     """Split anywhere, LF-only streams decode to the same events, ids and retry as the line-by-line path."""
     chunks = [STREAM[i : i + size] for i in range(0, len(STREAM), size)]
-    fast = _events(chunks, general=False)
-    assert fast == _events(chunks, general=True)
+    fast = _decode(chunks, general=False)
+    assert fast == _decode(chunks, general=True)
     assert [e.data for e in fast] == ['{"text": "a"}\n', "no space", "été", "last"]  # type: ignore[attr-defined]

@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
+import nebula_async
 import nebula_sync
 from nebula_async import (
-    AsyncNebulaClient,
     GenerateRequest,
     RateLimitError,
     ServerError,
@@ -19,8 +19,8 @@ from nebula_async import (
     Timeout,
 )
 from tests.conftest import MockAPI
-from tests.helpers import error_body, sse, success_body
-from tests.unit._support import BASE_URL, ENDPOINT, SECRET_KEY, make_client
+from tests.helpers import SECRET_KEY, error_body, sse, success_body
+from tests.unit._support import BASE_URL, ENDPOINT, consume, header, mock_client
 
 SSE_BODY = sse({"text": "Hel", "finish_reason": None}, {"text": "lo", "finish_reason": "stop"})
 
@@ -30,26 +30,13 @@ def mock_stream(mock_api: MockAPI, body: bytes = SSE_BODY, **kwargs: Any) -> Non
     mock_api.post(ENDPOINT, body=body, content_type="text/event-stream", **kwargs)
 
 
-def header(sent: dict[str, Any], name: str) -> list[str]:
-    """Return every value of header ``name`` (case-insensitive) in one sent request."""
-    return [value for key, value in sent["headers"].items() if key.lower() == name.lower()]
-
-
-async def collect(client: AsyncNebulaClient, **kwargs: Any) -> str:
-    """Stream a generation to its end and return the text."""
-    async with client.stream_text(**kwargs) as stream:
-        async for _ in stream:
-            pass
-    return stream.text
-
-
 # --- body ----------------------------------------------------------------------------------------
 
 
 async def test_minimal_body_has_only_model_and_prompt(mock_api: MockAPI) -> None:
     """generate_text with only model and prompt sends exactly those two fields."""
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client() as client:
+    async with mock_client() as client:
         await client.generate_text(model="Llama3.3-70B", prompt="Say hi")
     [sent] = mock_api.sent()
     assert sent["method"] == "POST"
@@ -60,7 +47,7 @@ async def test_minimal_body_has_only_model_and_prompt(mock_api: MockAPI) -> None
 async def test_full_body_has_every_passed_field(mock_api: MockAPI) -> None:
     """Every optional field that is passed is sent with its value, stop as a JSON array."""
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client() as client:
+    async with mock_client() as client:
         await client.generate_text(
             model="m", prompt="p", max_tokens=100, temperature=0.7, top_p=0.9, stop=["\n\n", "END"]
         )
@@ -91,7 +78,7 @@ async def test_only_passed_fields_are_sent(
 ) -> None:
     """A falsy value that was passed (0, empty stop) is sent; a None is left out."""
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client() as client:
+    async with mock_client() as client:
         await client.generate_text(model="m", prompt="p", **kwargs)
     [sent] = mock_api.sent()
     assert sent["body"] == {"model": "m", "prompt": "p", **expected}
@@ -100,7 +87,7 @@ async def test_only_passed_fields_are_sent(
 async def test_generate_text_never_sends_stream(mock_api: MockAPI) -> None:
     """A non-streaming call has no "stream" key in its body."""
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client() as client:
+    async with mock_client() as client:
         await client.generate_text(model="m", prompt="p", max_tokens=5)
     [sent] = mock_api.sent()
     assert "stream" not in sent["body"]
@@ -109,8 +96,8 @@ async def test_generate_text_never_sends_stream(mock_api: MockAPI) -> None:
 async def test_stream_text_sends_stream_true(mock_api: MockAPI) -> None:
     """stream_text sends the passed fields plus "stream": true."""
     mock_stream(mock_api)
-    async with make_client() as client:
-        text = await collect(client, model="m", prompt="p", temperature=1.5)
+    async with mock_client() as client:
+        text = await consume(client, model="m", prompt="p", temperature=1.5)
     assert text == "Hello"
     [sent] = mock_api.sent()
     assert sent["body"] == {"model": "m", "prompt": "p", "temperature": 1.5, "stream": True}
@@ -119,7 +106,7 @@ async def test_stream_text_sends_stream_true(mock_api: MockAPI) -> None:
 async def test_stream_is_not_sent_before_it_is_used(mock_api: MockAPI) -> None:
     """stream_text() itself sends nothing; entering the stream sends the one request."""
     mock_stream(mock_api)
-    async with make_client() as client:
+    async with mock_client() as client:
         stream = client.stream_text(model="m", prompt="p")
         assert mock_api.sent() == []
         async with stream:
@@ -133,7 +120,7 @@ async def test_non_ascii_prompt_is_utf8_on_the_wire(mock_api: MockAPI) -> None:
     """A non-ASCII prompt and model reach the wire as UTF-8 bytes of the same text."""
     prompt = "Grüße, 世界! 🚀 — naïve café"
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client() as client:
+    async with mock_client() as client:
         await client.generate_text(model="modèle", prompt=prompt)
     [sent] = mock_api.sent()
     raw = sent["raw"]
@@ -144,7 +131,7 @@ async def test_non_ascii_prompt_is_utf8_on_the_wire(mock_api: MockAPI) -> None:
 
 async def test_lone_surrogate_prompt_is_refused_naming_prompt(mock_api: MockAPI) -> None:
     """A prompt that cannot be encoded as UTF-8 raises before sending, naming prompt (not extra_body)."""
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises((ValueError, TypeError)) as info:
             await client.generate_text(model="m", prompt="bad \ud800 text")
     assert mock_api.requests == {}
@@ -157,13 +144,13 @@ async def test_lone_surrogate_prompt_is_refused_naming_prompt(mock_api: MockAPI)
 async def test_standard_headers(mock_api: MockAPI) -> None:
     """A call carries the bearer key, a JSON content type and a User-Agent naming the SDK and Python."""
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client() as client:
+    async with mock_client() as client:
         await client.generate_text(model="m", prompt="p")
     [sent] = mock_api.sent()
     assert header(sent, "Authorization") == [f"Bearer {SECRET_KEY}"]
     assert header(sent, "Content-Type") == ["application/json"]
     [user_agent] = header(sent, "User-Agent")
-    assert "nebula-sdk/0.1.0" in user_agent
+    assert f"nebula-sdk/{nebula_async.__version__}" in user_agent
     assert "Python" in user_agent
     assert "text/event-stream" not in " ".join(header(sent, "Accept"))
 
@@ -171,22 +158,22 @@ async def test_standard_headers(mock_api: MockAPI) -> None:
 async def test_stream_accepts_event_stream(mock_api: MockAPI) -> None:
     """A streaming call asks for text/event-stream and carries the same auth and User-Agent."""
     mock_stream(mock_api)
-    async with make_client() as client:
-        await collect(client, model="m", prompt="p")
+    async with mock_client() as client:
+        await consume(client, model="m", prompt="p")
     [sent] = mock_api.sent()
     assert header(sent, "Accept") == ["text/event-stream"]
     assert header(sent, "Authorization") == [f"Bearer {SECRET_KEY}"]
     assert header(sent, "Content-Type") == ["application/json"]
-    assert "nebula-sdk/0.1.0" in header(sent, "User-Agent")[0]
+    assert f"nebula-sdk/{nebula_async.__version__}" in header(sent, "User-Agent")[0]
 
 
 async def test_default_headers_are_merged(mock_api: MockAPI) -> None:
     """default_headers are added to every call, streaming or not, beside the SDK's own headers."""
     mock_api.post(ENDPOINT, payload=success_body())
     mock_stream(mock_api)
-    async with make_client(default_headers={"X-Team": "search", "X-Trace": "t1"}) as client:
+    async with mock_client(default_headers={"X-Team": "search", "X-Trace": "t1"}) as client:
         await client.generate_text(model="m", prompt="p")
-        await collect(client, model="m", prompt="p")
+        await consume(client, model="m", prompt="p")
     sent = mock_api.sent()
     assert len(sent) == 2
     for request in sent:
@@ -195,11 +182,18 @@ async def test_default_headers_are_merged(mock_api: MockAPI) -> None:
         assert header(request, "Authorization") == [f"Bearer {SECRET_KEY}"]
 
 
-async def test_default_headers_can_replace_the_user_agent(mock_api: MockAPI) -> None:
-    """A User-Agent in default_headers replaces the SDK's own instead of being sent beside it."""
-    mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client(default_headers={"User-Agent": "my-app/2.0"}) as client:
-        await client.generate_text(model="m", prompt="p")
+@pytest.mark.parametrize("path", ["generate", "stream"])
+@pytest.mark.parametrize("name", ["User-Agent", "user-agent"])
+async def test_default_headers_can_replace_the_user_agent(mock_api: MockAPI, name: str, path: str) -> None:
+    """A User-Agent in default_headers, in any case, is the only one sent, not one beside the SDK's."""
+    # Regression (review of 6705a48): a lower-case "user-agent" was sent beside ours, not instead.
+    async with mock_client(default_headers={name: "my-app/2.0"}) as client:
+        if path == "stream":
+            mock_stream(mock_api)
+            await consume(client, model="m", prompt="p")
+        else:
+            mock_api.post(ENDPOINT, payload=success_body())
+            await client.generate_text(model="m", prompt="p")
     [sent] = mock_api.sent()
     assert header(sent, "User-Agent") == ["my-app/2.0"]
     assert header(sent, "Authorization") == [f"Bearer {SECRET_KEY}"]
@@ -213,9 +207,9 @@ async def test_extra_body_is_merged(mock_api: MockAPI) -> None:
     mock_api.post(ENDPOINT, payload=success_body())
     mock_stream(mock_api)
     extra = {"presence_penalty": 0.5, "metadata": {"user": "u1", "tags": ["a"]}}
-    async with make_client() as client:
+    async with mock_client() as client:
         await client.generate_text(model="m", prompt="p", extra_body=extra)
-        await collect(client, model="m", prompt="p", extra_body=extra)
+        await consume(client, model="m", prompt="p", extra_body=extra)
     plain, streamed = mock_api.sent()
     assert plain["body"] == {"model": "m", "prompt": "p", **extra}
     assert streamed["body"] == {"model": "m", "prompt": "p", **extra, "stream": True}
@@ -225,7 +219,7 @@ async def test_extra_body_is_merged(mock_api: MockAPI) -> None:
 async def test_extra_body_clashing_with_a_parameter_is_refused(mock_api: MockAPI, key: str) -> None:
     """extra_body may not set a typed parameter: ValueError naming it, and nothing is sent."""
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(ValueError, match=key):
             await client.generate_text(model="m", prompt="p", extra_body={key: 5})
         with pytest.raises(ValueError, match=key):
@@ -248,14 +242,23 @@ async def test_extra_body_non_json_value_is_refused(
 ) -> None:
     """An extra_body value JSON cannot carry (a wrong type, or NaN/inf) raises before anything is sent."""
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(error, match="extra_body"):
             await client.generate_text(model="m", prompt="p", extra_body={"x": value})
         with pytest.raises(error, match="extra_body"):
             client.stream_text(model="m", prompt="p", extra_body={"x": value})
-        with pytest.raises(TypeError, match="extra_body must be a dict"):
-            await client.generate_text(model="m", prompt="p", extra_body=["seed"])  # type: ignore[arg-type]  # the mistake under test
     assert mock_api.requests == {}
+
+
+@pytest.mark.parametrize("extra_body", [["seed"], "seed"], ids=["list", "str"])
+async def test_extra_body_that_is_not_a_dict_is_refused(mock_api: MockAPI, extra_body: Any) -> None:
+    """extra_body that is not a dict is a TypeError on both paths, and nothing is sent."""
+    async with mock_client() as client:
+        with pytest.raises(TypeError, match="extra_body must be a dict"):
+            await client.generate_text(model="m", prompt="p", extra_body=extra_body)
+        with pytest.raises(TypeError, match="extra_body must be a dict"):
+            client.stream_text(model="m", prompt="p", extra_body=extra_body)
+    assert mock_api.sent() == []
 
 
 # --- arguments refused before sending ------------------------------------------------------------
@@ -282,7 +285,7 @@ async def test_bad_argument_raises_before_any_request(
 ) -> None:
     """generate_text with a bad argument raises, naming it, and sends nothing."""
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(error, match=name):
             await client.generate_text(**{"model": "m", "prompt": "p", **kwargs})
     assert mock_api.requests == {}
@@ -294,7 +297,7 @@ async def test_bad_stream_argument_raises_at_stream_text(
 ) -> None:
     """stream_text with a bad argument raises when called, before any stream exists or is sent."""
     mock_stream(mock_api)
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(error, match=name):
             client.stream_text(**{"model": "m", "prompt": "p", **kwargs})
     assert mock_api.requests == {}
@@ -302,7 +305,7 @@ async def test_bad_stream_argument_raises_at_stream_text(
 
 async def test_missing_required_argument_sends_nothing(mock_api: MockAPI) -> None:
     """Leaving out prompt is a TypeError from the call itself, with nothing sent."""
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(TypeError, match="prompt"):
             await client.generate_text(model="m")  # type: ignore[call-arg]  # the mistake under test
     assert mock_api.requests == {}
@@ -317,7 +320,7 @@ async def test_per_call_max_retries_enables_retry(mock_api: MockAPI) -> None:
         ENDPOINT, status=429, payload=error_body("rate_limit_exceeded"), headers={"Retry-After": "0"}
     )
     mock_api.post(ENDPOINT, payload=success_body("second"))
-    async with make_client(max_retries=0) as client:
+    async with mock_client(max_retries=0) as client:
         result = await client.generate_text(model="m", prompt="p", max_retries=1)
     assert result.text == "second"
     assert result.retries == 1
@@ -330,7 +333,7 @@ async def test_per_call_max_retries_zero_disables_retry(mock_api: MockAPI) -> No
     """max_retries=0 on a call sends it once even though the client would retry."""
     mock_api.post(ENDPOINT, status=503, payload=error_body("overloaded"), headers={"Retry-After": "0"})
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client(max_retries=3) as client:
+    async with mock_client(max_retries=3) as client:
         with pytest.raises(ServerError):
             await client.generate_text(model="m", prompt="p", max_retries=0)
     assert len(mock_api.sent()) == 1
@@ -342,7 +345,7 @@ async def test_per_call_max_retries_applies_to_streams(mock_api: MockAPI) -> Non
         ENDPOINT, status=429, payload=error_body("rate_limit_exceeded"), headers={"Retry-After": "0"}
     )
     mock_stream(mock_api)
-    client = make_client(max_retries=0)
+    client = mock_client(max_retries=0)
     async with client, client.stream_text(model="m", prompt="p", max_retries=1) as stream:
         text = "".join([chunk.text async for chunk in stream])
     assert text == "Hello"
@@ -360,7 +363,7 @@ async def test_per_call_max_retries_does_not_change_the_client(mock_api: MockAPI
         ENDPOINT, status=429, payload=error_body("rate_limit_exceeded"), headers={"Retry-After": "0"}
     )
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client(max_retries=0) as client:
+    async with mock_client(max_retries=0) as client:
         await client.generate_text(model="m", prompt="p", max_retries=1)
         with pytest.raises(RateLimitError):
             await client.generate_text(model="m", prompt="p")
@@ -374,7 +377,7 @@ def _timeouts(mock_api: MockAPI) -> list[aiohttp.ClientTimeout]:
 async def test_default_timeouts_reach_aiohttp(mock_api: MockAPI) -> None:
     """A plain call is bounded by the default connect and total timeouts (no read limit by default)."""
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client() as client:
+    async with mock_client() as client:
         await client.generate_text(model="m", prompt="p")
     [timeout] = _timeouts(mock_api)
     assert (timeout.sock_connect, timeout.sock_read, timeout.total) == (10.0, None, 600.0)
@@ -383,7 +386,7 @@ async def test_default_timeouts_reach_aiohttp(mock_api: MockAPI) -> None:
 async def test_per_call_timeout_reaches_aiohttp(mock_api: MockAPI) -> None:
     """timeout=2.5 on a call bounds that request by 2.5 s; the next call is back to the client's."""
     mock_api.post(ENDPOINT, payload=success_body(), repeat=True)
-    async with make_client(timeout=Timeout(connect=1.0, read=4.0, total=9.0)) as client:
+    async with mock_client(timeout=Timeout(connect=1.0, read=4.0, total=9.0)) as client:
         await client.generate_text(model="m", prompt="p", timeout=2.5)
         await client.generate_text(model="m", prompt="p")
     first, second = _timeouts(mock_api)
@@ -394,8 +397,8 @@ async def test_per_call_timeout_reaches_aiohttp(mock_api: MockAPI) -> None:
 async def test_stream_has_no_total_timeout(mock_api: MockAPI) -> None:
     """A stream keeps connect and a read bound (stream_idle's) but no total: that would cut a long one."""
     mock_stream(mock_api)
-    async with make_client() as client:
-        await collect(client, model="m", prompt="p")
+    async with mock_client() as client:
+        await consume(client, model="m", prompt="p")
     [timeout] = _timeouts(mock_api)
     assert timeout.total is None
     assert (timeout.sock_connect, timeout.sock_read) == (10.0, 120.0)
@@ -407,7 +410,7 @@ async def test_stream_has_no_total_timeout(mock_api: MockAPI) -> None:
 async def test_result_carries_text_usage_and_request_id(mock_api: MockAPI) -> None:
     """The result holds the envelope's text and usage and the x-request-id header."""
     mock_api.post(ENDPOINT, payload=success_body("hi", 3, 4), headers={"x-request-id": "req_42"})
-    async with make_client() as client:
+    async with mock_client() as client:
         result = await client.generate_text(model="m", prompt="p")
     assert result.text == "hi"
     assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.total_tokens) == (
@@ -422,7 +425,7 @@ async def test_result_carries_text_usage_and_request_id(mock_api: MockAPI) -> No
 async def test_request_id_is_none_when_absent(mock_api: MockAPI) -> None:
     """Without an x-request-id header the result's request_id is None."""
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client() as client:
+    async with mock_client() as client:
         result = await client.generate_text(model="m", prompt="p")
     assert result.request_id is None
 
@@ -435,9 +438,9 @@ async def test_unknown_response_fields_are_ignored(mock_api: MockAPI) -> None:
     body["data"]["usage"]["cached_tokens"] = 2
     mock_api.post(ENDPOINT, payload=body)
     mock_stream(mock_api, sse({"text": "x", "finish_reason": "stop", "index": 0, "new": {"a": 1}}))
-    async with make_client() as client:
+    async with mock_client() as client:
         result = await client.generate_text(model="m", prompt="p")
-        text = await collect(client, model="m", prompt="p")
+        text = await consume(client, model="m", prompt="p")
     assert result.text == "ok"
     assert text == "x"
 
@@ -454,7 +457,7 @@ async def test_unknown_response_fields_are_ignored(mock_api: MockAPI) -> None:
 async def test_malformed_success_is_a_server_error(mock_api: MockAPI, data: Any) -> None:
     """A success envelope whose data does not fit the model raises ServerError instead of guessing."""
     mock_api.post(ENDPOINT, payload={"status": "success", "data": data})
-    async with make_client() as client:
+    async with mock_client() as client:
         with pytest.raises(ServerError):
             await client.generate_text(model="m", prompt="p")
     assert len(mock_api.sent()) == 1
@@ -471,7 +474,7 @@ async def test_generate_many_sends_each_request_as_generate_text_would(mock_api:
         GenerateRequest(model="m", prompt="p", max_tokens=5, stop=["x"]),
         {"model": "m", "prompt": "p", "max_tokens": 5, "stop": ["x"]},
     ]
-    async with make_client() as client:
+    async with mock_client() as client:
         results = await client.generate_many(requests, concurrency=1)
     assert [r.text for r in results] == ["a", "b"]
     bodies = [s["body"] for s in mock_api.sent()]
@@ -481,7 +484,7 @@ async def test_generate_many_sends_each_request_as_generate_text_would(mock_api:
 async def test_generate_many_bad_item_sends_nothing_for_it(mock_api: MockAPI) -> None:
     """A dict item with a bad argument fails alone with return_exceptions=True; only the good one is sent."""
     mock_api.post(ENDPOINT, payload=success_body("ok"))
-    async with make_client() as client:
+    async with mock_client() as client:
         results = await client.generate_many(
             [{"model": "m", "prompt": ""}, {"model": "m", "prompt": "p"}],
             concurrency=1,
@@ -503,4 +506,4 @@ def test_sync_client_sends_the_same_request(mock_api: MockAPI) -> None:
     assert sent["url"] == ENDPOINT
     assert sent["body"] == {"model": "m", "prompt": "p", "max_tokens": 3}
     assert header(sent, "Authorization") == [f"Bearer {SECRET_KEY}"]
-    assert "nebula-sdk/0.1.0" in header(sent, "User-Agent")[0]
+    assert f"nebula-sdk/{nebula_async.__version__}" in header(sent, "User-Agent")[0]

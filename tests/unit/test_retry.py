@@ -27,8 +27,8 @@ from nebula_async import (
 from nebula_async._errors import error_from_response, parse_retry_after
 from nebula_async._retry import is_retryable, retry_delay
 from tests.conftest import MockAPI
-from tests.helpers import error_body, sse, success_body
-from tests.unit._support import ENDPOINT, SECRET_KEY, consume, make_client
+from tests.helpers import SECRET_KEY, error_body, sse, success_body
+from tests.unit._support import ENDPOINT, consume, mock_client
 
 NOW = 1_700_000_000.0  # a fixed "now" for HTTP dates: 2023-11-14 22:13:20 UTC
 FAST = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.001, jitter=False)
@@ -288,7 +288,7 @@ async def test_429_retry_after_zero_is_retried_once(mock_api: MockAPI) -> None:
     """A 429 with Retry-After: 0 then a success is retried once, the same body sent twice."""
     rate_limited(mock_api)
     mock_api.post(ENDPOINT, payload=success_body("ok"), headers={"x-request-id": "req_ok"})
-    async with make_client(max_retries=2) as client:
+    async with mock_client(max_retries=2) as client:
         result = await client.generate_text(model="m", prompt="p")
     assert result.text == "ok"
     assert result.retries == 1
@@ -304,7 +304,7 @@ async def test_retry_after_above_cap_raises_at_once(mock_api: MockAPI, headers: 
     mock_api.post(ENDPOINT, status=429, payload=error_body("rate_limit_exceeded", "slow"), headers=headers)
     mock_api.post(ENDPOINT, payload=success_body())
     started = time.monotonic()
-    async with make_client(max_retries=3) as client:
+    async with mock_client(max_retries=3) as client:
         with pytest.raises(RateLimitError) as info:
             await client.generate_text(model="m", prompt="p")
     assert time.monotonic() - started < 5
@@ -316,7 +316,7 @@ async def test_custom_max_retry_after_is_respected(mock_api: MockAPI) -> None:
     """With max_retry_after=1, a Retry-After of 2 raises at once instead of waiting."""
     rate_limited(mock_api, "2")
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client(retry=RetryPolicy(max_retries=3, max_retry_after=1.0)) as client:
+    async with mock_client(retry=RetryPolicy(max_retries=3, max_retry_after=1.0)) as client:
         with pytest.raises(RateLimitError) as info:
             await client.generate_text(model="m", prompt="p")
     assert info.value.retry_after == 2.0
@@ -332,7 +332,7 @@ async def test_insufficient_quota_429_is_sent_once(mock_api: MockAPI) -> None:
         headers={"Retry-After": "0"},
     )
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client(retry=RetryPolicy(max_retries=5, initial_delay=0.001)) as client:
+    async with mock_client(retry=RetryPolicy(max_retries=5, initial_delay=0.001)) as client:
         with pytest.raises(InsufficientQuotaError):
             await client.generate_text(model="m", prompt="p")
     assert len(mock_api.sent()) == 1
@@ -344,7 +344,7 @@ async def test_exhausted_retries_raise_the_last_error_unchanged(mock_api: MockAP
     rate_limited(mock_api, message="second", headers={"x-request-id": "req_2"})
     rate_limited(mock_api, message="third", headers={"x-request-id": "req_3"})
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client(max_retries=2) as client:
+    async with mock_client(max_retries=2) as client:
         with pytest.raises(RateLimitError) as info:
             await client.generate_text(model="m", prompt="p")
     err = info.value
@@ -356,7 +356,7 @@ async def test_exhausted_retries_raise_the_last_error_unchanged(mock_api: MockAP
 async def test_exhausted_5xx_retries_raise_server_error(mock_api: MockAPI) -> None:
     """Three 503s with two retries allowed raise the third ServerError after three requests."""
     mock_api.post(ENDPOINT, status=503, payload=error_body("overloaded", "busy"), repeat=True)
-    async with make_client(retry=FAST) as client:
+    async with mock_client(retry=FAST) as client:
         with pytest.raises(ServerError) as info:
             await client.generate_text(model="m", prompt="p")
     assert info.value.status_code == 503
@@ -368,7 +368,7 @@ async def test_retryable_status_then_success(mock_api: MockAPI, status: int) -> 
     """A retryable status followed by a success returns the success with retries == 1."""
     mock_api.post(ENDPOINT, status=status, body="upstream trouble", content_type="text/plain")
     mock_api.post(ENDPOINT, payload=success_body("recovered"))
-    async with make_client(retry=FAST) as client:
+    async with mock_client(retry=FAST) as client:
         result = await client.generate_text(model="m", prompt="p")
     assert (result.text, result.retries) == ("recovered", 1)
     assert len(mock_api.sent()) == 2
@@ -379,7 +379,7 @@ async def test_client_error_is_sent_once(mock_api: MockAPI, status: int) -> None
     """A non-retryable status raises after one request, whatever max_retries is."""
     mock_api.post(ENDPOINT, status=status, payload={"status": "error", "error": {"message": "no"}})
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client(retry=FAST) as client:
+    async with mock_client(retry=FAST) as client:
         with pytest.raises(APIError) as info:
             await client.generate_text(model="m", prompt="p")
     assert info.value.status_code == status
@@ -397,7 +397,7 @@ async def test_transport_error_then_success(
     """A connection error or timeout is retried; when it persists, its own class is raised."""
     mock_api.post(ENDPOINT, exception=exception)
     mock_api.post(ENDPOINT, payload=success_body("ok"))
-    async with make_client(retry=FAST) as client:
+    async with mock_client(retry=FAST) as client:
         result = await client.generate_text(model="m", prompt="p")
         assert result.retries == 1
         mock_api.post(ENDPOINT, exception=exception, repeat=True)
@@ -411,7 +411,7 @@ async def test_retry_policy_wins_over_max_retries(mock_api: MockAPI) -> None:
     """retry=RetryPolicy(max_retries=1) limits a client built with max_retries=5 to two requests."""
     mock_api.post(ENDPOINT, status=503, payload=error_body("overloaded"), repeat=True)
     policy = RetryPolicy(max_retries=1, initial_delay=0.001, jitter=False)
-    async with make_client(max_retries=5, retry=policy) as client:
+    async with mock_client(max_retries=5, retry=policy) as client:
         with pytest.raises(ServerError):
             await client.generate_text(model="m", prompt="p")
     assert len(mock_api.sent()) == 2
@@ -421,7 +421,7 @@ async def test_past_http_date_retries_at_once(mock_api: MockAPI) -> None:
     """A Retry-After date in the past is a zero wait, and the call is retried."""
     rate_limited(mock_api, "Wed, 21 Oct 2015 07:28:00 GMT")
     mock_api.post(ENDPOINT, payload=success_body("ok"))
-    async with make_client(max_retries=1) as client:
+    async with mock_client(max_retries=1) as client:
         result = await client.generate_text(model="m", prompt="p")
     assert result.retries == 1
     assert len(mock_api.sent()) == 2
@@ -433,7 +433,7 @@ async def test_200_error_envelope_is_retried_like_a_429(mock_api: MockAPI) -> No
         ENDPOINT, status=200, payload=error_body("rate_limit_exceeded"), headers={"Retry-After": "0"}
     )
     mock_api.post(ENDPOINT, payload=success_body("ok"))
-    async with make_client(max_retries=1) as client:
+    async with mock_client(max_retries=1) as client:
         result = await client.generate_text(model="m", prompt="p")
     assert (result.text, result.retries) == ("ok", 1)
 
@@ -449,7 +449,7 @@ async def test_stream_is_retried_before_its_first_chunk(mock_api: MockAPI) -> No
         ENDPOINT, body=sse(error_body("rate_limit_exceeded", "slow")), content_type="text/event-stream"
     )
     mock_api.post(ENDPOINT, body=SSE_OK, content_type="text/event-stream")
-    async with make_client(retry=FAST) as client, client.stream_text(model="m", prompt="p") as stream:
+    async with mock_client(retry=FAST) as client, client.stream_text(model="m", prompt="p") as stream:
         chunks = [chunk.text async for chunk in stream]
     assert chunks == ["Hi", "!"]
     assert stream.text == "Hi!"
@@ -461,7 +461,7 @@ async def test_stream_cut_before_any_event_is_retried(mock_api: MockAPI) -> None
     """A stream that ends before any event is retried rather than returning nothing."""
     mock_api.post(ENDPOINT, body=b"", content_type="text/event-stream")
     mock_api.post(ENDPOINT, body=SSE_OK, content_type="text/event-stream")
-    async with make_client(retry=FAST) as client, client.stream_text(model="m", prompt="p") as stream:
+    async with mock_client(retry=FAST) as client, client.stream_text(model="m", prompt="p") as stream:
         text = "".join([chunk.text async for chunk in stream])
     assert text == "Hi!"
     assert len(mock_api.sent()) == 2
@@ -473,7 +473,7 @@ async def test_stream_is_not_retried_after_text_was_delivered(mock_api: MockAPI)
     mock_api.post(ENDPOINT, body=body, content_type="text/event-stream")
     mock_api.post(ENDPOINT, body=SSE_OK, content_type="text/event-stream")
     chunks: list[str] = []
-    async with make_client(retry=FAST) as client:
+    async with mock_client(retry=FAST) as client:
         with pytest.raises(RateLimitError):
             await consume(client, chunks, model="m", prompt="p")
     assert chunks == ["Hi"]
@@ -486,9 +486,9 @@ async def test_stream_quota_error_is_not_retried(mock_api: MockAPI) -> None:
         ENDPOINT, status=429, payload=error_body("insufficient_quota"), headers={"Retry-After": "0"}
     )
     mock_api.post(ENDPOINT, body=SSE_OK, content_type="text/event-stream")
-    async with make_client(retry=FAST) as client:
+    async with mock_client(retry=FAST) as client:
         with pytest.raises(InsufficientQuotaError):
-            await consume(client, [], model="m", prompt="p")
+            await consume(client, model="m", prompt="p")
     assert len(mock_api.sent()) == 1
 
 
@@ -522,7 +522,7 @@ async def test_each_retry_logs_a_warning_with_reason_and_delay(
         ENDPOINT, status=503, payload=error_body("overloaded", "busy"), headers={"retry-after-ms": "7"}
     )
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client(SECRET_KEY, max_retries=2) as client:
+    async with mock_client(SECRET_KEY, max_retries=2) as client:
         result = await client.generate_text(model="m", prompt="p")
     assert result.retries == 2
     first, second = (r.getMessage() for r in _retry_warnings(caplog))
@@ -538,7 +538,7 @@ async def test_backoff_delays_are_logged(mock_api: MockAPI, caplog: pytest.LogCa
     caplog.set_level(logging.WARNING, logger="nebula_async")
     mock_api.post(ENDPOINT, status=502, body="bad gateway", content_type="text/plain", repeat=True)
     policy = RetryPolicy(max_retries=3, initial_delay=0.001, max_delay=1.0, jitter=False)
-    async with make_client(retry=policy) as client:
+    async with mock_client(retry=policy) as client:
         with pytest.raises(ServerError):
             await client.generate_text(model="m", prompt="p")
     messages = [r.getMessage() for r in _retry_warnings(caplog)]
@@ -553,7 +553,7 @@ async def test_no_warning_without_a_retry(mock_api: MockAPI, caplog: pytest.LogC
     caplog.set_level(logging.DEBUG)
     mock_api.post(ENDPOINT, payload=success_body())
     mock_api.post(ENDPOINT, status=400, payload=error_body("invalid_request"))
-    async with make_client(SECRET_KEY, max_retries=2) as client:
+    async with mock_client(SECRET_KEY, max_retries=2) as client:
         await client.generate_text(model="m", prompt="p")
         with pytest.raises(InvalidRequestError):
             await client.generate_text(model="m", prompt="p")
@@ -566,7 +566,7 @@ async def test_each_attempt_logs_a_debug_line(mock_api: MockAPI, caplog: pytest.
     caplog.set_level(logging.DEBUG, logger="nebula_async")
     rate_limited(mock_api)
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client(SECRET_KEY, max_retries=1) as client:
+    async with mock_client(SECRET_KEY, max_retries=1) as client:
         await client.generate_text(model="m", prompt="p")
     debug = [
         r.getMessage() for r in caplog.records if r.name == "nebula_async" and r.levelno == logging.DEBUG
@@ -587,7 +587,7 @@ async def test_key_never_logged_for_transport_errors_holding_headers(
     request_info = aiohttp.RequestInfo(URL(ENDPOINT), "POST", sent_headers, URL(ENDPOINT))
     mock_api.post(ENDPOINT, exception=aiohttp.TooManyRedirects(request_info, (), status=307, message="loop"))
     mock_api.post(ENDPOINT, payload=success_body())
-    async with make_client(SECRET_KEY, retry=FAST) as client:
+    async with mock_client(SECRET_KEY, retry=FAST) as client:
         await client.generate_text(model="m", prompt="p")
     assert len(mock_api.sent()) == 2
     assert not _key_in_logs(caplog)
