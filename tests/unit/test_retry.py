@@ -85,12 +85,13 @@ def test_is_retryable_table(status: int, code: str | None, retryable: bool) -> N
     [
         (APIConnectionError("connection refused"), True),
         (APITimeoutError("timed out"), True),
+        (APIConnectionError("certificate verify failed", retryable=False), False),
         (NebulaError("something else"), False),
     ],
-    ids=["connection", "timeout", "plain"],
+    ids=["connection", "timeout", "not-retryable", "plain"],
 )
 def test_is_retryable_transport_errors(error: NebulaError, retryable: bool) -> None:
-    """Connection errors and timeouts are retried; an error of no known kind is not."""
+    """Connection errors and timeouts are retried unless marked not retryable; an unknown error is not."""
     assert is_retryable(error) is retryable
 
 
