@@ -9,21 +9,9 @@ import queue
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["CallerFedSource", "EscapedExit", "ItemSource", "check_requests"]
+__all__ = ["CallerFedSource", "ItemSource", "check_requests"]
 
 _END = object()
-
-
-class EscapedExit(Exception):
-    """Carries a SystemExit or KeyboardInterrupt raised by the caller's async iterable out of the event loop.
-
-    Raised as is inside the loop, either would stop the sync client's loop thread; the sync client
-    re-raises ``original`` in the caller's thread instead.
-    """
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(repr(original))
-        self.original = original
 
 
 def check_requests(requests: object) -> None:
@@ -39,9 +27,8 @@ def check_requests(requests: object) -> None:
 class ItemSource:
     """Hand the items of ``requests`` to concurrent workers as 1-tuples; None at the end."""
 
-    def __init__(self, requests: Iterable[Any] | AsyncIterable[Any], *, carry_exits: bool = False) -> None:
+    def __init__(self, requests: Iterable[Any] | AsyncIterable[Any]) -> None:
         check_requests(requests)
-        self._carry_exits = carry_exits
         self._lock = asyncio.Lock()  # an async generator can't be advanced by two workers at once
         self._done = False
         self._async: AsyncIterator[Any] | None = None
@@ -61,12 +48,7 @@ class ItemSource:
         async with self._lock:
             if self._done:
                 return None
-            try:
-                item = await anext(self._async, _END)
-            except (SystemExit, KeyboardInterrupt) as exc:
-                if not self._carry_exits:
-                    raise
-                raise EscapedExit(exc) from exc
+            item = await anext(self._async, _END)
             if item is _END:
                 self._done = True
                 return None

@@ -18,13 +18,7 @@ import pytest
 
 from nebula_async.testing import FakeNebulaServer
 from nebula_sync import NebulaClient, RetryPolicy
-from tests.sync._server import ThreadedServer
-from tests.sync._support import KEY, LOOP_THREAD, echo_reply, loop_threads, wait_for
-
-# The old names, until every test file imports from _support.
-PORTAL_THREAD = LOOP_THREAD
-portal_threads = loop_threads
-echo = echo_reply
+from tests.sync._support import KEY, ThreadedServer, echo_reply, loop_threads, wait_for
 
 
 @pytest.fixture
