@@ -377,19 +377,26 @@ def test_a_base_exception_in_call_in_caller_cancels_the_call() -> None:
         runtime.close()
 
 
-def test_uvloop_when_asked() -> None:
-    """use_uvloop=True runs the loop on uvloop; the default (NEBULA_SYNC_UVLOOP unset) is asyncio's."""
-    uvloop = pytest.importorskip("uvloop")
+async def _loop_module() -> str:
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
-    async def loop_type() -> type:
-        return type(asyncio.get_running_loop())
 
-    for use_uvloop, expected in [(True, uvloop.Loop), (None, asyncio.SelectorEventLoop)]:
-        runtime = LoopThread(use_uvloop=use_uvloop)
-        try:
-            assert issubclass(runtime.run(loop_type), expected)
-        finally:
-            runtime.close()
+@pytest.mark.parametrize(("value", "expected"), [(None, "asyncio"), ("0", "asyncio"), ("1", "uvloop")])
+def test_the_loop_follows_nebula_sync_uvloop(
+    value: str | None, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NEBULA_SYNC_UVLOOP=1 runs the loop on uvloop; unset or 0, on asyncio's, even with uvloop installed."""
+    if expected == "uvloop":
+        pytest.importorskip("uvloop")
+    if value is None:
+        monkeypatch.delenv("NEBULA_SYNC_UVLOOP", raising=False)
+    else:
+        monkeypatch.setenv("NEBULA_SYNC_UVLOOP", value)
+    runtime = LoopThread()
+    try:
+        assert runtime.run(_loop_module) == expected
+    finally:
+        runtime.close()
 
 
 @needs_fork
