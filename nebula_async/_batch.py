@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import queue
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from ._errors import NebulaError
 
-__all__ = ["BATCH_ERRORS", "CallerFedSource", "EscapedExit", "ItemSource", "check_requests", "run_pool"]
+__all__ = ["BATCH_ERRORS", "ItemSource", "Source", "check_requests", "run_pool"]
 
 BATCH_ERRORS = (NebulaError, ValueError, TypeError)
 """What one failed item can raise without failing the batch, with ``return_exceptions``."""
 
 _END = object()
-
-
-class EscapedExit(Exception):
-    """Carries a SystemExit or KeyboardInterrupt raised by the caller's async iterable out of the event loop.
-
-    Raised as is inside the loop, either would stop the sync client's loop thread; the sync client
-    re-raises ``original`` in the caller's thread instead.
-    """
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(repr(original))
-        self.original = original
 
 
 def check_requests(requests: object) -> None:
@@ -92,9 +77,8 @@ async def run_pool(
 class ItemSource:
     """Hand the items of ``requests`` to concurrent workers as 1-tuples; None at the end."""
 
-    def __init__(self, requests: Iterable[Any] | AsyncIterable[Any], *, carry_exits: bool = False) -> None:
+    def __init__(self, requests: Iterable[Any] | AsyncIterable[Any]) -> None:
         check_requests(requests)
-        self._carry_exits = carry_exits
         self._lock = asyncio.Lock()  # an async generator can't be advanced by two workers at once
         self._done = False
         self._async: AsyncIterator[Any] | None = None
@@ -114,69 +98,8 @@ class ItemSource:
         async with self._lock:
             if self._done:
                 return None
-            try:
-                item = await anext(self._async, _END)
-            except (SystemExit, KeyboardInterrupt) as exc:
-                if not self._carry_exits:
-                    raise
-                raise EscapedExit(exc) from exc
+            item = await anext(self._async, _END)
             if item is _END:
                 self._done = True
                 return None
             return (item,)
-
-
-class CallerFedSource:
-    """Items of a plain iterable, read on demand by the thread that waits for the call (the sync client's).
-
-    The caller's code then runs in the caller's thread, as it would without the SDK: not in the
-    event loop every call shares, and not in a thread of ours (thread-bound objects such as a
-    sqlite3 cursor keep working, and Ctrl-C or sys.exit in it behave as usual).
-    """
-
-    def __init__(self, requests: Iterable[Any]) -> None:
-        check_requests(requests)
-        self._iterator = iter(requests)
-        self._demand: queue.SimpleQueue[asyncio.Future[Any] | None] = queue.SimpleQueue()
-        self._lock = asyncio.Lock()  # binds to the running loop on first use, not here
-        self._done = False
-
-    async def next(self) -> tuple[Any] | None:
-        """Ask the caller's thread for the next item; None once the input is exhausted."""
-        async with self._lock:
-            if self._done:
-                return None
-            future = asyncio.get_running_loop().create_future()
-            self._demand.put(future)
-            item = await future
-            if item is _END:
-                self._done = True
-                return None
-            return (item,)
-
-    def serve(self, call: concurrent.futures.Future[Any]) -> None:
-        """In the caller's thread: answer the call's requests for items until the call is done."""
-        call.add_done_callback(lambda _: self._demand.put(None))
-        while True:
-            future = self._demand.get()
-            if future is None:
-                return
-            try:
-                item = next(self._iterator, _END)
-            except Exception as exc:  # the iterable's own error: it fails the call, as it would inline
-                _settle(future, exc, failed=True)
-            else:
-                _settle(future, item, failed=False)
-
-
-def _settle(future: asyncio.Future[Any], value: Any, *, failed: bool) -> None:
-    def settle() -> None:
-        if future.done():  # the worker waiting for it was cancelled
-            return
-        if failed:
-            future.set_exception(value)
-        else:
-            future.set_result(value)
-
-    with contextlib.suppress(RuntimeError):  # the loop is closed: the call is over
-        future.get_loop().call_soon_threadsafe(settle)

@@ -194,12 +194,6 @@ class AsyncNebulaClient:
             return_exceptions=return_exceptions,
         )
 
-    async def _generate_many(self, source: Any, concurrency: int, return_exceptions: bool) -> list[Any]:
-        check_int("concurrency", concurrency, 1)
-        return await run_pool(
-            source, self._generate_item, concurrency=concurrency, return_exceptions=return_exceptions
-        )
-
     async def _generate_item(self, item: GenerateRequest | Mapping[str, Any]) -> TextGeneration:
         if isinstance(item, GenerateRequest):
             body = encode_request(item, None, stream=False)

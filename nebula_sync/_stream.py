@@ -1,16 +1,14 @@
-"""The blocking TextStream: the async one, driven through the client's portal."""
+"""The blocking TextStream: the async one, read through the client's loop thread."""
 
 from __future__ import annotations
 
 from collections import deque
 from types import TracebackType
-from typing import TYPE_CHECKING
 
-from nebula_async import TextChunk
+from nebula_async import TextChunk, Usage
 from nebula_async import TextStream as AsyncTextStream
 
-if TYPE_CHECKING:
-    from ._client import NebulaClient
+from ._runtime import LoopThread
 
 __all__ = ["TextStream"]
 
@@ -18,25 +16,34 @@ __all__ = ["TextStream"]
 class TextStream:
     """A streamed generation: iterate it for TextChunk objects; use ``with`` to release it early.
 
-    Each trip to the client's event loop takes every chunk already read from the network, not
-    one chunk per trip.
+    Each trip to the client's event loop takes every chunk already read from the network (the
+    async stream's ``next_chunks()``), not one chunk per trip; they wait here, in this thread.
     """
 
-    def __init__(self, stream: AsyncTextStream, client: NebulaClient) -> None:
+    def __init__(self, stream: AsyncTextStream, runtime: LoopThread) -> None:
         self._stream = stream
-        self._client = client
-        self._run = client._run
-        self._local: deque[TextChunk] = deque()
+        self._runtime = runtime
+        self._chunks: deque[TextChunk] = deque()  # read by the loop, not yet delivered
+        self._parts: list[str] = []
+        self._finish_reason: str | None = None
+        self._dropped = False  # closed with chunks not yet delivered
 
     @property
     def text(self) -> str:
         """The text of the chunks delivered so far."""
-        return self._stream.text
+        if len(self._parts) > 1:
+            self._parts[:] = ["".join(self._parts)]  # joined once, so reading .text per chunk stays linear
+        return self._parts[0] if self._parts else ""
 
     @property
     def finish_reason(self) -> str | None:
-        """Why generation stopped, once the last chunk was delivered."""
-        return self._stream.finish_reason
+        """Why generation stopped (``"stop"``, ``"length"``...), once the last chunk was delivered."""
+        return self._finish_reason
+
+    @property
+    def usage(self) -> Usage | None:
+        """Token counts, once an event carried them (in practice the final one); else None."""
+        return self._stream.usage
 
     @property
     def request_id(self) -> str | None:
@@ -52,7 +59,7 @@ class TextStream:
         return repr(self._stream)
 
     def __enter__(self) -> TextStream:
-        self._run(self._stream.__aenter__)
+        self._runtime.run(self._stream.__aenter__)
         return self
 
     def __exit__(
@@ -64,24 +71,38 @@ class TextStream:
         return self
 
     def __next__(self) -> TextChunk:
-        if not self._local:
-            self._local.extend(self._run(self._stream.next_chunks))
-            if not self._local:
-                raise StopIteration
-        return self._local.popleft()
+        try:
+            chunk = self._chunks.popleft()
+        except IndexError:
+            if self._dropped:
+                raise RuntimeError(
+                    "this stream was closed before its end; start a new one with stream_text()"
+                ) from None
+            chunks = self._runtime.run(self._stream.next_chunks)
+            if not chunks:
+                raise StopIteration from None
+            chunk = chunks[0]
+            self._chunks.extend(chunks[1:])
+        self._parts.append(chunk.text)
+        if chunk.finish_reason is not None:
+            self._finish_reason = chunk.finish_reason
+        return chunk
 
     def close(self) -> None:
-        """Release the connection; idempotent."""
-        if not self._client.closed:
+        """Release the connection; idempotent. A stream closed before its end can't be iterated again."""
+        if self._chunks:
+            self._dropped = True
+            self._chunks.clear()
+        runtime = self._runtime
+        if not runtime.closed and not runtime.in_loop_thread():
             try:
-                self._run(self._stream.aclose)
+                runtime.run(self._stream.aclose)
             except RuntimeError:
-                if not self._client.closed:
+                if not runtime.closed:
                     raise
             else:
                 return
         # Closing the client closes its streams, but another thread may be closing it right now: hand
         # this one to the loop too, rather than leave its connection to the garbage collector. Not
         # waited for: this thread may be the one closing the client, or the loop's own.
-        if not self._client._forked:
-            self._client._dispatcher.run_soon(self._stream._close)
+        runtime.run_soon(self._stream.aclose)

@@ -1,14 +1,13 @@
-"""The blocking NebulaClient against a real server running in another thread.
+"""The blocking NebulaClient: calls, retries, errors, threads, construction and close.
 
-Most tests use the FakeNebulaServer (``fake_thread``, ``fake_client``); the hand-rolled
-ThreadedServer only where a stream must stall after a burst of events or cancelled handlers are counted.
+Most tests use the FakeNebulaServer (``fake_thread``, ``fake_client``); streams are in
+test_sync_stream.py, generate_many in test_sync_many.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,7 +18,6 @@ import nebula_async
 import nebula_sync
 from nebula_async.testing import FakeNebulaServer, count_tokens
 from nebula_sync import (
-    GenerateRequest,
     InsufficientQuotaError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -30,9 +28,10 @@ from nebula_sync import (
     TextGeneration,
     Usage,
 )
-from tests.helpers import KEY
-from tests.sync._server import ThreadedServer, stalled_stream
-from tests.sync.conftest import portal_threads
+from tests.sync._support import (
+    KEY,
+    loop_threads,
+)
 
 FAST_RETRY = RetryPolicy(initial_delay=0.001)
 
@@ -60,93 +59,6 @@ def test_api_reference_example_works_as_written(
     assert request.json == {"model": "gpt-4", "prompt": prompt, "max_tokens": 100}
     assert request.headers["Authorization"] == "Bearer YOUR_API_KEY"
     client.close()
-
-
-def test_stream_as_context_manager(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
-    """A stream used with ``with`` yields the server's chunks and ends with its text and finish reason."""
-    stream = fake_client.stream_text(model="m", prompt="héllo")
-    assert fake_thread.requests == []  # nothing is sent before the stream is entered
-    with stream as entered:
-        assert entered is stream
-        assert len(fake_thread.requests) == 1
-        chunks = [(chunk.text, chunk.finish_reason) for chunk in stream]
-    assert chunks == [("echo", None), (":", None), (" héllo", "stop")]
-    assert stream.text == "echo: héllo"
-    assert stream.finish_reason == "stop"
-    assert stream.request_id == fake_thread.requests[0].request_id
-    assert stream.retries == 0
-    assert [r.json for r in fake_thread.requests] == [{"model": "m", "prompt": "héllo", "stream": True}]
-
-
-def test_stream_as_plain_iterator_releases_its_connection(fake_thread: FakeNebulaServer) -> None:
-    """A stream iterated to its end with a plain ``for`` hands its only connection back for the next call."""
-    with NebulaClient(KEY, base_url=fake_thread.base_url, max_connections=1, timeout=5) as client:
-        stream = client.stream_text(model="m", prompt="a")
-        assert [chunk.text for chunk in stream] == ["echo", ":", " a"]
-        assert stream.finish_reason == "stop"
-        assert list(stream) == []  # an ended stream stays ended
-        started = time.monotonic()
-        assert client.generate_text(model="m", prompt="next").text == "echo: next"
-        assert time.monotonic() - started < 1.0
-
-
-def test_break_inside_with_releases_the_connection(threaded_server: ThreadedServer) -> None:
-    """Breaking out of a stream after 3 chunks inside ``with`` frees the only connection at once."""
-    threaded_server.behaviour = stalled_stream(events=5)  # 5 chunks, then the server stalls
-    with NebulaClient(KEY, base_url=threaded_server.base_url, max_connections=1, timeout=5) as client:
-        with client.stream_text(model="m", prompt="p") as stream:
-            for n, _chunk in enumerate(stream, 1):
-                if n == 3:
-                    break
-        assert stream.text == "w0 w1 w2 "
-        assert stream.finish_reason is None
-        started = time.monotonic()
-        assert client.generate_text(model="m", prompt="after").text == "echo: after"
-        assert time.monotonic() - started < 1.0
-        # The server saw the stream's connection go away: its handler was cancelled.
-        deadline = time.monotonic() + 2
-        while threaded_server.cancelled == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert threaded_server.cancelled == 1
-
-
-def test_a_stream_closed_early_cannot_be_iterated_again(
-    client: NebulaClient, threaded_server: ThreadedServer
-) -> None:
-    """After leaving ``with`` early the next iteration raises RuntimeError, even with chunks already read."""
-    threaded_server.behaviour = stalled_stream(events=5)  # all 5 chunks arrive in one read
-    with client.stream_text(model="m", prompt="p") as stream:
-        next(stream)
-    with pytest.raises(RuntimeError, match="closed before its end"):
-        next(stream)
-    assert stream.text == "w0 "
-
-
-def test_generate_many_keeps_input_order(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
-    """generate_many from sync code returns one result per request in input order, dicts and models mixed."""
-    requests: list[Any] = [
-        GenerateRequest(model="m", prompt=f"p{i}") if i % 2 else {"model": "m", "prompt": f"p{i}"}
-        for i in range(40)
-    ]
-    results = fake_client.generate_many(iter(requests), concurrency=5)
-    assert [r.text for r in results] == [f"echo: p{i}" for i in range(40)]
-    assert sorted(r.json["prompt"] for r in fake_thread.requests) == sorted(f"p{i}" for i in range(40))
-
-
-def test_generate_many_return_exceptions(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
-    """With return_exceptions a bad item's error stands in its place and the others still run."""
-    results = fake_client.generate_many(
-        [
-            {"model": "m", "prompt": "a"},
-            {"model": "m", "prompt": "b", "max_tokens": 0},
-            {"model": "m", "prompt": "c"},
-        ],
-        return_exceptions=True,
-    )
-    assert isinstance(results[1], ValueError)
-    assert "max_tokens" in str(results[1])
-    assert [r.text for r in results if isinstance(r, TextGeneration)] == ["echo: a", "echo: c"]
-    assert len(fake_thread.requests) == 2
 
 
 def test_eight_threads_share_one_client(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
@@ -230,17 +142,6 @@ def test_retried_call_succeeds(fake_client: NebulaClient, fake_thread: FakeNebul
     assert [r.status for r in fake_thread.requests] == [429, 429, 200]
 
 
-def test_stream_is_retried_before_its_first_chunk(
-    fake_client: NebulaClient, fake_thread: FakeNebulaServer
-) -> None:
-    """A stream whose first attempt gets a 429 is retried and then read whole."""
-    fake_thread.fail_next(status=429, code="rate_limit_exceeded", retry_after=0)
-    with fake_client.stream_text(model="m", prompt="p") as stream:
-        assert [chunk.text for chunk in stream] == ["echo", ":", " p"]
-    assert stream.retries == 1
-    assert len(fake_thread.requests) == 2
-
-
 def test_per_call_max_retries(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
     """max_retries=0 on one call sends it once and raises the first RateLimitError."""
     fake_thread.fail_next(1000, status=429, code="rate_limit_exceeded", retry_after=0)
@@ -282,13 +183,13 @@ def test_errors_keep_their_class_for_calls_and_streams(
 
 def test_close_is_idempotent_and_stops_the_thread(fake_thread: FakeNebulaServer) -> None:
     """close() twice is fine, stops the client's thread, and later calls raise a clear RuntimeError."""
-    before = len(portal_threads())
+    before = len(loop_threads())
     client = NebulaClient(KEY, base_url=fake_thread.base_url)
-    assert len(portal_threads()) == before + 1
+    assert len(loop_threads()) == before + 1
     assert client.generate_text(model="m", prompt="p").text == "echo: p"
     client.close()
     client.close()
-    assert len(portal_threads()) == before
+    assert len(loop_threads()) == before
     with pytest.raises(RuntimeError, match="client is closed"):
         client.generate_text(model="m", prompt="p")
     with pytest.raises(RuntimeError, match="client is closed"):
@@ -303,20 +204,20 @@ def test_close_is_idempotent_and_stops_the_thread(fake_thread: FakeNebulaServer)
 
 def test_with_block_closes_the_client(fake_thread: FakeNebulaServer) -> None:
     """Leaving ``with NebulaClient(...)`` closes the client and stops its thread."""
-    before = len(portal_threads())
+    before = len(loop_threads())
     with NebulaClient(KEY, base_url=fake_thread.base_url) as client:
         assert client.generate_text(model="m", prompt="p").text == "echo: p"
-    assert len(portal_threads()) == before
+    assert len(loop_threads()) == before
     with pytest.raises(RuntimeError, match="client is closed"):
         client.generate_text(model="m", prompt="p")
 
 
 def test_with_block_closes_the_client_on_error(fake_thread: FakeNebulaServer) -> None:
     """An exception leaving ``with NebulaClient(...)`` still closes the client."""
-    before = len(portal_threads())
+    before = len(loop_threads())
     with pytest.raises(KeyError), NebulaClient(KEY, base_url=fake_thread.base_url):
         raise KeyError("boom")
-    assert len(portal_threads()) == before
+    assert len(loop_threads()) == before
 
 
 @pytest.mark.parametrize(
@@ -325,13 +226,26 @@ def test_with_block_closes_the_client_on_error(fake_thread: FakeNebulaServer) ->
         ({}, NebulaError, "NEBULA_API_KEY"),
         ({"api_key": ""}, NebulaError, "NEBULA_API_KEY"),
         ({"api_key": KEY, "base_url": "ftp://example.com"}, ValueError, "base_url"),
+        ({"api_key": KEY, "base_url": "http://127.0.0.1:99999/v1"}, ValueError, "base_url"),
+        ({"api_key": KEY, "base_url": "http://[::1/v1"}, ValueError, "base_url"),
         ({"api_key": KEY, "max_connections": 0}, ValueError, "max_connections"),
         ({"api_key": KEY, "timeout": -1}, ValueError, "must be a finite number"),
         ({"api_key": KEY, "max_retries": -1}, ValueError, "max_retries"),
         ({"api_key": KEY, "retry": 3}, TypeError, "retry"),
         ({"api_key": KEY, "default_headers": {"X-N": 1}}, TypeError, "default_headers"),
     ],
-    ids=["no-key", "empty-key", "base-url", "max-connections", "timeout", "max-retries", "retry", "headers"],
+    ids=[
+        "no-key",
+        "empty-key",
+        "base-url",
+        "base-url-port-out-of-range",
+        "base-url-broken-ipv6",
+        "max-connections",
+        "timeout",
+        "max-retries",
+        "retry",
+        "headers",
+    ],
 )
 def test_bad_arguments_raise_before_a_thread_starts(
     kwargs: dict[str, Any], error: type[Exception], match: str
@@ -341,7 +255,7 @@ def test_bad_arguments_raise_before_a_thread_starts(
     with pytest.raises(error, match=match):
         NebulaClient(**kwargs)
     assert threading.active_count() == before
-    assert portal_threads() == []
+    assert loop_threads() == []
 
 
 def test_a_session_is_refused_before_a_thread_starts() -> None:
@@ -358,6 +272,28 @@ def test_a_session_is_refused_before_a_thread_starts() -> None:
         assert threading.active_count() == before
     finally:
         asyncio.run(session.close())
+
+
+@pytest.mark.parametrize("value", ["yes", "true", " 1"])
+def test_a_bad_uvloop_value_fails_before_a_thread_starts(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NEBULA_SYNC_UVLOOP other than 1 or 0 is a ValueError naming the variable; no loop thread is left."""
+    monkeypatch.setenv("NEBULA_SYNC_UVLOOP", value)
+    before = threading.active_count()
+    with pytest.raises(ValueError, match=r"NEBULA_SYNC_UVLOOP must be 1 or 0, got"):
+        NebulaClient(KEY, base_url="http://127.0.0.1:9/v1")
+    assert threading.active_count() == before
+
+
+def test_calls_and_streams_work_on_uvloop(
+    fake_thread: FakeNebulaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With NEBULA_SYNC_UVLOOP=1 (the loop type itself: test_sync_runtime.py) calls, streams, close() work."""
+    pytest.importorskip("uvloop")
+    monkeypatch.setenv("NEBULA_SYNC_UVLOOP", "1")
+    with NebulaClient(KEY, base_url=fake_thread.base_url) as client:
+        assert client.generate_text(model="m", prompt="hello there").text == "echo: hello there"
+        with client.stream_text(model="m", prompt="one two three") as stream:
+            assert "".join(chunk.text for chunk in stream) == "echo: one two three"
 
 
 def test_bad_call_arguments_send_nothing(fake_client: NebulaClient, fake_thread: FakeNebulaServer) -> None:
@@ -378,16 +314,3 @@ def test_key_is_not_in_repr(fake_client: NebulaClient) -> None:
     """The client's repr names its base URL and never the API key."""
     assert KEY not in repr(fake_client)
     assert "127.0.0.1" in repr(fake_client)
-
-
-def test_a_forgotten_half_read_stream_warns_and_is_released(threaded_server: ThreadedServer) -> None:
-    """A sync stream dropped half-read and never closed warns ResourceWarning and frees its connection."""
-    threaded_server.behaviour = stalled_stream(events=3)
-    with NebulaClient(KEY, base_url=threaded_server.base_url, max_connections=1, timeout=5) as client:
-        stream = client.stream_text(model="m", prompt="p")
-        assert next(stream).text == "w0 "
-        with pytest.warns(ResourceWarning, match="TextStream was not closed"):
-            del stream  # its last reference: CPython collects it here
-        started = time.monotonic()
-        assert client.generate_text(model="m", prompt="next").text == "echo: next"
-        assert time.monotonic() - started < 1.0

@@ -1,5 +1,6 @@
-"""A real aiohttp.web server that runs its own event loop in a background thread.
+"""What the tests of nebula_sync share: a threaded server, body builders, waits, subprocess and fork runs.
 
+``ThreadedServer`` is a real aiohttp.web server running its own event loop in a background thread.
 The sync client blocks the calling thread, so its server can't share the test's thread or loop.
 Importable without pytest: the subprocess tests start one in the child process too. Most sync tests
 use the FakeNebulaServer instead; this one is for what it can't do: hold a call until the test
@@ -12,14 +13,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from tests.helpers import sse, success_body
+from nebula_async import GenerateRequest
+
+KEY = "sk-test-0123456789"
+LOOP_THREAD = "nebula-sync"  # the name NebulaClient gives its event-loop thread
+CLOSED_MID_CALL = "closed while the call was running"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def loop_threads() -> list[threading.Thread]:
+    """Return the live event-loop threads of sync clients."""
+    return [t for t in threading.enumerate() if t.name == LOOP_THREAD]
+
+
+def echo_reply(request: GenerateRequest) -> str:
+    """Reply ``"echo: <prompt>"`` from the FakeNebulaServer, as ThreadedServer's ``echo`` does."""
+    return f"echo: {request.prompt}"
+
+
+def success_body(text: str) -> dict[str, Any]:
+    """Return the documented success envelope for ``text``."""
+    usage = {"prompt_tokens": 8, "completion_tokens": 12, "total_tokens": 20}
+    return {"status": "success", "data": {"text": text, "usage": usage}}
+
+
+def error_body(code: str, message: str = "something went wrong") -> dict[str, Any]:
+    """Return the documented error envelope."""
+    return {"status": "error", "error": {"code": code, "message": message, "details": {}}}
+
+
+def sse(*payloads: dict[str, Any]) -> bytes:
+    """Encode events as ``data: <json>\\n\\n``."""
+    return b"".join(f"data: {json.dumps(p)}\n\n".encode() for p in payloads)
+
 
 Handler = Callable[["ThreadedServer", web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
 
@@ -189,3 +228,80 @@ def call_in_thread(
     thread = threading.Thread(target=run, daemon=daemon)
     thread.start()
     return thread, outcome
+
+
+# --- scripts run in a fresh interpreter, and forks -------------------------------------------------
+
+# A script's prelude: its own server in a daemon thread, left running, so that the client still
+# holds open connections when the interpreter exits.
+PRELUDE = """\
+from tests.sync._support import ThreadedServer, stalled_stream
+from nebula_sync import NebulaClient
+
+server = ThreadedServer().start()
+"""
+
+
+def run_code(code: str, *python_options: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``code`` in a fresh interpreter that imports this checkout; return the process and its run time."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEBULA_", "PYTHON"))}
+    env["PYTHONPATH"] = str(ROOT)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, *python_options, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=25,
+    )
+    return proc, time.monotonic() - started
+
+
+def expect_clean_exit(code: str, stdout: str, *python_options: str, within: float = 5.0) -> None:
+    """Run ``code``; it must print exactly ``stdout``, nothing on stderr, and exit 0 within ``within`` s."""
+    proc, elapsed = run_code(code, *python_options)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, stdout, ""), proc.stderr
+    assert elapsed < within, f"the interpreter took {elapsed:.1f} s to exit"
+
+
+def fork() -> int:
+    """os.fork(), without the warning Python >= 3.12 gives for forking a process with threads."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def reap(pid: int, timeout: float) -> int | None:
+    """Wait up to ``timeout`` for child ``pid``; return its exit code, or kill it and return None."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+        time.sleep(0.01)
+
+
+def in_child(check: Callable[[], list[str]], timeout: float = 5.0) -> tuple[int | None, str]:
+    """Fork; run ``check`` in the child, which reports its problems; return its exit code and report."""
+    read_end, write_end = os.pipe()
+    pid = fork()
+    if pid == 0:  # the child: never return into pytest, report through the pipe and the exit code
+        code = 70
+        try:
+            os.close(read_end)
+            problems = check()
+            os.write(write_end, "; ".join(problems).encode())
+            code = 1 if problems else 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        exit_code = reap(pid, timeout)
+        return exit_code, os.read(read_end, 65536).decode()
+    finally:
+        os.close(read_end)
