@@ -16,6 +16,8 @@ from typing import Any
 import attrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .._checks import check_int
+
 __all__ = [
     "DEFAULT_CONTEXT_LENGTH",
     "DEFAULT_MODELS",
@@ -25,24 +27,11 @@ __all__ = [
     "RecordedHeaders",
     "RecordedRequest",
     "Script",
-    "check_int",
     "merge_models",
     "seconds_header",
 ]
 
 DEFAULT_CONTEXT_LENGTH = 8192
-
-
-def check_int(name: str, value: object, low: int, high: int | None = None, *, note: str = "") -> None:
-    """Raise TypeError unless ``value`` is an int (bool is not), ValueError unless it is in [low, high].
-
-    ``note`` follows "an int" in the message, e.g. " or None (no limit)".
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int{note}, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"from {low} to {high}"
-        raise ValueError(f"{name} must be an int {bounds}{note}, got {value}")
 
 
 def _positive_int(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
