@@ -39,6 +39,7 @@ class Settings(Protocol):
     reply: Callable[[GenerateRequest], str] | None
     time_to_first_token: float
     token_delay: float
+    stream_usage: bool
 
 
 class Answerer:
@@ -174,10 +175,11 @@ class Answerer:
         result = generate(text, max_tokens=limit, stop=params.stop)
         self._limits.charge(key, prompt_tokens + result.completion_tokens)
         if params.stream:
+            usage_of = prompt_tokens if settings.stream_usage else None
             return await write_stream(
                 request,
                 record,
-                stream_events(result),
+                stream_events(result, usage_of=usage_of),
                 self._script.next_stream_fault(),
                 time_to_first_token=settings.time_to_first_token,
                 token_delay=settings.token_delay,

@@ -43,6 +43,10 @@ class FakeNebulaServer:
       Either way ``max_tokens`` and ``stop`` then cut it, as a model would stop generating.
     - ``time_to_first_token``, ``token_delay``: seconds; a non-streaming answer takes as long as
       the whole stream would. Both may be changed while the server runs.
+    - ``stream_usage``: put ``usage`` in each stream's final event, as many real servers do:
+      ``{"text": "!", "finish_reason": "stop", "usage": {"prompt_tokens": 2, ...}}``, with the
+      counts of the same request's non-streamed answer. Default False: the reference's two-key
+      events. It may be changed while the server runs.
     - ``max_recorded``: keep only the last N requests in ``server.requests`` (default: all); set
       it for long soak runs, where every request kept costs about 2 KB.
     - ``requests_per_second``, ``requests_per_minute``: per-key limits answered with 429
@@ -62,6 +66,7 @@ class FakeNebulaServer:
         reply: Callable[[GenerateRequest], str] | None = None,
         time_to_first_token: float = 0.0,
         token_delay: float = 0.0,
+        stream_usage: bool = False,
         requests_per_second: int | None = None,
         requests_per_minute: int | None = None,
         token_quota: int | None = None,
@@ -79,6 +84,8 @@ class FakeNebulaServer:
         check_int("port", port, 0, 65535, note=" (0: any free port)")
         _check_seconds("time_to_first_token", time_to_first_token)
         _check_seconds("token_delay", token_delay)
+        if not isinstance(stream_usage, bool):
+            raise TypeError(f"stream_usage must be True or False, got {type(stream_usage).__name__}")
         for name, value in (
             ("requests_per_second", requests_per_second),
             ("requests_per_minute", requests_per_minute),
@@ -98,6 +105,7 @@ class FakeNebulaServer:
         self.reply = reply
         self.time_to_first_token = time_to_first_token
         self.token_delay = token_delay
+        self.stream_usage = stream_usage
         self._host = host
         self._port = port
         self._api_key = keys[0] if keys else DEFAULT_API_KEY

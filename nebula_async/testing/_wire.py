@@ -96,11 +96,17 @@ def success(rid: str, result: Generation, prompt_tokens: int) -> web.Response:
     return web.Response(body=body.encode(), content_type="application/json", headers={"x-request-id": rid})
 
 
-def stream_events(result: Generation) -> list[str]:
-    """Encode each chunk as an event, exactly in the reference's shape; the last carries finish_reason."""
+def stream_events(result: Generation, *, usage_of: int | None = None) -> list[str]:
+    """Encode each chunk as an event, exactly in the reference's shape; the last carries finish_reason.
+
+    ``usage_of``: the prompt's tokens, to put ``usage`` in the final event (as the non-streamed
+    answer has it), or None for the reference's two-key events.
+    """
     chunks = result.chunks or ("",)
     events = [f'data: {{"text": {_json_str(text)}, "finish_reason": null}}\n\n' for text in chunks]
     last = f'"text": {_json_str(chunks[-1])}, "finish_reason": {_json_str(result.finish_reason)}'
+    if usage_of is not None:
+        last += f', "usage": {_usage(usage_of, result.completion_tokens)}'
     events[-1] = f"data: {{{last}}}\n\n"
     return events
 
