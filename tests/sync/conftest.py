@@ -1,42 +1,36 @@
-"""Fixtures for the sync client: a server in its own thread, and a client pointed at it.
+"""Fixtures for the sync tests: servers in their own threads, clients pointed at them, Ctrl-C.
 
-``fake_thread`` (a FakeNebulaServer) and ``fake_client`` serve most tests; ``threaded_server`` (a
-hand-rolled ThreadedServer) and ``client`` those that need what the fake can't do: hold a call until
-the test releases it, count handlers cancelled and connections open, stall a stream after a burst.
+``fake_thread`` (a FakeNebulaServer) and ``fake_client`` serve most tests; ``threaded_server`` (the
+hand-rolled ThreadedServer of _support) and ``client`` those that need what the fake can't do: hold
+a call until the test releases it, count handlers cancelled and connections open, stall a stream
+after a burst.
 """
 
 from __future__ import annotations
 
 import gc
+import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from nebula_async import GenerateRequest
 from nebula_async.testing import FakeNebulaServer
 from nebula_sync import NebulaClient, RetryPolicy
-from tests.helpers import KEY
 from tests.sync._server import ThreadedServer
+from tests.sync._support import KEY, LOOP_THREAD, echo_reply, loop_threads, wait_for
 
-PORTAL_THREAD = "nebula-sync"  # the name NebulaClient gives its event-loop thread
-
-
-def portal_threads() -> list[threading.Thread]:
-    """Return the live event-loop threads of sync clients."""
-    return [t for t in threading.enumerate() if t.name == PORTAL_THREAD]
-
-
-def echo(request: GenerateRequest) -> str:
-    """Reply ``"echo: <prompt>"``, as the ThreadedServer does; streamed as "echo", ":", " <prompt>"."""
-    return f"echo: {request.prompt}"
+# The old names, until every test file imports from _support.
+PORTAL_THREAD = LOOP_THREAD
+portal_threads = loop_threads
+echo = echo_reply
 
 
 @pytest.fixture
 def fake_thread() -> Iterator[FakeNebulaServer]:
     """Run a FakeNebulaServer in a thread of its own that knows the models "m" and "gpt-4" and echoes."""
-    with FakeNebulaServer(models=["m", "gpt-4"], reply=echo).run_in_thread() as server:
+    with FakeNebulaServer(models=["m", "gpt-4"], reply=echo_reply).run_in_thread() as server:
         yield server
 
 
@@ -64,13 +58,40 @@ def client(threaded_server: ThreadedServer) -> Iterator[NebulaClient]:
         yield c
 
 
+@pytest.fixture
+def interrupt_main() -> Iterator[Callable[[Callable[[], bool]], None]]:
+    """Return a function that, from a helper thread, sends SIGINT to the main thread once ``condition()``."""
+    assert threading.current_thread() is threading.main_thread()  # SIGINT lands in the main thread only
+    # A process started in the background by a non-interactive shell (as some CI runners do)
+    # inherits SIGINT as ignored: install Python's handler so Ctrl-C is what is tested.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    threads: list[threading.Thread] = []
+
+    def arm(condition: Callable[[], bool]) -> None:
+        def fire() -> None:
+            if wait_for(condition, 5.0):
+                time.sleep(0.05)  # let the caller settle into its blocking wait
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]  # the main thread has an ident
+
+        thread = threading.Thread(target=fire, daemon=True)
+        threads.append(thread)
+        thread.start()
+
+    try:
+        yield arm
+    finally:
+        for thread in threads:
+            thread.join(5)
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(autouse=True)
-def no_portal_thread_left() -> Iterator[None]:
+def no_loop_thread_left() -> Iterator[None]:
     """Fail a test that leaves a sync client's event-loop thread running after its clients are gone."""
-    before = set(portal_threads())
+    before = set(loop_threads())
     yield
     gc.collect()  # a dropped client is shut down by its finalizer
     deadline = time.monotonic() + 5
-    while set(portal_threads()) - before and time.monotonic() < deadline:
+    while set(loop_threads()) - before and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not set(portal_threads()) - before, "a NebulaClient thread is still running after the test"
+    assert not set(loop_threads()) - before, "a NebulaClient thread is still running after the test"
