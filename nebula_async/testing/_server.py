@@ -9,15 +9,17 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._checks import check_int
 from .._models import GenerateRequest
 from ._answer import Answerer
 from ._site import Site
 from ._state import FakeModel, Fault, Limits, RecordedRequest, Script, merge_models
-from ._thread import LoopThread
 from ._wire import default_code, default_message, status_for
+
+if TYPE_CHECKING:
+    from nebula_sync._runtime import LoopThread
 
 __all__ = ["DEFAULT_API_KEY", "FakeNebulaServer"]
 
@@ -286,17 +288,33 @@ class FakeNebulaServer:
     # --- running in a thread of its own ------------------------------------------------------------
 
     def start(self) -> FakeNebulaServer:
-        """Start the server on an event loop in a background thread; return at once it listens."""
+        """Start the server on an event loop in a background thread; return at once it listens.
+
+        The thread is nebula_sync's LoopThread: it stops at stop(), at interpreter exit if
+        stop() never came, and is forgotten (not waited on) in a forked child.
+        """
+        # Imported here: nebula_async.testing must not load nebula_sync until a thread is wanted.
+        from nebula_sync._runtime import LoopThread
+
         with self._thread_lock:
             if self._site is not None or self._thread is not None:
                 raise RuntimeError("this FakeNebulaServer is already running")
-            self._thread = LoopThread(self.astart, self.astop)
+            # asyncio, not uvloop (NEBULA_SYNC_UVLOOP): libuv crashes in a forked child at exit.
+            thread = LoopThread(
+                name="nebula-fake-server", on_close=self.astop, noun="FakeNebulaServer", use_uvloop=False
+            )
+            try:
+                thread.run(self.astart)
+            except BaseException:
+                thread.close()
+                raise
+            self._thread = thread
         return self
 
     def stop(self) -> None:
         """Stop a server started with start(); does nothing if it is not running."""
         thread = self._thread
-        if thread is not None and thread.is_current():
+        if thread is not None and thread.in_loop_thread():
             raise RuntimeError(
                 "stop() was called from the server's own thread (a reply function?): call it elsewhere"
             )
@@ -308,8 +326,8 @@ class FakeNebulaServer:
                         "this server runs in an event loop: leave its 'async with' or await astop()"
                     )
                 return
-            thread.stop()
-            self._site = None  # in a forked child, astop() never ran: the server is the parent's
+            thread.close()  # awaits astop() in the thread; does nothing in a forked child
+            self._site = None  # in a forked child astop() never ran: the server is the parent's
 
     @contextlib.contextmanager
     def run_in_thread(self) -> Iterator[FakeNebulaServer]:

@@ -379,6 +379,19 @@ def test_stop_while_threads_connect_in_a_tight_loop_leaks_nothing(caplog: pytest
 # --- exit and fork --------------------------------------------------------------------------------
 
 
+def test_importing_the_testing_package_loads_no_sync_runtime() -> None:
+    """`import nebula_async.testing` loads neither nebula_sync nor anyio; start() loads the runtime."""
+    script = (
+        "import sys; import nebula_async.testing as t;"
+        "print(sorted(m for m in ('nebula_sync', 'anyio') if m in sys.modules));"
+        "t.FakeNebulaServer().start().stop(); print('nebula_sync._runtime' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=20, check=False
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[]\nTrue\n", "")
+
+
 def test_a_server_never_stopped_lets_the_interpreter_exit() -> None:
     """A script that start()s a server, uses it and never stops it exits 0 with nothing on stderr."""
     script = textwrap.dedent(
