@@ -83,10 +83,10 @@ class RecordedHeaders(Mapping[str, str]):
     """A request's headers: case-insensitive lookup, and a repr that hides the Authorization value."""
 
     def __init__(self, headers: Mapping[str, str]) -> None:
-        if isinstance(headers, RecordedHeaders):
-            self._headers: CIMultiDictProxy[str] = headers._headers
-        elif isinstance(headers, CIMultiDictProxy):  # aiohttp's request headers: already read-only
-            self._headers = headers
+        if isinstance(headers, CIMultiDictProxy):  # aiohttp's request headers: already read-only
+            self._headers: CIMultiDictProxy[str] = headers
+        elif isinstance(headers, RecordedHeaders):  # its items() has each name once; getall() has all
+            self._headers = CIMultiDictProxy(CIMultiDict((n, v) for n in headers for v in headers.getall(n)))
         else:  # items() of a multidict keeps repeated headers
             self._headers = CIMultiDictProxy(CIMultiDict(headers.items()))
         self._unique: list[str] | None = None
@@ -119,6 +119,11 @@ class RecordedHeaders(Mapping[str, str]):
         return f"RecordedHeaders({shown!r})"
 
 
+def _recorded_headers(headers: Mapping[str, str]) -> RecordedHeaders:
+    # Read-only, so attrs.evolve shares the record's headers rather than copying them.
+    return headers if isinstance(headers, RecordedHeaders) else RecordedHeaders(headers)
+
+
 @attrs.define
 class RecordedRequest:
     """One request the fake server received, for assertions.
@@ -131,7 +136,7 @@ class RecordedRequest:
 
     method: str
     path: str
-    headers: RecordedHeaders = attrs.field(converter=RecordedHeaders)
+    headers: RecordedHeaders = attrs.field(converter=_recorded_headers)
     body: bytes = attrs.field(repr=False)
     json: Any
     time: float

@@ -175,6 +175,14 @@ def test_evolving_a_recorded_request_keeps_repeated_headers() -> None:
     assert attrs.evolve(record, status=200).headers.getall("X-A") == ["1", "2"]
 
 
+def test_recorded_headers_made_from_recorded_headers_keep_repeated_values() -> None:
+    """RecordedHeaders of a RecordedHeaders keeps every value of a repeated header, in order."""
+    original = RecordedHeaders(CIMultiDict([("X-A", "1"), ("X-B", "b"), ("x-a", "2")]))
+    copy = RecordedHeaders(original)
+    assert copy.getall("X-A") == ["1", "2"]
+    assert dict(copy) == dict(original) == {"X-A": "1", "X-B": "b"}
+
+
 @pytest.mark.parametrize("name", ["Authorization", "authorization", "AUTHORIZATION"])
 def test_recorded_headers_repr_hides_authorization(name: str) -> None:
     """The repr of the headers shows other headers but never the Authorization value, in any case."""
