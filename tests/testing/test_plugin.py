@@ -82,9 +82,8 @@ def test_stream_usage_marker(nebula_server):
     with urllib.request.urlopen(request, timeout=5) as response:
         last = response.read().rstrip(b"\\n").split(b"\\n\\n")[-1]
     final = json.loads(last.removeprefix(b"data: "))
-    assert final == {"text": " there", "finish_reason": "stop", "usage": {
-        "prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3,
-    }}
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    assert final == {"text": " there", "finish_reason": "stop", "usage": usage}
 
 
 async def test_own_async_client_without_a_mark(nebula_server):
