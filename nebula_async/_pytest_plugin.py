@@ -47,7 +47,8 @@ def nebula_server(request: pytest.FixtureRequest) -> Iterator[FakeNebulaServer]:
     """Run a fresh FakeNebulaServer for the test, in a thread of its own (so sync and async tests can use it).
 
     ``@pytest.mark.nebula_server(models=["gpt-4"], token_delay=0.01)`` passes arguments to it (on
-    a module, class or test; the closest wins).
+    a module, class or test; the closest wins), e.g. ``stream_usage=True`` for usage in the final
+    stream event.
     """
     from nebula_async.testing import FakeNebulaServer
 

@@ -21,8 +21,10 @@ non-streamed text of the same request.
 Installed with the SDK, its pytest plugin gives the fixtures ``nebula_server``,
 ``nebula_client`` (an ``AsyncNebulaClient``; needs pytest-asyncio) and ``nebula_sync_client``;
 ``@pytest.mark.nebula_server(...)`` and ``@pytest.mark.nebula_client(...)`` pass arguments to the
-server and the clients. ``python -m
-nebula_async.testing --port 8080`` runs it standalone.
+server and the clients. ``python -m nebula_async.testing --port 8080`` runs it standalone.
+
+``FakeNebulaServer(stream_usage=True)`` (marker: ``@pytest.mark.nebula_server(stream_usage=True)``,
+command line: ``--stream-usage``) puts ``usage`` in each stream's final event, as real servers do.
 
 Speed, on one core (``python benchmarks/fake_server.py``: the server pinned to one core of a 2-core
 x86-64 VM, Python 3.11, aiohttp 3.14; raw aiohttp load at concurrency 64 from the other core): it

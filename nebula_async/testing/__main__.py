@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--time-to-first-token", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--token-delay", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--stream-usage", action="store_true", help="put usage in each stream's final event")
     parser.add_argument("--requests-per-second", type=int, metavar="N", help="per-key rate limit")
     parser.add_argument("--requests-per-minute", type=int, metavar="N", help="per-key rate limit")
     parser.add_argument(
@@ -74,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             models=args.models,
             time_to_first_token=args.time_to_first_token,
             token_delay=args.token_delay,
+            stream_usage=args.stream_usage,
             requests_per_second=args.requests_per_second,
             requests_per_minute=args.requests_per_minute,
             token_quota=args.token_quota,

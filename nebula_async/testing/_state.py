@@ -16,6 +16,8 @@ from typing import Any
 import attrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .._checks import check_int
+
 __all__ = [
     "DEFAULT_CONTEXT_LENGTH",
     "DEFAULT_MODELS",
@@ -25,24 +27,11 @@ __all__ = [
     "RecordedHeaders",
     "RecordedRequest",
     "Script",
-    "check_int",
     "merge_models",
     "seconds_header",
 ]
 
 DEFAULT_CONTEXT_LENGTH = 8192
-
-
-def check_int(name: str, value: object, low: int, high: int | None = None, *, note: str = "") -> None:
-    """Raise TypeError unless ``value`` is an int (bool is not), ValueError unless it is in [low, high].
-
-    ``note`` follows "an int" in the message, e.g. " or None (no limit)".
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int{note}, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"from {low} to {high}"
-        raise ValueError(f"{name} must be an int {bounds}{note}, got {value}")
 
 
 def _positive_int(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -94,10 +83,10 @@ class RecordedHeaders(Mapping[str, str]):
     """A request's headers: case-insensitive lookup, and a repr that hides the Authorization value."""
 
     def __init__(self, headers: Mapping[str, str]) -> None:
-        if isinstance(headers, RecordedHeaders):
-            self._headers: CIMultiDictProxy[str] = headers._headers
-        elif isinstance(headers, CIMultiDictProxy):  # aiohttp's request headers: already read-only
-            self._headers = headers
+        if isinstance(headers, CIMultiDictProxy):  # aiohttp's request headers: already read-only
+            self._headers: CIMultiDictProxy[str] = headers
+        elif isinstance(headers, RecordedHeaders):  # its items() has each name once; getall() has all
+            self._headers = CIMultiDictProxy(CIMultiDict((n, v) for n in headers for v in headers.getall(n)))
         else:  # items() of a multidict keeps repeated headers
             self._headers = CIMultiDictProxy(CIMultiDict(headers.items()))
         self._unique: list[str] | None = None
@@ -130,6 +119,11 @@ class RecordedHeaders(Mapping[str, str]):
         return f"RecordedHeaders({shown!r})"
 
 
+def _recorded_headers(headers: Mapping[str, str]) -> RecordedHeaders:
+    # Read-only, so attrs.evolve shares the record's headers rather than copying them.
+    return headers if isinstance(headers, RecordedHeaders) else RecordedHeaders(headers)
+
+
 @attrs.define
 class RecordedRequest:
     """One request the fake server received, for assertions.
@@ -142,7 +136,7 @@ class RecordedRequest:
 
     method: str
     path: str
-    headers: RecordedHeaders = attrs.field(converter=RecordedHeaders)
+    headers: RecordedHeaders = attrs.field(converter=_recorded_headers)
     body: bytes = attrs.field(repr=False)
     json: Any
     time: float

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
-import re
 import selectors
 import signal
 import socket
@@ -13,19 +12,14 @@ import subprocess
 import sys
 import textwrap
 import threading
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO
 
 import pytest
 
 from nebula_async.testing import count_tokens
-
-KEY = "sk-cli-test-Z8r3Kq1wP5nT"  # distinctive: an access line showing it would be easy to spot
-MODEL = "Llama3.3-70B"
-BANNER = re.compile(r"^FakeNebulaServer at (http://127\.0\.0\.1:(\d+)/v1) ")
-WAIT = 10.0  # seconds: generous, only reached when something is broken
+from tests.testing._support import BANNER, KEY, MODEL, PATH, WAIT, body, post
 
 
 class CLI:
@@ -111,25 +105,10 @@ def cli() -> Iterator[CLI]:
         yield running
 
 
-def _generate(base_url: str, *, key: str = KEY, model: str = MODEL, prompt: str = "Hi") -> tuple[int, Any]:
-    """POST a generate request with urllib; return the status and the decoded JSON answer."""
-    request = urllib.request.Request(
-        f"{base_url}/text/generate",
-        data=json.dumps({"model": model, "prompt": prompt, "max_tokens": 5}).encode(),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=WAIT) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
-
-
 def test_cli_serves_logs_and_stops_on_sigint(cli: CLI) -> None:
     """The CLI announces its URL, serves a request, logs it without the key, and exits 0 on Ctrl-C."""
     base_url = cli.banner()
-    status, answer = _generate(base_url)
+    status, _, answer = post(base_url)
     assert status == 200
     assert answer["status"] == "success"
     line = cli.next_stderr()
@@ -143,7 +122,7 @@ def test_cli_serves_logs_and_stops_on_sigint(cli: CLI) -> None:
 
 def test_cli_exits_0_on_sigterm(cli: CLI) -> None:
     """SIGTERM stops a CLI that has served a request with exit status 0 and no traceback."""
-    assert _generate(cli.banner())[0] == 200
+    assert post(cli.banner())[0] == 200
     code, _, err = cli.finish(signal.SIGTERM)
     assert code == 0
     assert "Traceback" not in err
@@ -189,7 +168,7 @@ def test_cli_sigterm_right_after_the_banner_exits_0() -> None:
 def test_cli_quiet_prints_no_access_line() -> None:
     """--quiet serves requests without printing a line for each."""
     with _cli("--port", "0", "--quiet") as cli:
-        status, _ = _generate(cli.banner())
+        status, _, _ = post(cli.banner())
         assert status == 200
         code, out, err = cli.finish(signal.SIGTERM)
         assert (code, out, err) == (0, "", "")
@@ -199,25 +178,48 @@ def test_cli_api_key_restricts() -> None:
     """--api-key accepts only that key; another one gets 401 invalid_api_key."""
     with _cli("--port", "0", "--quiet", "--api-key", KEY) as cli:
         base_url = cli.banner()
-        status, answer = _generate(base_url, key="sk-someone-else")
+        status, _, answer = post(base_url, key="sk-someone-else")
         assert status == 401
         assert answer["error"]["code"] == "invalid_api_key"
-        assert _generate(base_url)[0] == 200
+        assert post(base_url)[0] == 200
         assert cli.finish(signal.SIGTERM)[0] == 0
 
 
-def test_cli_model_with_a_context_length() -> None:
-    """--model gpt-4:16 adds gpt-4 with a 16-token context: 16 tokens pass, 17 are too long."""
-    with _cli("--port", "0", "--quiet", "--model", "gpt-4:16") as cli:
+def test_cli_model_names_and_context_lengths() -> None:
+    """--model gpt-4:16 gives gpt-4 a 16-token context; --model llama3:8b adds "llama3:8b" as named."""
+    # Regression: "llama3:8b" was read as model "llama3" with context length "8b", and refused.
+    with _cli("--port", "0", "--quiet", "--model", "gpt-4:16", "--model", "llama3:8b") as cli:
         base_url = cli.banner()
         fits = " ".join(["word"] * 16)
         assert count_tokens(fits) == 16
-        assert _generate(base_url, model="gpt-4", prompt=fits)[0] == 200
-        status, answer = _generate(base_url, model="gpt-4", prompt=fits + " more")
-        assert status == 400
-        assert answer["error"]["code"] == "context_length_exceeded"
-        assert _generate(base_url, model=MODEL)[0] == 200  # the documented models stay
+        assert post(base_url, body(model="gpt-4", prompt=fits))[0] == 200
+        status, _, answer = post(base_url, body(model="gpt-4", prompt=fits + " more"))
+        assert (status, answer["error"]["code"]) == (400, "context_length_exceeded")
+        many = " word" * 100  # well over 8 tokens: "8b" is not a context length
+        assert post(base_url, body(model="llama3:8b", prompt=many))[0] == 200
+        status, _, answer = post(base_url, body(model="llama3"))
+        assert (status, answer["error"]["code"]) == (404, "model_not_found")
+        assert post(base_url, body(model=MODEL))[0] == 200  # the documented models stay
         assert cli.finish(signal.SIGTERM)[0] == 0
+
+
+def test_cli_stream_usage_puts_usage_in_the_final_event() -> None:
+    """--stream-usage makes the final event of a stream carry the non-streamed answer's usage."""
+    with _cli("--port", "0", "--quiet", "--stream-usage") as cli:
+        base_url = cli.banner()
+        _, _, answer = post(base_url, body(max_tokens=5))
+        request = urllib.request.Request(
+            base_url + PATH,
+            data=json.dumps(body(max_tokens=5, stream=True)).encode(),
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=WAIT) as response:
+            raw = response.read()
+        assert cli.finish(signal.SIGTERM)[0] == 0
+    *_, last = raw.rstrip(b"\n").split(b"\n\n")
+    final = json.loads(last.removeprefix(b"data: "))
+    assert final["usage"] == answer["data"]["usage"]
+    assert final["finish_reason"] == "length"
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from nebula_async.testing._generate import (
     Generation,
     _cached_reply,
+    _make_reply,
     count_tokens,
     default_reply,
     generate,
@@ -136,6 +137,25 @@ def test_default_reply_is_the_same_in_another_process() -> None:
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=20
         )
         assert child.stdout == default_reply("Llama3.3-70B", "Say hi, twice!", 0.3, 0.9)
+
+
+def test_default_reply_caches_only_short_prompts() -> None:
+    """A prompt over 4096 characters is not cached, a short one is; either way the text is the same."""
+    # Regression: every prompt was cached, so a load test of long prompts pinned their memory.
+    cache = _cached_reply
+    cache.cache_clear()  # a full cache would not grow: start from empty
+    long_prompt = "word " * 1000 + "unique long prompt"
+    assert len(long_prompt) > 4096
+    first = default_reply("Llama3.3-70B", long_prompt, 0.7, 1.0)
+    assert default_reply("Llama3.3-70B", long_prompt, 0.7, 1.0) == first
+    assert cache.cache_info().currsize == 0
+    assert cache("Llama3.3-70B", long_prompt, 0.7, 1.0) == first  # the cached path would have said the same
+    cache.cache_clear()
+    short = default_reply("Llama3.3-70B", "a short prompt", 0.7, 1.0)
+    assert cache.cache_info().currsize == 1
+    assert default_reply("Llama3.3-70B", "a short prompt", 0.7, 1.0) == short
+    assert cache.cache_info().hits == 1
+    assert _make_reply("Llama3.3-70B", "a short prompt", 0.7, 1.0) == short
 
 
 def test_default_reply_repeats_without_the_cache() -> None:

@@ -30,6 +30,9 @@ def test_readme_example_passes_in_a_new_project(tmp_path: Path) -> None:
 
 
 FIXTURE_TESTS = """
+import json
+import urllib.request
+
 import pytest
 
 from nebula_async import AsyncNebulaClient
@@ -69,6 +72,20 @@ async def test_nebula_client_without_a_mark(nebula_server, nebula_client):
     assert result.request_id == nebula_server.requests[0].request_id
 
 
+@pytest.mark.nebula_server(stream_usage=True, replies={"Hi": "Hello there"})
+def test_stream_usage_marker(nebula_server):
+    request = urllib.request.Request(
+        nebula_server.base_url + "/text/generate",
+        data=json.dumps({"model": "Llama3.3-70B", "prompt": "Hi", "stream": True}).encode(),
+        headers={"Authorization": "Bearer k", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        last = response.read().rstrip(b"\\n").split(b"\\n\\n")[-1]
+    final = json.loads(last.removeprefix(b"data: "))
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    assert final == {"text": " there", "finish_reason": "stop", "usage": usage}
+
+
 async def test_own_async_client_without_a_mark(nebula_server):
     async with AsyncNebulaClient(nebula_server.api_key, base_url=nebula_server.base_url) as client:
         async with client.stream_text(model="Llama3.3-70B", prompt="Hi", max_tokens=3) as stream:
@@ -80,7 +97,53 @@ def test_fixtures_work_in_auto_mode(tmp_path: Path) -> None:
     """Under asyncio_mode=auto, strict markers, warnings as errors: marker kwargs, fresh servers, clients."""
     code, output = run_pytest(tmp_path, FIXTURE_TESTS, AUTO_INI, "--strict-markers")
     assert code == 0, output
-    assert re.search(r"^6 passed in ", output, flags=re.MULTILINE), output
+    assert re.search(r"^7 passed in ", output, flags=re.MULTILINE), output
+
+
+# Markers on a module, a class and a test; a nebula_client marker for both clients.
+MARKER_TESTS = """
+import pytest
+
+from nebula_async import ServerError
+
+pytestmark = pytest.mark.nebula_server(default_models=False, models=["module-model"], api_keys=["module-key"])
+
+
+@pytest.mark.nebula_server(api_keys=["class-key"], models=["class-model"])
+class TestMarkers:
+    @pytest.mark.nebula_server(models=["method-model"])
+    def test_method_marker_wins_per_key(self, nebula_server):
+        assert nebula_server.api_key == "class-key"
+        assert set(nebula_server.models) == {"method-model"}
+
+    def test_class_marker_alone(self, nebula_server):
+        assert nebula_server.api_key == "class-key"
+        assert set(nebula_server.models) == {"class-model"}
+
+
+@pytest.mark.nebula_client(max_retries=0)
+def test_sync_client_gets_the_marker(nebula_server, nebula_sync_client):
+    nebula_server.fail_next(status=500)
+    with pytest.raises(ServerError):
+        nebula_sync_client.generate_text(model="module-model", prompt="Hi")
+    assert len(nebula_server.requests) == 1
+
+
+@pytest.mark.nebula_client(max_retries=0)
+async def test_async_client_gets_the_marker(nebula_server, nebula_client):
+    nebula_server.fail_next(status=500)
+    with pytest.raises(ServerError):
+        await nebula_client.generate_text(model="module-model", prompt="Hi")
+    assert len(nebula_server.requests) == 1
+"""
+
+
+def test_markers_merge_and_reach_both_clients(tmp_path: Path) -> None:
+    """nebula_server markers merge per key, the closest winning; nebula_client reaches both clients."""
+    # Regression: only the closest nebula_server marker counted, and there was no nebula_client marker.
+    code, output = run_pytest(tmp_path, MARKER_TESTS, AUTO_INI, "--strict-markers")
+    assert code == 0, output
+    assert re.search(r"^4 passed in ", output, flags=re.MULTILINE), output
 
 
 MARKER_MISUSE = """

@@ -22,10 +22,7 @@ from nebula_async.testing._state import (
     merge_models,
     seconds_header,
 )
-from tests.testing._support import REFERENCE_MODELS
-
-# Distinctive enough that finding it anywhere in a repr can only mean a leak.
-SECRET = "sk-live-SECRET-7f3a9c1e"
+from tests.testing._support import KEY, REFERENCE_MODELS
 
 
 class FakeClock:
@@ -178,18 +175,29 @@ def test_evolving_a_recorded_request_keeps_repeated_headers() -> None:
     assert attrs.evolve(record, status=200).headers.getall("X-A") == ["1", "2"]
 
 
+def test_recorded_headers_made_from_recorded_headers_keep_repeated_values() -> None:
+    """RecordedHeaders of a RecordedHeaders keeps every value of a repeated header, in order."""
+    original = RecordedHeaders(CIMultiDict([("X-A", "1"), ("X-B", "b"), ("x-a", "2")]))
+    copy = RecordedHeaders(original)
+    assert copy.getall("X-A") == ["1", "2"]
+    assert dict(copy) == dict(original) == {"X-A": "1", "X-B": "b"}
+
+
 @pytest.mark.parametrize("name", ["Authorization", "authorization", "AUTHORIZATION"])
 def test_recorded_headers_repr_hides_authorization(name: str) -> None:
     """The repr of the headers shows other headers but never the Authorization value, in any case."""
-    headers = RecordedHeaders({name: f"Bearer {SECRET}", "X-Other": "visible"})
-    assert SECRET not in repr(headers)
-    assert SECRET not in str(headers)
+    headers = RecordedHeaders({name: f"Bearer {KEY}", "X-Other": "visible"})
+    assert KEY not in repr(headers)
+    assert KEY not in str(headers)
     assert "<redacted>" in repr(headers)
     assert "visible" in repr(headers)
-    assert headers[name] == f"Bearer {SECRET}"  # hidden from repr only, still readable
+    assert headers[name] == f"Bearer {KEY}"  # hidden from repr only, still readable
 
 
-def _record(headers: CIMultiDict[str] | dict[str, str]) -> RecordedRequest:
+def _record(
+    headers: CIMultiDict[str] | dict[str, str], *, api_key: str = KEY, status: int = 200
+) -> RecordedRequest:
+    """Return a recorded request with these headers, key and status."""
     return RecordedRequest(
         method="POST",
         path="/v1/text/generate",
@@ -198,19 +206,19 @@ def _record(headers: CIMultiDict[str] | dict[str, str]) -> RecordedRequest:
         json={"model": "m", "prompt": "p"},
         time=0.0,
         request_id="req_1",
-        api_key=SECRET,
-        status=200,
+        api_key=api_key,
+        status=status,
     )
 
 
 def test_recorded_request_repr_hides_the_key() -> None:
     """A recorded request's repr and str show neither the api_key nor the Authorization header's value."""
-    record = _record({"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"})
+    record = _record({"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     for shown in (repr(record), str(record), repr([record]), f"{record}"):
-        assert SECRET not in shown
+        assert KEY not in shown
         assert "req_1" in shown
-    assert record.api_key == SECRET
-    assert record.headers["authorization"] == f"Bearer {SECRET}"
+    assert record.api_key == KEY
+    assert record.headers["authorization"] == f"Bearer {KEY}"
 
 
 def test_recorded_request_converts_headers() -> None:
@@ -219,6 +227,23 @@ def test_recorded_request_converts_headers() -> None:
     assert isinstance(record.headers, RecordedHeaders)
     record.headers = {"X-B": "2"}  # type: ignore[assignment]  # the converter runs on assignment too
     assert record.headers["x-b"] == "2"
+
+
+def test_recorded_requests_differing_only_in_api_key_are_equal(request: pytest.FixtureRequest) -> None:
+    """Records differing only in api_key compare equal, and pytest's diff of two records never shows it."""
+    # Regression: records compared api_key, so pytest's diff of two unequal records showed the key.
+    headers = {"Content-Type": "application/json"}
+    assert _record(headers) == _record(headers, api_key="sk-other-key")
+    explanations = request.config.hook.pytest_assertrepr_compare(
+        config=request.config,
+        op="==",
+        left=_record(headers),
+        right=_record(headers, api_key="sk-other-key", status=500),
+    )
+    diff = "\n".join(line for explanation in explanations for line in explanation or [])
+    assert "status" in diff
+    assert KEY not in diff
+    assert "api_key" not in diff
 
 
 # --- scripted faults -------------------------------------------------------------------------------
