@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from nebula_async import APIConnectionError, APITimeoutError, ServerError, TextChunk, Timeout, Usage
+from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
 from tests.helpers import NO_RETRY, sse
 from tests.integration._support import (
@@ -174,3 +175,15 @@ async def test_malformed_usage_is_a_server_error(server: LocalServer, usage: obj
     async with make_client(server.base_url, retry=NO_RETRY) as client:
         with pytest.raises(ServerError, match=r"malformed response: .*usage"):
             await collect(client.stream_text(model="m", prompt="p"))
+
+
+async def test_stream_usage_equals_the_non_streamed_usage(fake: FakeNebulaServer) -> None:
+    """Against a server that sends usage in its final event, stream.usage equals generate_text's usage."""
+    fake.stream_usage = True
+    async with make_client(fake.base_url) as client:
+        whole = await client.generate_text(model="m", prompt="Tell me a story", max_tokens=12)
+        stream = client.stream_text(model="m", prompt="Tell me a story", max_tokens=12)
+        text = "".join(await collect(stream, enter=True))
+    assert text == whole.text
+    assert stream.usage == whole.usage
+    assert whole.usage.completion_tokens == 12
