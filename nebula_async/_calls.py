@@ -110,6 +110,8 @@ class CallPath:
             delay, attempt, policy.max_retries, type(error).__name__, error,
         )  # fmt: skip
         await asyncio.sleep(delay)
+        if self._closed:  # closed while we slept
+            raise RuntimeError(CLOSED_DURING_CALL) from error
 
     def track(self, stream: object, cut_off: Callable[[], None]) -> None:
         """Have aclose() call ``cut_off`` (a bound method of ``stream``) while ``stream`` is open."""

@@ -90,11 +90,9 @@ def parse_event(data: str, headers: Mapping[str, str]) -> TextChunk:
         # more than the JSON decoding); anything else takes the converter's path below.
         text, finish, usage = payload.get("text"), payload.get("finish_reason"), payload.get("usage")
         if type(text) is str and (finish is None or type(finish) is str):
-            if usage is None:
-                return TextChunk(text, finish)
-            counts = _plain_usage(usage)
-            if counts is not None:
-                return TextChunk(text, finish, counts)
+            # usage is optional metadata here: one that does not read as three counts is dropped,
+            # rather than cost the caller the stream's text.
+            return TextChunk(text, finish, None if usage is None else _plain_usage(usage))
     if not isinstance(payload, dict):
         raise _malformed(200, headers, f"a stream event is not a JSON object: {data[:200]!r}")
     if isinstance(payload.get("error"), dict) or payload.get("status") == "error":

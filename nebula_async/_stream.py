@@ -80,7 +80,10 @@ class TextStream:
 
     @property
     def usage(self) -> Usage | None:
-        """Token counts, once a delivered chunk carried them (in practice the last one); else None."""
+        """Token counts, once a delivered chunk carried them (in practice the last one); else None.
+
+        Also None when the server sent counts that are not three integers: the text matters more.
+        """
         return self._usage
 
     @property
@@ -134,10 +137,11 @@ class TextStream:
         self._close()
 
     def _close(self) -> None:
-        # What was read but not delivered is dropped.
+        # What was read but not delivered is dropped: then the stream did not reach its end for the caller.
+        undelivered = bool(self._buffered) or self._error is not None
         self._buffered.clear()
         self._error = None
-        if self._state in (_State.NEW, _State.OPEN):
+        if self._state in (_State.NEW, _State.OPEN) or (self._state is _State.ENDED and undelivered):
             self._state = _State.CLOSED
             self._discard()
 
@@ -188,7 +192,12 @@ class TextStream:
         self._attempts = number
         transport = self._calls.transport()
         client_timeout = transport.client_timeout(self._timeout, stream=True)
-        response = await transport.post(self._body, stream=True, timeout=client_timeout, attempt=number)
+        try:
+            response = await transport.post(self._body, stream=True, timeout=client_timeout, attempt=number)
+        except NebulaError as err:
+            if self._was_closed():  # aclose() from another task while we waited: not a failure to retry
+                raise RuntimeError(_CLOSED_WHILE_READ) from err
+            raise
         if self._was_closed():  # aclose() from another task while we waited for the headers
             response.close()
             raise RuntimeError(_CLOSED_WHILE_READ)

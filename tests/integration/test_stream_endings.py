@@ -12,7 +12,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from nebula_async import APIConnectionError, APITimeoutError, ServerError, TextChunk, Timeout, Usage
+from nebula_async import APIConnectionError, APITimeoutError, TextChunk, Timeout, Usage
 from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
 from tests.helpers import NO_RETRY, sse
@@ -169,12 +169,15 @@ async def test_usage_null_is_no_usage(server: LocalServer) -> None:
     [{"prompt_tokens": 3, "completion_tokens": 2}, {**USAGE, "total_tokens": "5"}, [1, 2, 3], "five"],
     ids=["missing-field", "string-count", "list", "string"],
 )
-async def test_malformed_usage_is_a_server_error(server: LocalServer, usage: object) -> None:
-    """A usage that is not three integer counts fails the stream with ServerError naming usage."""
-    server.handler = stream_handler(sse({"text": "a", "finish_reason": "stop", "usage": usage}))
+async def test_malformed_usage_is_dropped_and_the_text_kept(server: LocalServer, usage: object) -> None:
+    """A usage that is not three integer counts leaves usage None and costs no text or finish_reason."""
+    server.handler = stream_handler(
+        sse(chunk("Hel"), {"text": "lo", "finish_reason": "stop", "usage": usage})
+    )
     async with make_client(server.base_url, retry=NO_RETRY) as client:
-        with pytest.raises(ServerError, match=r"malformed response: .*usage"):
-            await collect(client.stream_text(model="m", prompt="p"))
+        stream = client.stream_text(model="m", prompt="p")
+        assert await collect(stream) == ["Hel", "lo"]
+    assert (stream.finish_reason, stream.usage) == ("stop", None)
 
 
 async def test_stream_usage_equals_the_non_streamed_usage(fake: FakeNebulaServer) -> None:

@@ -22,9 +22,11 @@ from nebula_async.testing import FakeNebulaServer
 from tests.conftest import Handler, LocalServer
 from tests.helpers import FAST_RETRY, NO_RETRY, error_body, sse, success_body
 from tests.integration._support import (
+    CALLS,
     SSE_HEAD_CHUNKED,
     SSE_HEAD_UNTIL_CLOSE,
     STALL,
+    Call,
     RawConnection,
     RawServer,
     chunk,
@@ -458,6 +460,63 @@ async def test_aclose_from_another_task_while_waiting_for_headers(fake: FakeNebu
     assert isinstance(outcome, RuntimeError)
     assert "closed" in str(outcome)
     assert len(fake.requests) == 1
+
+
+async def test_aclose_while_waiting_for_headers_then_a_drop_is_not_retried(
+    server: LocalServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream closed while its request waits, whose connection then drops, raises RuntimeError at once."""
+    # Regression: the drop went through the retry loop (logged, slept) for a stream its caller closed.
+    caplog.set_level(logging.WARNING, logger="nebula_async")
+
+    async def drop_later(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.2)
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response(text="never sent")
+
+    server.handler = drop_later
+    async with make_client(server.base_url, retry=RetryPolicy(max_retries=2, initial_delay=1.0)) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        reader = asyncio.create_task(collect(stream))
+        await wait_until(lambda: len(server.requests) == 1)
+        await stream.aclose()
+        with pytest.raises(RuntimeError, match="closed while it was being read"):
+            await asyncio.wait_for(reader, 0.9)  # well before the 1 s back-off a retry would sleep
+    assert len(server.requests) == 1
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+@CALLS
+async def test_client_closed_during_a_retry_sleep_says_so(
+    fake: FakeNebulaServer, call: Call, caplog: pytest.LogCaptureFixture
+) -> None:
+    """client.aclose() during a call's sleep before a retry ends it: "closed while the call was running"."""
+    caplog.set_level(logging.WARNING, logger="nebula_async")
+    fake.fail_next(status=503, code="overloaded", retry_after=0.3)
+    client = make_client(fake.base_url)
+    caller = asyncio.ensure_future(call(client))
+    await wait_until(lambda: any("retrying in" in r.getMessage() for r in caplog.records))
+    await client.aclose()
+    with pytest.raises(RuntimeError, match="this client was closed while the call was running"):
+        await asyncio.wait_for(caller, 2)
+    assert len(fake.requests) == 1
+
+
+async def test_aclose_before_every_read_chunk_was_delivered_stops_the_stream(server: LocalServer) -> None:
+    """Closing after the final event was read but before its chunks were delivered: iterating raises."""
+    # Regression: such a stream counted as ended, so it stopped silently with part of the text.
+    server.handler = stream_handler(events("a", "b", "c"))  # one read: the final event is read with the first
+    async with make_client(server.base_url, max_connections=1) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        first = await anext(stream)
+        await stream.aclose()
+        with pytest.raises(RuntimeError, match="closed before its end"):
+            await anext(stream)
+        again = client.stream_text(model="m", prompt="p")  # the only connection went back to the pool
+        assert await asyncio.wait_for(collect(again), 2) == ["a", "b", "c"]
+    assert first.text == "a"
+    assert (stream.text, stream.finish_reason) == ("a", None)
 
 
 # --- SSE edges: a byte order mark, "error": null (how streams end: test_stream_endings.py) ---
