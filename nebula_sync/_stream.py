@@ -26,6 +26,7 @@ class TextStream:
         self._chunks: deque[TextChunk] = deque()  # read by the loop, not yet delivered
         self._parts: list[str] = []
         self._finish_reason: str | None = None
+        self._usage: Usage | None = None
         self._dropped = False  # closed with chunks not yet delivered
 
     @property
@@ -42,8 +43,8 @@ class TextStream:
 
     @property
     def usage(self) -> Usage | None:
-        """Token counts, once an event carried them (in practice the final one); else None."""
-        return self._stream.usage
+        """Token counts, once a delivered chunk carried them (in practice the last one); else None."""
+        return self._usage
 
     @property
     def request_id(self) -> str | None:
@@ -86,6 +87,8 @@ class TextStream:
         self._parts.append(chunk.text)
         if chunk.finish_reason is not None:
             self._finish_reason = chunk.finish_reason
+        if chunk.usage is not None:
+            self._usage = chunk.usage
         return chunk
 
     def close(self) -> None:

@@ -239,8 +239,10 @@ async def _with_usage(
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    await response.write(sse({"text": "Hi", "finish_reason": None}))
-    await response.write(sse({"text": "!", "finish_reason": "stop", "usage": usage}))
+    # One write, so that both events reach the client in one read.
+    await response.write(
+        sse({"text": "Hi", "finish_reason": None}, {"text": "!", "finish_reason": "stop", "usage": usage})
+    )
     await response.write_eof()
     return response
 
@@ -248,12 +250,12 @@ async def _with_usage(
 def test_usage_comes_from_the_event_that_carried_it(
     client: NebulaClient, threaded_server: ThreadedServer
 ) -> None:
-    """usage is None until an event carries it, then a Usage; a stream without one keeps None."""
+    """usage is None until the chunk that carried it was delivered, then a Usage; without one, None."""
     threaded_server.behaviour = _with_usage
     with client.stream_text(model="m", prompt="p") as stream:
-        before = stream.usage
-        assert [chunk.text for chunk in stream] == ["Hi", "!"]
-    assert before is None
+        first = next(stream)  # both chunks came in one read: the last one waits in this thread
+        assert (first.text, stream.usage) == ("Hi", None)
+        assert next(stream).text == "!"
     assert stream.usage == Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
     threaded_server.behaviour = echo
     with client.stream_text(model="m", prompt="p") as plain:
