@@ -163,3 +163,26 @@ def test_import_times_are_measured_per_module() -> None:
     times = _import_times(["json", "no_such_module_here"], 1)
     assert list(times) == ["json"]
     assert len(times["json"]) == 1
+
+
+def test_import_rows_give_the_ratio_to_aiohttp_and_check_the_targets() -> None:
+    """The import table and the targets give each module's median over aiohttp's, judged against its bound."""
+    from benchmarks._report import render
+
+    imports = {"nebula_async": [30.0, 40.0, 50.0], "nebula_sync": [60.0], "aiohttp": [100.0]}
+    header = {
+        "command": "python -m benchmarks --only import",
+        "date": "2026-12-02",
+        "machine": "test",
+        "python": "CPython 3",
+        "versions": {},
+        "pinned": False,
+        "runs": 1,
+        "seconds": 0.1,
+        "took": 1.0,
+    }
+    report = render([], {}, imports, header)
+    assert "| **nebula_async** | 40 (30–50) | 0.40× |" in report
+    assert "| aiohttp | 100 | 1.00× |" in report
+    assert "| import | nebula_async ≤ 0.4 × aiohttp | 0.40× | met |" in report
+    assert "| import | nebula_sync ≤ 0.5 × aiohttp | 0.60× | **not met** |" in report
