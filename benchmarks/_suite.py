@@ -32,6 +32,7 @@ _COMMAND_LIMIT = 120.0  # seconds one measurement may take before its worker is 
 ASYNC_REST = ["nebula_async", "aiohttp", "openai", "openai (aiohttp)"]
 STREAMERS = ["nebula_async", "aiohttp", "aiohttp iter_any", "openai", "openai (aiohttp)"]
 SYNC_REST = ["nebula_sync", "nebula_sync (uvloop)", "httpx", "openai"]
+RSS_CLIENTS = ["nebula_async", "aiohttp", "openai"]
 STDLIB_JSON = ["nebula_async (stdlib json)"]  # what orjson (the [speed] extra) adds, where it may matter
 
 
@@ -307,6 +308,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--only", action="append", metavar="KEY", help="run only these scenarios (repeatable)"
     )
+    parser.add_argument(
+        "--client",
+        action="append",
+        metavar="NAME",
+        help="run only these clients (repeatable), e.g. the ones that need no [bench] extra",
+    )
     parser.add_argument("--output", metavar="FILE", help="write the Markdown report here as well")
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -323,10 +330,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(sorted(known))}")
         chosen = [s for s in chosen if s.key in args.only]
         extras = [e for e in extras if e in args.only]
+    rss_clients = RSS_CLIENTS
+    if args.client:
+        known = {name for s in scenarios() for name in s.clients} | set(RSS_CLIENTS)
+        unknown = sorted(set(args.client) - known)
+        if unknown:
+            parser.error(f"unknown client {unknown[0]!r}; choose from {', '.join(sorted(known))}")
+        for scenario in chosen:
+            scenario.clients = [name for name in scenario.clients if name in args.client]
+        chosen = [s for s in chosen if s.clients]
+        rss_clients = [name for name in RSS_CLIENTS if name in args.client]
     started = time.perf_counter()
     with _server() as (base_url, server_pid):
         _run_scenarios(chosen, base_url, server_pid, args)
-        rss = _run_rss(base_url, ["nebula_async", "aiohttp", "openai"], args.runs) if "rss" in extras else {}
+        rss = _run_rss(base_url, rss_clients, args.runs) if "rss" in extras and rss_clients else {}
     imports = (
         _import_times(["nebula_async", "nebula_sync", "aiohttp", "httpx", "openai"], 5 if args.quick else 15)
         if "import" in extras

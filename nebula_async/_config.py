@@ -7,10 +7,10 @@ import platform
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
+from ._checks import check_int
 from ._errors import NebulaError
 from ._version import __version__
 
@@ -28,6 +28,7 @@ __all__ = [
     "build_headers",
     "check_api_key",
     "check_base_url",
+    "check_number",
 ]
 
 DEFAULT_BASE_URL = "https://api.inference.nebulablock.com/v1"
@@ -39,28 +40,35 @@ CLIENT_CLOSED = "this client is closed; create a new client to make more calls"
 USER_AGENT = f"nebula-sdk/{__version__} (nebula_async; Python {platform.python_version()})"
 
 
-def _seconds_or_none(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None:
-        return
-    # bool is an int: Timeout(read=True) is a mistake, not one second.
+def check_number(
+    name: str, value: object, *, positive: bool = False, high: float | None = None, unit: str = ""
+) -> float:
+    """Return ``value`` if it is a finite int or float >= 0 (> 0 if ``positive``, <= ``high`` if given).
+
+    Raise TypeError or ValueError naming ``name``; ``unit`` follows "a number", e.g. " of seconds".
+    A bool is not a number here: ``Timeout(read=True)`` is a mistake, not one second.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name} must be a number of seconds or None, got {type(value).__name__}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{attribute.name} must be a finite number of seconds > 0 or None, got {value!r}")
+        raise TypeError(f"{name} must be a number{unit}, got {type(value).__name__}")
+    if high is not None:
+        if not (0 <= value <= high):  # NaN fails this too
+            raise ValueError(f"{name} must be between 0 and {high:g}, got {value!r}")
+    elif not ((value > 0 if positive else value >= 0) and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number{unit} {'>' if positive else '>='} 0, got {value!r}")
+    return value
+
+
+def _seconds_or_none(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        check_number(attribute.name, value, positive=True, unit=" of seconds")
 
 
 def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name} must be a number, got {type(value).__name__}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+    check_number(attribute.name, value)
 
 
 def _retry_count(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{attribute.name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+    check_int(attribute.name, value, 0)
 
 
 def _boolean(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -97,8 +105,7 @@ class Timeout:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"timeout must be a number of seconds or a Timeout, got {type(value).__name__}")
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"timeout must be a finite number of seconds > 0, got {value!r}")
+        check_number("timeout", value, positive=True, unit=" of seconds")
         return cls(connect=value, read=value, total=value, stream_idle=value)
 
 
@@ -143,6 +150,8 @@ def check_base_url(url: object, source: str) -> str:
     """Return ``url`` without its trailing slash if usable; ``source`` names where it came from in errors."""
     if not isinstance(url, str):
         raise TypeError(f"{source} must be a str, got {type(url).__name__}")
+    from urllib.parse import urlsplit  # here, not at import: only a client's construction needs it
+
     example = f"such as {DEFAULT_BASE_URL!r}"
     try:
         parts = urlsplit(url)

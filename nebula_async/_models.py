@@ -1,18 +1,24 @@
-"""Request and response models (frozen attrs classes) and the one cattrs converter that maps them."""
+"""Request and response models (frozen attrs classes), request encoding, and the cattrs converter.
+
+The converter (and cattrs itself) is built on first use: well-formed answers never need it (``_parse``
+checks them by hand), and cattrs costs more import time than the rest of the package.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
+
+from ._checks import check_int
+from ._config import check_number
 
 __all__ = [
     "GenerateRequest",
+    "MalformedPayloadError",
     "TextChunk",
     "TextGeneration",
     "Usage",
@@ -32,22 +38,14 @@ def _non_empty_str(instance: Any, attribute: attrs.Attribute[Any], value: object
 
 
 def _max_tokens(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"max_tokens must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {value}")
+    if value is not None:
+        check_int("max_tokens", value, 1)
 
 
-def _in_range(low: float, high: float) -> Callable[[Any, attrs.Attribute[Any], object], None]:
+def _at_most(high: float) -> Callable[[Any, attrs.Attribute[Any], object], None]:
     def check(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{attribute.name} must be a number, got {type(value).__name__}")
-        if math.isnan(value) or not low <= value <= high:
-            raise ValueError(f"{attribute.name} must be between {low:g} and {high:g}, got {value!r}")
+        if value is not None:
+            check_number(attribute.name, value, high=high)
 
     return check
 
@@ -80,8 +78,8 @@ class GenerateRequest:
     model: str = attrs.field(validator=_non_empty_str)
     prompt: str = attrs.field(validator=_non_empty_str)
     max_tokens: int | None = attrs.field(default=None, validator=_max_tokens)
-    temperature: float | None = attrs.field(default=None, validator=_in_range(0.0, 2.0))
-    top_p: float | None = attrs.field(default=None, validator=_in_range(0.0, 1.0))
+    temperature: float | None = attrs.field(default=None, validator=_at_most(2.0))
+    top_p: float | None = attrs.field(default=None, validator=_at_most(1.0))
     stop: tuple[str, ...] | None = attrs.field(default=None, converter=_stop_tuple)
 
 
@@ -127,11 +125,12 @@ class _SuccessData:
     usage: Usage
 
 
-_converter = cattrs.Converter()  # ours alone: never cattrs.global_converter, which users may tune
+class MalformedPayloadError(ValueError):
+    """An answer's JSON does not fit the model; the message names each field at fault, one per "; "."""
 
 
 def _strict_str(value: object, _: type) -> str:
-    # The default hook calls str(value): a null would become "None" and 12 would become "12".
+    # cattrs' default hook calls str(value): a null would become "None" and 12 would become "12".
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")
     return value
@@ -144,31 +143,38 @@ def _strict_int(value: object, _: type) -> int:
     return value
 
 
-_converter.register_structure_hook(str, _strict_str)
-_converter.register_structure_hook(int, _strict_int)
-_converter.register_unstructure_hook(
-    GenerateRequest,
-    make_dict_unstructure_fn(GenerateRequest, _converter, _cattrs_omit_if_default=True),
-)
-# Built once here rather than looked up per call: these run for every response and every event.
-_converter.register_structure_hook(_SuccessData, make_dict_structure_fn(_SuccessData, _converter))
-_converter.register_structure_hook(TextChunk, make_dict_structure_fn(TextChunk, _converter))
-_structure_success = _converter.get_structure_hook(_SuccessData)
-_structure_chunk = _converter.get_structure_hook(TextChunk)
-_unstructure_request: Callable[[GenerateRequest], dict[str, Any]] = _converter.get_unstructure_hook(
-    GenerateRequest
-)
+@functools.cache  # once per process: a race at most builds it twice, and both are equal
+def _hooks() -> tuple[Callable[[Any, type], _SuccessData], Callable[[Any, type], TextChunk]]:
+    import cattrs
+    from cattrs.gen import make_dict_structure_fn
+
+    converter = cattrs.Converter()  # ours alone: never cattrs.global_converter, which users may tune
+    converter.register_structure_hook(str, _strict_str)
+    converter.register_structure_hook(int, _strict_int)
+    return (
+        make_dict_structure_fn(_SuccessData, converter),
+        make_dict_structure_fn(TextChunk, converter),
+    )
+
+
+def _structure(hook: Callable[[Any, type], Any], data: Mapping[str, Any], cls: type, path: str) -> Any:
+    import cattrs
+
+    try:
+        return hook(data, cls)
+    except cattrs.ClassValidationError as exc:
+        raise MalformedPayloadError("; ".join(cattrs.transform_error(exc, path=path))) from None
 
 
 def structure_success(data: Mapping[str, Any]) -> tuple[str, Usage]:
-    """Read ``text`` and ``usage`` from a success envelope's ``data``; raises cattrs errors."""
-    parsed: _SuccessData = _structure_success(data, _SuccessData)
+    """Read ``text`` and ``usage`` from a success envelope's ``data``; raise MalformedPayloadError."""
+    parsed: _SuccessData = _structure(_hooks()[0], data, _SuccessData, "data")
     return parsed.text, parsed.usage
 
 
 def structure_chunk(data: Mapping[str, Any]) -> TextChunk:
-    """Read one stream event's payload; raises cattrs errors."""
-    chunk: TextChunk = _structure_chunk(data, TextChunk)
+    """Read one stream event's payload; raise MalformedPayloadError."""
+    chunk: TextChunk = _structure(_hooks()[1], data, TextChunk, "event")
     return chunk
 
 
@@ -178,7 +184,7 @@ _RESERVED_BODY_KEYS = frozenset(field.name for field in attrs.fields(GenerateReq
 
 def encode_request(request: GenerateRequest, extra_body: Mapping[str, Any] | None, *, stream: bool) -> bytes:
     """Return the JSON body for ``request``; raise ValueError or TypeError for what can't be sent."""
-    payload = _unstructure_request(request)
+    payload = _request_fields(request)
     if extra_body is not None and not isinstance(extra_body, Mapping):
         raise TypeError(f"extra_body must be a dict of JSON values, got {type(extra_body).__name__}")
     if extra_body:
@@ -202,6 +208,21 @@ def encode_request(request: GenerateRequest, extra_body: Mapping[str, Any] | Non
         raise ValueError(
             f"{_unencodable_field(payload)} is not valid text: it holds a lone surrogate"
         ) from None
+
+
+def _request_fields(request: GenerateRequest) -> dict[str, Any]:
+    # By hand, in field order, only what the caller passed (None is the API's default): this is what
+    # cattrs' omit-if-default unstructuring gave, without importing cattrs for every request.
+    payload: dict[str, Any] = {"model": request.model, "prompt": request.prompt}
+    if request.max_tokens is not None:
+        payload["max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        payload["temperature"] = request.temperature
+    if request.top_p is not None:
+        payload["top_p"] = request.top_p
+    if request.stop is not None:
+        payload["stop"] = list(request.stop)
+    return payload
 
 
 def _unencodable_field(payload: Mapping[str, Any]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -33,32 +35,111 @@ SUBSET = [
     *("--only", "async-c64", "--only", "stream-64x100", "--only", "sync-8"),
     *("--only", "sync-hop", "--only", "rss"),
 ]
+# The clients a plain dev install has: the SDK's, raw aiohttp and anyio (its dependencies).
+OWN_CLIENTS = (
+    "nebula_async",
+    "aiohttp",
+    "aiohttp iter_any",
+    "nebula_sync",
+    "nebula_sync hop",
+    "anyio portal.call",
+)
+COMPARISON_MODULES = ("openai", "httpx")  # the [bench] extra
 
 
-@pytest.mark.timeout(180)
-def test_the_suite_runs_in_quick_mode_and_reports_every_client(tmp_path: Path) -> None:
-    """python -m benchmarks --quick, cut to one short run of a subset: every client answered, all checked.
-
-    Speed is not asserted: only that each scenario's table has a row per client and the targets table
-    was filled in (a client that got a wrong reply fails the run, and with it this test).
-    """
+def _run_suite(tmp_path: Path, *args: str, timeout: float) -> str:
     report = tmp_path / "RESULTS.md"
     run = subprocess.run(
-        [sys.executable, "-m", "benchmarks", *SMOKE, *SUBSET, "--output", str(report)],
+        [sys.executable, "-m", "benchmarks", *SMOKE, *args, "--output", str(report)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=timeout,
     )
     assert run.returncode == 0, run.stderr
     assert report.read_text() == run.stdout
-    clients = ("nebula_async", "aiohttp", "aiohttp iter_any", "openai", "nebula_sync", "httpx")
+    return run.stdout
+
+
+def _assert_rows(report: str, clients: tuple[str, ...], targets: tuple[str, ...]) -> None:
+    for client in clients:
+        assert re.search(rf"^\| (\*\*)?{re.escape(client)}(\*\*)? \| [\d,]+", report, re.M), client
+    for target in targets:
+        assert re.search(rf"^\| {target} \| .* \| [\d.]+× \| (met|\*\*not met\*\*)", report, re.M), target
+
+
+def test_the_suite_runs_the_sdk_and_raw_aiohttp_in_seconds(tmp_path: Path) -> None:
+    """A one-run quick suite of the clients a dev install has: every one answered and checked.
+
+    Speed is not asserted: only that each scenario's table has a row per client and the async
+    targets were filled in (a client that got a wrong reply fails the run, and with it this test).
+    """
+    clients = [arg for name in OWN_CLIENTS for arg in ("--client", name)]
+    only = ["--only", "async-c64", "--only", "stream-64x100", "--only", "sync-8", "--only", "sync-hop"]
+    report = _run_suite(tmp_path, *only, *clients, timeout=25)
+    _assert_rows(report, OWN_CLIENTS, ("async-c64", "stream-64x100"))
+    assert "skipped" not in report
+
+
+@pytest.mark.timeout(180)
+def test_the_suite_runs_every_comparison_client(tmp_path: Path) -> None:
+    """With the [bench] extra, a one-run quick subset has a row per client and fills in every target."""
+    missing = [name for name in COMPARISON_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.skip(
+            f"{' and '.join(missing)} not installed: the comparison clients need pip install -e '.[bench]'"
+        )
+    report = _run_suite(tmp_path, *SUBSET, timeout=170)
     hops = ("nebula_sync hop", "anyio portal.call", "anyio start_task_soon")
-    for client in clients + hops:
-        assert re.search(rf"^\| (\*\*)?{re.escape(client)}(\*\*)? \| [\d,]+", run.stdout, re.M), client
-    for target in ("async-c64", "stream-64x100", "sync-8", "rss"):
-        assert re.search(rf"^\| {target} \| .* \| [\d.]+× \| (met|\*\*not met\*\*)", run.stdout, re.M), target
-    assert "skipped" not in run.stdout  # the dev extras bring every comparison client
+    _assert_rows(
+        report,
+        ("nebula_async", "aiohttp", "aiohttp iter_any", "openai", "nebula_sync", "httpx", *hops),
+        ("async-c64", "stream-64x100", "sync-8", "rss"),
+    )
+    assert "skipped" not in report
+
+
+def test_a_missing_comparison_client_is_reported_as_skipped(tmp_path: Path) -> None:
+    """A client whose library is not importable gets a "skipped" row naming it; the run still succeeds."""
+    blocker = tmp_path / "blocked"
+    blocker.mkdir()
+    (blocker / "httpx.py").write_text("raise ImportError('blocked for this test', name='httpx')\n")
+    report = tmp_path / "RESULTS.md"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            *SMOKE,
+            "--only",
+            "sync-8",
+            "--client",
+            "httpx",
+            "--output",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=25,
+        env={**os.environ, "PYTHONPATH": str(blocker)},
+    )
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"^\| httpx \| skipped: httpx is not installed \|$", run.stdout, re.M), run.stdout
+
+
+def test_an_unknown_client_is_refused_with_the_known_ones() -> None:
+    """--client with a typo fails at once and lists the clients."""
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--client", "aiohtp"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=25,
+    )
+    assert run.returncode == 2
+    assert "unknown client 'aiohtp'" in run.stderr
+    assert "nebula_async" in run.stderr
 
 
 def test_an_unknown_scenario_is_refused_with_the_known_ones() -> None:
@@ -82,3 +163,26 @@ def test_import_times_are_measured_per_module() -> None:
     times = _import_times(["json", "no_such_module_here"], 1)
     assert list(times) == ["json"]
     assert len(times["json"]) == 1
+
+
+def test_import_rows_give_the_ratio_to_aiohttp_and_check_the_targets() -> None:
+    """The import table and the targets give each module's median over aiohttp's, judged against its bound."""
+    from benchmarks._report import render
+
+    imports = {"nebula_async": [30.0, 40.0, 50.0], "nebula_sync": [60.0], "aiohttp": [100.0]}
+    header = {
+        "command": "python -m benchmarks --only import",
+        "date": "2026-12-02",
+        "machine": "test",
+        "python": "CPython 3",
+        "versions": {},
+        "pinned": False,
+        "runs": 1,
+        "seconds": 0.1,
+        "took": 1.0,
+    }
+    report = render([], {}, imports, header)
+    assert "| **nebula_async** | 40 (30–50) | 0.40× |" in report
+    assert "| aiohttp | 100 | 1.00× |" in report
+    assert "| import | nebula_async ≤ 0.4 × aiohttp | 0.40× | met |" in report
+    assert "| import | nebula_sync ≤ 0.5 × aiohttp | 0.60× | **not met** |" in report
