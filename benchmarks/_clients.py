@@ -391,13 +391,23 @@ async def _hop_reply() -> str:
     return WHOLE
 
 
-class NebulaSyncHop(NebulaSync):
-    """nebula_sync's round trip to its event loop alone: a no-op coroutine run there."""
+class NebulaSyncHop(SyncClient):
+    """nebula_sync's round trip to its event loop alone: a no-op coroutine run in its LoopThread,
+    the runtime every NebulaClient call goes through."""
 
     name = "nebula_sync hop"
 
+    def open(self, base_url: str) -> None:
+        from nebula_sync._runtime import LoopThread
+
+        os.environ["NEBULA_SYNC_UVLOOP"] = "0"
+        self.runtime = LoopThread(name="nebula-sync-hop")
+
+    def close(self) -> None:
+        self.runtime.close()
+
     def generate(self) -> None:
-        _check(self.client._run(_hop_reply), WHOLE)
+        _check(self.runtime.run(_hop_reply), WHOLE)
 
 
 class AnyioPortalCall(SyncClient):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import platform
 import re
 from collections.abc import Mapping
@@ -10,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from ._checks import check_int
+from ._checks import check_int, check_number
 from ._errors import NebulaError
 from ._version import __version__
 
@@ -28,7 +27,6 @@ __all__ = [
     "build_headers",
     "check_api_key",
     "check_base_url",
-    "check_number",
 ]
 
 DEFAULT_BASE_URL = "https://api.inference.nebulablock.com/v1"
@@ -38,24 +36,6 @@ ENV_API_KEY = "NEBULA_API_KEY"
 ENV_BASE_URL = "NEBULA_BASE_URL"
 CLIENT_CLOSED = "this client is closed; create a new client to make more calls"
 USER_AGENT = f"nebula-sdk/{__version__} (nebula_async; Python {platform.python_version()})"
-
-
-def check_number(
-    name: str, value: object, *, positive: bool = False, high: float | None = None, unit: str = ""
-) -> float:
-    """Return ``value`` if it is a finite int or float >= 0 (> 0 if ``positive``, <= ``high`` if given).
-
-    Raise TypeError or ValueError naming ``name``; ``unit`` follows "a number", e.g. " of seconds".
-    A bool is not a number here: ``Timeout(read=True)`` is a mistake, not one second.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number{unit}, got {type(value).__name__}")
-    if high is not None:
-        if not (0 <= value <= high):  # NaN fails this too
-            raise ValueError(f"{name} must be between 0 and {high:g}, got {value!r}")
-    elif not ((value > 0 if positive else value >= 0) and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number{unit} {'>' if positive else '>='} 0, got {value!r}")
-    return value
 
 
 def _seconds_or_none(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:

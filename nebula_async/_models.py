@@ -13,8 +13,7 @@ from typing import Any
 
 import attrs
 
-from ._checks import check_int
-from ._config import check_number
+from ._checks import check_int, check_number
 
 __all__ = [
     "GenerateRequest",

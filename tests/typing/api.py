@@ -70,6 +70,7 @@ def read_chunk(chunk: TextChunk) -> None:
     """A chunk's fields."""
     assert_type(chunk.text, str)
     assert_type(chunk.finish_reason, str | None)
+    assert_type(chunk.usage, Usage | None)
 
 
 # --- errors ------------------------------------------------------------------------------------------
@@ -91,9 +92,10 @@ def read_rate_limit(exc: RateLimitError) -> None:
 
 
 def read_connection_error(exc: APIConnectionError) -> None:
-    """A connection error has a message and maybe a request id."""
+    """A connection error has a message, maybe a request id, and says whether a retry could help."""
     assert_type(exc.message, str)
     assert_type(exc.request_id, str | None)
+    assert_type(exc.retryable, bool)
 
 
 # --- the async client --------------------------------------------------------------------------------
@@ -181,6 +183,7 @@ def sync_api() -> None:
     assert_type(iter(stream), nebula_sync.TextStream)
     assert_type(stream.text, str)
     assert_type(stream.finish_reason, str | None)
+    assert_type(stream.usage, Usage | None)
     assert_type(stream.request_id, str | None)
     assert_type(stream.retries, int)
 

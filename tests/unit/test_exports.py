@@ -160,11 +160,30 @@ def _modules_loaded_after(code: str) -> set[str]:
     return set(result.stdout.split())
 
 
-def test_importing_nebula_async_does_not_import_aiohttp() -> None:
-    """`import nebula_async` leaves aiohttp unimported: it loads on first use."""
+def test_importing_nebula_async_does_not_import_aiohttp_or_cattrs() -> None:
+    """`import nebula_async` leaves aiohttp, cattrs and orjson unimported: they load on first use."""
     loaded = _modules_loaded_after("import nebula_async")
     assert "nebula_async" in loaded
-    assert "aiohttp" not in loaded
+    assert not {"aiohttp", "cattrs", "orjson"} & loaded
+
+
+def test_importing_nebula_sync_starts_no_thread_and_loads_neither_aiohttp_nor_anyio() -> None:
+    """`import nebula_sync` loads nothing the first call would not need, and anyio not at all."""
+    loaded = _modules_loaded_after("import threading, nebula_sync\nassert threading.active_count() == 1")
+    assert "nebula_sync" in loaded
+    assert not {"aiohttp", "cattrs", "anyio"} & loaded
+
+
+def test_a_sync_client_call_never_loads_anyio() -> None:
+    """A sync call runs without anyio: the loop thread is nebula_sync's own (nothing listens on port 1)."""
+    loaded = _modules_loaded_after(
+        "from nebula_sync import NebulaClient\n"
+        "c = NebulaClient('k', base_url='http://127.0.0.1:1/v1', max_retries=0)\n"
+        "try:\n    c.generate_text(model='m', prompt='p')\nexcept Exception:\n    pass\n"
+        "c.close()"
+    )
+    assert "aiohttp" in loaded  # the call did reach the transport
+    assert "anyio" not in loaded
 
 
 def test_constructing_a_client_does_not_import_aiohttp() -> None:
