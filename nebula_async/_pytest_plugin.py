@@ -1,8 +1,8 @@
 """pytest plugin (entry point ``pytest11``): fixtures that run a FakeNebulaServer and clients for it.
 
 Kept outside ``nebula_async.testing``, which imports aiohttp: pytest loads this module in every
-project where the SDK is installed. Loading it imports only ``nebula_async`` itself (attrs and
-cattrs, about 20 ms, no aiohttp); the server and the clients load when a fixture is first used.
+project where the SDK is installed. Loading it imports only ``nebula_async`` itself (attrs; no
+cattrs, no aiohttp); the server and the clients load when a fixture is first used.
 """
 
 from __future__ import annotations
