@@ -133,7 +133,8 @@ class AsyncNebulaClient:
         """
         request = GenerateRequest(model, prompt, max_tokens, temperature, top_p, stop)
         body = encode_request(request, extra_body, stream=False)
-        return await self._generate(body, self._policy(max_retries), self._timeout_for(timeout))
+        attempt = functools.partial(self._attempt, body, self._timeout_for(timeout))
+        return await self._calls.run(self._policy(max_retries), attempt)
 
     def stream_text(
         self,
@@ -197,15 +198,13 @@ class AsyncNebulaClient:
     async def _generate_item(self, item: GenerateRequest | Mapping[str, Any]) -> TextGeneration:
         if isinstance(item, GenerateRequest):
             body = encode_request(item, None, stream=False)
-            return await self._generate(body, self._retry, self._timeout)
+            return await self._calls.run(self._retry, functools.partial(self._attempt, body, self._timeout))
         if isinstance(item, Mapping):
             return await self.generate_text(**item)
         raise TypeError(f"generate_many items must be GenerateRequest or dict, got {type(item).__name__}")
 
-    async def _generate(self, body: bytes, policy: RetryPolicy, timeout: Timeout) -> TextGeneration:
-        return await self._calls.run(policy, functools.partial(self._attempt, body, timeout))
-
     async def _attempt(self, body: bytes, timeout: Timeout, number: int) -> TextGeneration:
+        """Send ``body`` once (attempt ``number``) and parse the answer; CallPath.run retries it."""
         transport = self._calls.transport()
         client_timeout = transport.client_timeout(timeout, stream=False)
         response = await transport.post(body, stream=False, timeout=client_timeout, attempt=number)

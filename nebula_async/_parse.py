@@ -92,7 +92,14 @@ def _plain_usage(usage: object) -> Usage | None:
 
 def parse_event(data: str, headers: Mapping[str, str]) -> TextChunk:
     """Return the chunk one stream event carries, or raise the APIError of an error event."""
-    payload = parse_json(data, 200, headers)
+    if _fast_loads is not None and _fast_loads is not _first_loads:
+        # parse_json's work, one call shallower: this runs once per event.
+        try:
+            payload = _fast_loads(data)
+        except ValueError:
+            payload = parse_json(data, 200, headers)
+    else:
+        payload = parse_json(data, 200, headers)
     if type(payload) is dict and "error" not in payload and "status" not in payload:
         # A plain chunk, checked as the converter would (it runs once per event, the converter costs
         # more than the JSON decoding); anything else takes the converter's path below.

@@ -24,7 +24,6 @@ from nebula_sync import (
     NebulaClient,
     NebulaError,
     RateLimitError,
-    RetryPolicy,
     TextGeneration,
     Usage,
 )
@@ -32,8 +31,6 @@ from tests.sync._support import (
     KEY,
     loop_threads,
 )
-
-FAST_RETRY = RetryPolicy(initial_delay=0.001)
 
 
 def test_api_reference_example_works_as_written(

@@ -27,13 +27,12 @@ from multidict import CIMultiDictProxy
 from nebula_async import AsyncNebulaClient, RetryPolicy, TextChunk, TextStream
 from nebula_async.testing import FakeNebulaServer
 
-KEY = "sk-fake-test-SECRET-4fQ9zW"  # distinctive: any sighting of it in a log, repr or diff is a leak
+FAKE_KEY = "sk-fake-test-SECRET-4fQ9zW"  # distinctive: any sighting of it in a log, repr or diff is a leak
 MODEL = "Llama3.3-70B"
 PATH = "/text/generate"  # after base_url, which ends in /v1
 WAIT = 10.0  # seconds: generous, only reached when something is broken
 BANNER = re.compile(r"^FakeNebulaServer at (http://127\.0\.0\.1:(\d+)/v1) ")  # the CLI's first line
-NO_RETRY = RetryPolicy(max_retries=0)
-FAST_RETRY = RetryPolicy(max_retries=3, initial_delay=0.001, max_delay=0.001)
+THREE_FAST_RETRIES = RetryPolicy(max_retries=3, initial_delay=0.001, max_delay=0.001)
 
 # The API reference's model table, written out here rather than read from the package under test.
 REFERENCE_MODELS = [
@@ -136,7 +135,7 @@ async def send(
     server: FakeNebulaServer,
     payload: object = b"",
     *,
-    key: str | None = KEY,
+    key: str | None = FAKE_KEY,
     content_type: str | None = "application/json",
     method: str = "POST",
     path: str = PATH,
@@ -173,7 +172,9 @@ async def read_broken_stream(
     """Stream ``request`` and return the bytes read before the body broke; fail if it did not break."""
     received = b""
     async with http.post(
-        server.base_url + PATH, json={**request, "stream": True}, headers={"Authorization": f"Bearer {KEY}"}
+        server.base_url + PATH,
+        json={**request, "stream": True},
+        headers={"Authorization": f"Bearer {FAKE_KEY}"},
     ) as response:
         assert response.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):  # noqa: PT012  # the loop is what must raise
@@ -186,7 +187,7 @@ async def data_line_times(
     http: aiohttp.ClientSession, server: FakeNebulaServer, request: dict[str, Any]
 ) -> tuple[float, list[float]]:
     """Stream ``request``; return when it was sent and when each ``data:`` line arrived (perf_counter)."""
-    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {FAKE_KEY}", "Content-Type": "application/json"}
     started = time.perf_counter()
     arrivals: list[float] = []
     async with http.post(
@@ -228,7 +229,7 @@ async def drain(stream: TextStream, into: list[TextChunk]) -> None:
 
 
 def post(
-    base_url: str, payload: object = None, *, data: bytes | None = None, key: str = KEY
+    base_url: str, payload: object = None, *, data: bytes | None = None, key: str = FAKE_KEY
 ) -> tuple[int, dict[str, str], Any]:
     """POST from sync code (urllib); return the status, the headers and the decoded JSON answer.
 

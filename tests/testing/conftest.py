@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from nebula_async.testing import FakeNebulaServer
-from tests.testing._support import KEY, REPLIES
+from tests.testing._support import FAKE_KEY, REPLIES
 
 
 @pytest.fixture
@@ -20,6 +20,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeNebulaServer]:
-    """A FakeNebulaServer that accepts KEY only and answers REPLIES, in the test's event loop."""
-    async with FakeNebulaServer(api_keys=[KEY], replies=REPLIES) as server:
+    """A FakeNebulaServer that accepts FAKE_KEY only and answers REPLIES, in the test's event loop."""
+    async with FakeNebulaServer(api_keys=[FAKE_KEY], replies=REPLIES) as server:
         yield server

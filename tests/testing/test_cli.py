@@ -19,7 +19,7 @@ from typing import IO
 import pytest
 
 from nebula_async.testing import count_tokens
-from tests.testing._support import BANNER, KEY, MODEL, PATH, WAIT, body, post
+from tests.testing._support import BANNER, FAKE_KEY, MODEL, PATH, WAIT, body, post
 
 
 class CLI:
@@ -113,11 +113,11 @@ def test_cli_serves_logs_and_stops_on_sigint(cli: CLI) -> None:
     assert answer["status"] == "success"
     line = cli.next_stderr()
     assert '"POST /v1/text/generate HTTP/1.1" 200' in line
-    assert KEY not in line
+    assert FAKE_KEY not in line
     code, _, err = cli.finish(signal.SIGINT)
     assert code == 0
     assert "Traceback" not in err
-    assert KEY not in err
+    assert FAKE_KEY not in err
 
 
 def test_cli_exits_0_on_sigterm(cli: CLI) -> None:
@@ -176,7 +176,7 @@ def test_cli_quiet_prints_no_access_line() -> None:
 
 def test_cli_api_key_restricts() -> None:
     """--api-key accepts only that key; another one gets 401 invalid_api_key."""
-    with _cli("--port", "0", "--quiet", "--api-key", KEY) as cli:
+    with _cli("--port", "0", "--quiet", "--api-key", FAKE_KEY) as cli:
         base_url = cli.banner()
         status, _, answer = post(base_url, key="sk-someone-else")
         assert status == 401
@@ -211,7 +211,7 @@ def test_cli_stream_usage_puts_usage_in_the_final_event() -> None:
         request = urllib.request.Request(
             base_url + PATH,
             data=json.dumps(body(max_tokens=5, stream=True)).encode(),
-            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+            headers={"Authorization": f"Bearer {FAKE_KEY}", "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=WAIT) as response:
             raw = response.read()

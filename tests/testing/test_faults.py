@@ -22,9 +22,9 @@ from nebula_async import (
 )
 from nebula_async.testing import FakeNebulaServer
 from tests.testing._support import (
-    FAST_RETRY,
-    KEY,
+    FAKE_KEY,
     MODEL,
+    THREE_FAST_RETRIES,
     body,
     finish_reasons,
     parse_events,
@@ -135,7 +135,7 @@ async def test_fail_next_picks_the_default_code_by_status(
 def test_fail_next_matches_the_status_to_the_code(kwargs: dict[str, Any], status: int, code: str) -> None:
     """fail_next with only a code answers that code's documented status, and with neither a 500."""
     # Regression: fail_next(code=...) alone answered 500 whatever the code's documented status.
-    with FakeNebulaServer(api_keys=[KEY]).run_in_thread() as server:
+    with FakeNebulaServer(api_keys=[FAKE_KEY]).run_in_thread() as server:
         server.fail_next(**kwargs)
         got_status, _, answer = post(server.base_url)
     assert (got_status, answer["error"]["code"]) == (status, code)
@@ -144,7 +144,7 @@ def test_fail_next_matches_the_status_to_the_code(kwargs: dict[str, Any], status
 async def test_sdk_rides_out_two_scripted_429s(fake: FakeNebulaServer) -> None:
     """fail_next(2, status=429, retry_after=0) costs the SDK two retries, then the call succeeds."""
     fake.fail_next(2, status=429, retry_after=0)
-    async with AsyncNebulaClient(KEY, base_url=fake.base_url) as client:
+    async with AsyncNebulaClient(FAKE_KEY, base_url=fake.base_url) as client:
         result = await client.generate_text(model=MODEL, prompt=PROMPT, max_tokens=5)
     assert result.retries == 2
     assert result.text
@@ -156,7 +156,7 @@ async def test_sdk_gives_up_after_max_retries_scripted_500s(fake: FakeNebulaServ
     """fail_next(3, status=500) outlasts max_retries=2: the SDK raises ServerError after three attempts."""
     fake.fail_next(3, status=500)
     retry = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.001)
-    async with AsyncNebulaClient(KEY, base_url=fake.base_url, retry=retry) as client:
+    async with AsyncNebulaClient(FAKE_KEY, base_url=fake.base_url, retry=retry) as client:
         with pytest.raises(ServerError) as info:
             await client.generate_text(model=MODEL, prompt=PROMPT)
     assert info.value.status_code == 500
@@ -183,7 +183,7 @@ async def test_html_error_next_answers_an_html_page(
 async def test_sdk_raises_server_error_for_an_html_page(fake: FakeNebulaServer) -> None:
     """The SDK turns the scripted HTML 502 page into a ServerError."""
     fake.html_error_next(status=502)
-    async with AsyncNebulaClient(KEY, base_url=fake.base_url, max_retries=0) as client:
+    async with AsyncNebulaClient(FAKE_KEY, base_url=fake.base_url, max_retries=0) as client:
         with pytest.raises(ServerError) as info:
             await client.generate_text(model=MODEL, prompt=PROMPT)
     assert info.value.status_code == 502
@@ -205,7 +205,7 @@ async def test_sdk_times_out_on_a_delayed_answer(fake: FakeNebulaServer) -> None
     """A client whose read timeout is shorter than delay_next's seconds gets APITimeoutError."""
     fake.delay_next(seconds=3.0)
     timeout = Timeout(connect=1.0, read=0.1, total=1.0)
-    async with AsyncNebulaClient(KEY, base_url=fake.base_url, timeout=timeout, max_retries=0) as client:
+    async with AsyncNebulaClient(FAKE_KEY, base_url=fake.base_url, timeout=timeout, max_retries=0) as client:
         with pytest.raises(APITimeoutError):
             await client.generate_text(model=MODEL, prompt=PROMPT)
         result = await client.generate_text(model=MODEL, prompt=PROMPT)  # the fault is used up
@@ -226,7 +226,7 @@ async def test_disconnect_next_closes_without_an_answer(
 async def test_sdk_retries_a_disconnect_as_a_connection_error(fake: FakeNebulaServer) -> None:
     """The SDK retries a dropped connection, and the second attempt succeeds."""
     fake.disconnect_next()
-    async with AsyncNebulaClient(KEY, base_url=fake.base_url, retry=FAST_RETRY) as client:
+    async with AsyncNebulaClient(FAKE_KEY, base_url=fake.base_url, retry=THREE_FAST_RETRIES) as client:
         result = await client.generate_text(model=MODEL, prompt=PROMPT)
     assert result.retries == 1
     assert statuses(fake) == [None, 200]
@@ -235,7 +235,7 @@ async def test_sdk_retries_a_disconnect_as_a_connection_error(fake: FakeNebulaSe
 async def test_sdk_raises_connection_error_when_disconnects_outlast_retries(fake: FakeNebulaServer) -> None:
     """With max_retries=0 a scripted disconnect reaches the caller as APIConnectionError."""
     fake.disconnect_next()
-    async with AsyncNebulaClient(KEY, base_url=fake.base_url, max_retries=0) as client:
+    async with AsyncNebulaClient(FAKE_KEY, base_url=fake.base_url, max_retries=0) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.generate_text(model=MODEL, prompt=PROMPT)
     assert not isinstance(info.value, APITimeoutError)
@@ -274,7 +274,7 @@ async def test_sdk_delivers_k_chunks_then_raises_connection_error(
     """Over a dropped stream the SDK delivers the k chunks sent, then raises APIConnectionError."""
     fake.drop_stream_after(events=events)
     chunks: list[TextChunk] = []
-    async with AsyncNebulaClient(KEY, base_url=fake.base_url, max_retries=0) as client:
+    async with AsyncNebulaClient(FAKE_KEY, base_url=fake.base_url, max_retries=0) as client:
         with pytest.raises(APIConnectionError):
             await _stream_into(client, chunks)
     assert len(chunks) == events
@@ -284,7 +284,7 @@ async def test_sdk_delivers_k_chunks_then_raises_connection_error(
 async def test_sdk_retries_a_stream_dropped_before_its_first_chunk(fake: FakeNebulaServer) -> None:
     """A stream dropped after 0 events is retried by the SDK, and the retry streams the whole text."""
     fake.drop_stream_after(events=0)
-    async with AsyncNebulaClient(KEY, base_url=fake.base_url, retry=FAST_RETRY) as client:
+    async with AsyncNebulaClient(FAKE_KEY, base_url=fake.base_url, retry=THREE_FAST_RETRIES) as client:
         whole = await client.generate_text(model=MODEL, prompt=PROMPT, max_tokens=10)
         async with client.stream_text(model=MODEL, prompt=PROMPT, max_tokens=10) as stream:
             text = "".join([chunk.text async for chunk in stream])
@@ -325,7 +325,7 @@ async def test_sdk_raises_rate_limit_error_mid_stream(fake: FakeNebulaServer) ->
     """The SDK delivers the chunks before a rate_limit_exceeded error event, then raises RateLimitError."""
     fake.error_event_after(events=2, code="rate_limit_exceeded")
     chunks: list[TextChunk] = []
-    async with AsyncNebulaClient(KEY, base_url=fake.base_url, retry=FAST_RETRY) as client:
+    async with AsyncNebulaClient(FAKE_KEY, base_url=fake.base_url, retry=THREE_FAST_RETRIES) as client:
         with pytest.raises(RateLimitError):
             await _stream_into(client, chunks)
     assert len(chunks) == 2
@@ -379,7 +379,7 @@ async def test_stream_faults_are_fifo(fake: FakeNebulaServer, http: aiohttp.Clie
 
 async def test_reset_clears_faults_requests_and_limits(http: aiohttp.ClientSession) -> None:
     """reset() forgets pending faults, recorded requests, rate-limit windows and quota usage."""
-    async with FakeNebulaServer(api_keys=[KEY], requests_per_minute=1) as server:
+    async with FakeNebulaServer(api_keys=[FAKE_KEY], requests_per_minute=1) as server:
         assert (await send(http, server, body())).status == 200
         assert server.tokens_used() > 0
         assert (await send(http, server, body())).status == 429  # over the limit
@@ -436,7 +436,7 @@ def test_fault_arguments_are_checked(script: Any, error: type[Exception], match:
 
 def test_faults_scripted_from_other_threads_apply() -> None:
     """Faults scripted from several threads while the server runs in its own thread all apply, in full."""
-    with FakeNebulaServer(api_keys=[KEY]).run_in_thread() as server:
+    with FakeNebulaServer(api_keys=[FAKE_KEY]).run_in_thread() as server:
         threads = [
             threading.Thread(target=server.fail_next, args=(5,), kwargs={"status": 503}) for _ in range(4)
         ]
@@ -445,7 +445,7 @@ def test_faults_scripted_from_other_threads_apply() -> None:
         for thread in threads:
             thread.join()
         assert server.pending_faults == 20
-        with nebula_sync.NebulaClient(KEY, base_url=server.base_url, max_retries=0) as client:
+        with nebula_sync.NebulaClient(FAKE_KEY, base_url=server.base_url, max_retries=0) as client:
             for _ in range(20):
                 with pytest.raises(ServerError):
                     client.generate_text(model=MODEL, prompt=PROMPT)

@@ -26,7 +26,7 @@ import pytest
 import nebula_sync
 from nebula_async import AsyncNebulaClient, GenerateRequest
 from nebula_async.testing import FakeModel, FakeNebulaServer
-from tests.testing._support import KEY, MODEL, WAIT, post, refuses, wait_until
+from tests.testing._support import FAKE_KEY, MODEL, WAIT, post, refuses, wait_until
 
 NOT_RUNNING = r"not running: use 'async with', start\(\) or run_in_thread\(\)"
 
@@ -149,7 +149,7 @@ def test_stop_inside_a_reply_function_raises_and_the_server_keeps_serving() -> N
             server.stop()
         return "Fine."
 
-    server = FakeNebulaServer(api_keys=[KEY], reply=reply).start()
+    server = FakeNebulaServer(api_keys=[FAKE_KEY], reply=reply).start()
     try:
         status, headers, answer = post(server.base_url, {"model": MODEL, "prompt": "stop now"})
         assert status == 500
@@ -167,7 +167,7 @@ def test_stop_inside_a_reply_function_raises_and_the_server_keeps_serving() -> N
 def test_astop_from_another_event_loop_raises_and_leaves_it_running() -> None:
     """astop() from a loop other than start()'s raises RuntimeError; the server serves on until stop()."""
     # Regression: astop() from a loop other than the server's was not refused.
-    server = FakeNebulaServer(api_keys=[KEY]).start()
+    server = FakeNebulaServer(api_keys=[FAKE_KEY]).start()
     try:
         with pytest.raises(RuntimeError, match="runs in another event loop"):
             asyncio.run(server.astop())
@@ -276,7 +276,7 @@ HUGE_REPLY = " word" * 200_000  # 200,000 tokens: megabytes that a client which 
 
 def _long_stream_server() -> FakeNebulaServer:
     return FakeNebulaServer(
-        api_keys=[KEY], models=[FakeModel("big", 1_000_000)], replies={"long": HUGE_REPLY}, token_delay=0
+        api_keys=[FAKE_KEY], models=[FakeModel("big", 1_000_000)], replies={"long": HUGE_REPLY}, token_delay=0
     )
 
 
@@ -289,7 +289,7 @@ def _request_unread_stream(port: int) -> socket.socket:
     body = json.dumps({"model": "big", "prompt": "long", "max_tokens": 200_000, "stream": True}).encode()
     head = (
         "POST /v1/text/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Authorization: Bearer {FAKE_KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     sock.sendall(head.encode() + body)
     return sock
@@ -527,9 +527,9 @@ def test_api_keys_as_one_str_raises_without_echoing_the_key() -> None:
     """api_keys given one str raises TypeError whose message and repr do not contain the key."""
     # Regression: the TypeError echoed the key back, as api_keys={'sk-...'}.
     with pytest.raises(TypeError) as caught:
-        FakeNebulaServer(api_keys=KEY)
+        FakeNebulaServer(api_keys=FAKE_KEY)
     assert str(caught.value) == "api_keys must be a collection of keys, e.g. api_keys={'my-key'}, not one str"
-    assert KEY not in repr(caught.value)
+    assert FAKE_KEY not in repr(caught.value)
 
 
 def test_api_key_from_a_set_is_the_smallest_and_from_a_list_the_first() -> None:

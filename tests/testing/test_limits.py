@@ -9,7 +9,8 @@ import pytest
 
 from nebula_async import InsufficientQuotaError, RateLimitError
 from nebula_async.testing import FakeNebulaServer
-from tests.testing._support import KEY, MODEL, NO_RETRY, body, sdk, send
+from tests.helpers import NO_RETRY
+from tests.testing._support import FAKE_KEY, MODEL, body, sdk, send
 
 
 async def test_requests_per_second_answers_429_with_retry_after(http: aiohttp.ClientSession) -> None:
@@ -17,7 +18,7 @@ async def test_requests_per_second_answers_429_with_retry_after(http: aiohttp.Cl
     async with FakeNebulaServer(requests_per_second=2) as server:
         answers = [await send(http, server, body()) for _ in range(3)]
         other_key = await send(http, server, body(), key="another-key")
-        async with sdk(server, api_key=KEY, retry=NO_RETRY) as client:
+        async with sdk(server, api_key=FAKE_KEY, retry=NO_RETRY) as client:
             with pytest.raises(RateLimitError) as caught:
                 await client.generate_text(model=MODEL, prompt="hi")
     assert [a.status for a in answers] == [200, 200, 429]

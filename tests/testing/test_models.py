@@ -10,8 +10,8 @@ import pytest
 from nebula_async import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
 from nebula_async.testing import FakeModel, FakeNebulaServer
 from tests.testing._support import (
+    FAKE_KEY,
     FIVE_WORDS,
-    KEY,
     REFERENCE_MODELS,
     body,
     both,
@@ -69,7 +69,7 @@ def test_models_as_a_mapping_raises_with_a_hint() -> None:
 def test_models_mixing_names_and_fake_models_work() -> None:
     """models=["gpt-4", FakeModel("tiny", context_length=16)] serves both, tiny with a 16-token context."""
     with FakeNebulaServer(
-        api_keys=[KEY], models=["gpt-4", FakeModel("tiny", context_length=16)]
+        api_keys=[FAKE_KEY], models=["gpt-4", FakeModel("tiny", context_length=16)]
     ).run_in_thread() as server:
         assert server.models["gpt-4"] == FakeModel("gpt-4")
         assert post(server.base_url, {"model": "gpt-4", "prompt": "Hi"})[0] == 200

@@ -13,7 +13,7 @@ import pytest
 
 from nebula_async import AuthenticationError, GenerateRequest, Usage
 from nebula_async.testing import DEFAULT_API_KEY, FakeModel, FakeNebulaServer, count_tokens, default_reply
-from tests.testing._support import KEY, MODEL, WAIT, body, post, sdk, send
+from tests.testing._support import FAKE_KEY, MODEL, WAIT, body, post, sdk, send
 
 # --- envelopes and headers ------------------------------------------------------------------------
 
@@ -231,7 +231,7 @@ async def test_json_content_type_with_charset_is_accepted(
 def test_a_body_over_32_mib_gets_413_naming_the_body() -> None:
     """A body one byte over 32 MiB gets 413 invalid_request with details naming "body", and x-request-id."""
     # Regression: the 413 carried no details naming the body, unlike every other invalid_request.
-    with FakeNebulaServer(api_keys=[KEY]).run_in_thread() as server:
+    with FakeNebulaServer(api_keys=[FAKE_KEY]).run_in_thread() as server:
         status, headers, answer = post(server.base_url, data=b" " * (32 * 1024 * 1024 + 1))
     assert status == 413
     assert answer["error"]["code"] == "invalid_request"
@@ -292,7 +292,7 @@ async def test_only_configured_keys_are_accepted(http: aiohttp.ClientSession) ->
         assert server.api_key in {"key-a", "key-b"}
         for key in ("key-a", "key-b"):
             assert (await send(http, server, body(), key=key)).status == 200
-        for key in ("key-c", "KEY-A", "key-a2"):
+        for key in ("key-c", "FAKE_KEY-A", "key-a2"):
             answer = await send(http, server, body(), key=key)
             assert answer.status == 401
             assert answer.error()["code"] == "invalid_api_key"
@@ -304,7 +304,7 @@ async def test_any_non_empty_key_is_accepted_by_default(http: aiohttp.ClientSess
         assert server.api_key == DEFAULT_API_KEY
         for key in (server.api_key, "x", "sk-anything-at-all"):
             assert (await send(http, server, body(), key=key)).status == 200
-        answer = await send(http, server, body(), key=None, headers={"Authorization": f"bearer {KEY}"})
+        answer = await send(http, server, body(), key=None, headers={"Authorization": f"bearer {FAKE_KEY}"})
         assert answer.status == 200  # the scheme is case-insensitive
 
 
@@ -329,9 +329,9 @@ def test_malformed_request_log_hides_the_key(caplog: pytest.LogCaptureFixture, h
     """aiohttp's log of a malformed Authorization line says what went wrong with the key redacted."""
     # Regression: aiohttp's log of a malformed request showed the Authorization header's key.
     caplog.set_level(logging.DEBUG, logger="nebula_async.testing.server")
-    raw = b"POST /v1/text/generate HTTP/1.1\r\nHost: x\r\n" + header_line % KEY.encode() + b"\r\n\r\n"
+    raw = b"POST /v1/text/generate HTTP/1.1\r\nHost: x\r\n" + header_line % FAKE_KEY.encode() + b"\r\n\r\n"
     with (
-        FakeNebulaServer(api_keys=[KEY]).run_in_thread() as server,
+        FakeNebulaServer(api_keys=[FAKE_KEY]).run_in_thread() as server,
         socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock,
     ):
         sock.sendall(raw)
@@ -342,8 +342,8 @@ def test_malformed_request_log_hides_the_key(caplog: pytest.LogCaptureFixture, h
     assert [r.name for r in caplog.records] == ["nebula_async.testing.server"]
     formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
     logged = "\n".join(formatter.format(record) for record in caplog.records)
-    assert KEY not in logged
-    assert KEY not in caplog.text
+    assert FAKE_KEY not in logged
+    assert FAKE_KEY not in caplog.text
     assert "Error handling request" in logged
     assert "Bearer <redacted>" in logged
 

@@ -11,8 +11,8 @@ import pytest
 from nebula_async import GenerateRequest, ServerError
 from nebula_async.testing import FakeNebulaServer, default_reply, tokenize
 from tests.testing._support import (
+    FAKE_KEY,
     FIVE_WORDS,
-    KEY,
     LONG_REPLY,
     MODEL,
     body,
@@ -98,7 +98,7 @@ def test_a_non_str_reply_raises_at_construction() -> None:
 def test_a_non_str_reply_added_later_gets_a_json_500() -> None:
     """A non-str put in server.replies later gets a JSON server_error with x-request-id, not plain text."""
     # Regression: a non-str reply was not caught: no JSON envelope, no x-request-id.
-    with FakeNebulaServer(api_keys=[KEY]).run_in_thread() as server:
+    with FakeNebulaServer(api_keys=[FAKE_KEY]).run_in_thread() as server:
         server.replies["hi"] = 5  # type: ignore[assignment]  # deliberately not a str
         status, headers, answer = post(server.base_url, {"model": MODEL, "prompt": "hi"})
     assert status == 500

@@ -22,7 +22,7 @@ from nebula_async.testing._state import (
     merge_models,
     seconds_header,
 )
-from tests.testing._support import KEY, REFERENCE_MODELS
+from tests.testing._support import FAKE_KEY, REFERENCE_MODELS
 
 
 class FakeClock:
@@ -186,16 +186,16 @@ def test_recorded_headers_made_from_recorded_headers_keep_repeated_values() -> N
 @pytest.mark.parametrize("name", ["Authorization", "authorization", "AUTHORIZATION"])
 def test_recorded_headers_repr_hides_authorization(name: str) -> None:
     """The repr of the headers shows other headers but never the Authorization value, in any case."""
-    headers = RecordedHeaders({name: f"Bearer {KEY}", "X-Other": "visible"})
-    assert KEY not in repr(headers)
-    assert KEY not in str(headers)
+    headers = RecordedHeaders({name: f"Bearer {FAKE_KEY}", "X-Other": "visible"})
+    assert FAKE_KEY not in repr(headers)
+    assert FAKE_KEY not in str(headers)
     assert "<redacted>" in repr(headers)
     assert "visible" in repr(headers)
-    assert headers[name] == f"Bearer {KEY}"  # hidden from repr only, still readable
+    assert headers[name] == f"Bearer {FAKE_KEY}"  # hidden from repr only, still readable
 
 
 def _record(
-    headers: CIMultiDict[str] | dict[str, str], *, api_key: str = KEY, status: int = 200
+    headers: CIMultiDict[str] | dict[str, str], *, api_key: str = FAKE_KEY, status: int = 200
 ) -> RecordedRequest:
     """Return a recorded request with these headers, key and status."""
     return RecordedRequest(
@@ -213,12 +213,12 @@ def _record(
 
 def test_recorded_request_repr_hides_the_key() -> None:
     """A recorded request's repr and str show neither the api_key nor the Authorization header's value."""
-    record = _record({"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    record = _record({"Authorization": f"Bearer {FAKE_KEY}", "Content-Type": "application/json"})
     for shown in (repr(record), str(record), repr([record]), f"{record}"):
-        assert KEY not in shown
+        assert FAKE_KEY not in shown
         assert "req_1" in shown
-    assert record.api_key == KEY
-    assert record.headers["authorization"] == f"Bearer {KEY}"
+    assert record.api_key == FAKE_KEY
+    assert record.headers["authorization"] == f"Bearer {FAKE_KEY}"
 
 
 def test_recorded_request_converts_headers() -> None:
@@ -242,7 +242,7 @@ def test_recorded_requests_differing_only_in_api_key_are_equal(request: pytest.F
     )
     diff = "\n".join(line for explanation in explanations for line in explanation or [])
     assert "status" in diff
-    assert KEY not in diff
+    assert FAKE_KEY not in diff
     assert "api_key" not in diff
 
 

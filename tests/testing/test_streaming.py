@@ -12,11 +12,11 @@ import pytest
 
 from nebula_async import APITimeoutError, TextChunk, Timeout
 from nebula_async.testing import FakeModel, FakeNebulaServer, tokenize
+from tests.helpers import NO_RETRY
 from tests.testing._support import (
+    FAKE_KEY,
     FIVE_WORDS,
-    KEY,
     MODEL,
-    NO_RETRY,
     REPLIES,
     UNICODE_REPLY,
     body,
@@ -120,7 +120,7 @@ async def test_sdk_stream_yields_one_chunk_per_token(fake: FakeNebulaServer) -> 
 @pytest.fixture
 async def counting() -> AsyncIterator[FakeNebulaServer]:
     """Like ``fake``, with stream_usage=True."""
-    async with FakeNebulaServer(api_keys=[KEY], replies=REPLIES, stream_usage=True) as server:
+    async with FakeNebulaServer(api_keys=[FAKE_KEY], replies=REPLIES, stream_usage=True) as server:
         yield server
 
 
