@@ -127,32 +127,26 @@ def test_a_missing_comparison_client_is_reported_as_skipped(tmp_path: Path) -> N
     assert re.search(r"^\| httpx \| skipped: httpx is not installed \|$", run.stdout, re.M), run.stdout
 
 
-def test_an_unknown_client_is_refused_with_the_known_ones() -> None:
-    """--client with a typo fails at once and lists the clients."""
+@pytest.mark.parametrize(
+    ("option", "typo", "known"),
+    [("--client", "aiohtp", "nebula_async"), ("--only", "async-c65", "async-c64")],
+    ids=["client", "scenario"],
+)
+def test_an_unknown_client_or_scenario_is_refused_with_the_known_ones(
+    option: str, typo: str, known: str
+) -> None:
+    """--client or --only with a typo fails at once and lists what exists."""
     run = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--client", "aiohtp"],
+        [sys.executable, "-m", "benchmarks", option, typo],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=25,
     )
     assert run.returncode == 2
-    assert "unknown client 'aiohtp'" in run.stderr
-    assert "nebula_async" in run.stderr
-
-
-def test_an_unknown_scenario_is_refused_with_the_known_ones() -> None:
-    """--only with a typo fails at once and lists the scenarios."""
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--only", "async-c65"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=25,
-    )
-    assert run.returncode == 2
-    assert "unknown scenario 'async-c65'" in run.stderr
-    assert "async-c64" in run.stderr
+    kind = "client" if option == "--client" else "scenario"
+    assert f"unknown {kind} {typo!r}" in run.stderr
+    assert known in run.stderr
 
 
 def test_import_times_are_measured_per_module() -> None:
