@@ -86,7 +86,7 @@ def test_the_suite_runs_every_comparison_client(tmp_path: Path) -> None:
     missing = [name for name in COMPARISON_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         pytest.skip(
-            f"{' and '.join(missing)} not installed: the comparison clients need pip install -e '.[bench]'"
+            f"{', '.join(missing)} not installed: the comparison clients need pip install -e '.[bench]'"
         )
     report = _run_suite(tmp_path, *SUBSET, timeout=170)
     hops = ("nebula_sync hop", "anyio portal.call", "anyio start_task_soon")
