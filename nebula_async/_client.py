@@ -131,8 +131,10 @@ class AsyncNebulaClient:
         Raises ValueError or TypeError for bad arguments before sending, an APIError subclass
         for an error answer, APIConnectionError or APITimeoutError when the API can't be reached.
         """
-        request = GenerateRequest(model, prompt, max_tokens, temperature, top_p, stop)
-        body = encode_request(request, extra_body, stream=False)
+        # Not kept in a local: the request is not needed once encoded, and this frame lives for the call.
+        body = encode_request(
+            GenerateRequest(model, prompt, max_tokens, temperature, top_p, stop), extra_body, stream=False
+        )
         attempt = functools.partial(self._attempt, body, self._timeout_for(timeout))
         return await self._calls.run(self._policy(max_retries), attempt)
 
