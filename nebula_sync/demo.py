@@ -23,7 +23,9 @@ def main() -> None:
     """Run the demo and print what each step shows."""
     # stdout, not stderr: the retry's WARNING line is part of what the demo shows.
     logging.basicConfig(level=logging.WARNING, format="  log: %(levelname)s %(message)s", stream=sys.stdout)
-    server = FakeNebulaServer(models=["gpt-4"], replies={_PROMPT: _REPLY, _STREAM_PROMPT: _REPLY})
+    server = FakeNebulaServer(
+        models=["gpt-4"], replies={_PROMPT: _REPLY, _STREAM_PROMPT: _REPLY}, stream_usage=True
+    )
     with server.run_in_thread():
         print(f"local demo API at {server.base_url}\n")
 
@@ -42,7 +44,7 @@ def main() -> None:
                     print(chunk.text, end="", flush=True)
         finally:
             server.token_delay = 0.0
-        print(f"\n   finish_reason: {stream.finish_reason}\n")
+        print(f"\n   finish_reason: {stream.finish_reason}, usage: {stream.usage}\n")
 
         print("3. a rate limit (429, retry after 0.2 s) is retried:")
         server.fail_next(1, status=429, code="rate_limit_exceeded", retry_after=0.2)
