@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
-from ._config import CLIENT_CLOSED, RetryPolicy
+from ._config import CLIENT_CLOSED, RetryPolicy, Timeout
 from ._errors import NebulaError
 from ._retry import retry_delay
 
@@ -82,19 +82,45 @@ class CallPath:
             )
         return transport
 
-    async def run(self, policy: RetryPolicy, attempt: Callable[[int], Awaitable[T]]) -> T:
-        """Return what ``attempt(1)``, ``attempt(2)``... returns first; retried as ``policy`` allows.
+    async def run(
+        self,
+        policy: RetryPolicy,
+        body: bytes,
+        timeout: Timeout,
+        finish: Callable[[Transport, aiohttp.ClientResponse, int], Awaitable[T]],
+        *,
+        stream: bool = False,
+        starting: Callable[[int], None] | None = None,
+        interrupted: Callable[[NebulaError], None] | None = None,
+    ) -> T:
+        """POST ``body`` and return ``finish(transport, response, attempt)``, retried as ``policy`` allows.
 
-        An attempt fails by raising a NebulaError; any other exception (a bug, a cancellation)
-        ends the call at once. The last error is raised unchanged when no retry is left.
+        Each attempt: ``starting(attempt)`` (the caller may raise to stop), the POST, then
+        ``finish`` reads the answer into the result; when the POST itself fails, ``interrupted(error)``
+        may raise instead of the retry. An attempt fails by raising a NebulaError; anything else (a
+        bug, a cancellation) ends the call at once. The last error is raised unchanged when no retry
+        is left. The POST is awaited here, not in a coroutine of the caller's: a call waiting for its
+        answer holds one frame less.
         """
         number = 0
         while True:
             number += 1
+            if starting is not None:
+                starting(number)
+            # Issue 12's client-wide rate limit and 429 gate are awaited here: before every attempt.
+            transport = self.transport()
             try:
-                return await attempt(number)
+                client_timeout = transport.client_timeout(timeout, stream=stream)
+                response = await transport.post(body, stream=stream, timeout=client_timeout, attempt=number)
             except NebulaError as err:
+                if interrupted is not None:
+                    interrupted(err)
                 error = err
+            else:
+                try:
+                    return await finish(transport, response, number)
+                except NebulaError as err:
+                    error = err
             # Outside the except clause: a cancellation while we wait must not chain the error.
             await self.before_retry(policy, number, error)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -31,6 +30,8 @@ from ._stream import TextStream
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from ._http import Transport
 
 __all__ = ["AsyncNebulaClient", "BatchInput"]
 
@@ -135,8 +136,7 @@ class AsyncNebulaClient:
         body = encode_request(
             GenerateRequest(model, prompt, max_tokens, temperature, top_p, stop), extra_body, stream=False
         )
-        attempt = functools.partial(self._attempt, body, self._timeout_for(timeout))
-        return await self._calls.run(self._policy(max_retries), attempt)
+        return await self._calls.run(self._policy(max_retries), body, self._timeout_for(timeout), _finish)
 
     def stream_text(
         self,
@@ -200,19 +200,10 @@ class AsyncNebulaClient:
     async def _generate_item(self, item: GenerateRequest | Mapping[str, Any]) -> TextGeneration:
         if isinstance(item, GenerateRequest):
             body = encode_request(item, None, stream=False)
-            return await self._calls.run(self._retry, functools.partial(self._attempt, body, self._timeout))
+            return await self._calls.run(self._retry, body, self._timeout, _finish)
         if isinstance(item, Mapping):
             return await self.generate_text(**item)
         raise TypeError(f"generate_many items must be GenerateRequest or dict, got {type(item).__name__}")
-
-    async def _attempt(self, body: bytes, timeout: Timeout, number: int) -> TextGeneration:
-        """Send ``body`` once (attempt ``number``) and parse the answer; CallPath.run retries it."""
-        transport = self._calls.transport()
-        client_timeout = transport.client_timeout(timeout, stream=False)
-        response = await transport.post(body, stream=False, timeout=client_timeout, attempt=number)
-        raw = await transport.read_body(response)
-        text, usage = parse_generation(response.status, raw, response.headers)
-        return TextGeneration(text, usage, response.headers.get("x-request-id"), number - 1)
 
     def _policy(self, max_retries: int | None) -> RetryPolicy:
         if max_retries is None:
@@ -221,6 +212,13 @@ class AsyncNebulaClient:
 
     def _timeout_for(self, timeout: float | Timeout | None) -> Timeout:
         return self._timeout if timeout is None else Timeout.coerce(timeout)
+
+
+async def _finish(transport: Transport, response: aiohttp.ClientResponse, number: int) -> TextGeneration:
+    """Read and parse a non-streaming answer (attempt ``number``); CallPath.run retries on errors."""
+    raw = await transport.read_body(response)
+    text, usage = parse_generation(response.status, raw, response.headers)
+    return TextGeneration(text, usage, response.headers.get("x-request-id"), number - 1)
 
 
 def _is_client_session(session: object) -> bool:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from ._calls import CallPath
+    from ._http import Transport
 
 __all__ = ["TextStream"]
 
@@ -190,24 +191,32 @@ class TextStream:
         """Send the request and read up to the first chunk, retrying as the policy allows."""
         self._state = _State.OPEN
         try:
-            await self._calls.run(self._policy, self._attempt)
+            await self._calls.run(
+                self._policy,
+                self._body,
+                self._timeout,
+                self._open,
+                stream=True,
+                starting=self._starting,
+                interrupted=self._interrupted,
+            )
         except BaseException as exc:
             if not self._was_closed():
                 self._fail(exc)
             raise
 
-    async def _attempt(self, number: int) -> None:
-        """One try: open the response and read until a chunk is buffered or the stream ended."""
+    def _starting(self, number: int) -> None:
+        """Before attempt ``number`` is sent."""
         self._check_usable()  # closed while we slept before this retry
         self._attempts = number
-        transport = self._calls.transport()
-        client_timeout = transport.client_timeout(self._timeout, stream=True)
-        try:
-            response = await transport.post(self._body, stream=True, timeout=client_timeout, attempt=number)
-        except NebulaError as err:
-            if self._was_closed():  # aclose() from another task while we waited: not a failure to retry
-                raise RuntimeError(_CLOSED_WHILE_READ) from err
-            raise
+
+    def _interrupted(self, error: NebulaError) -> None:
+        """The request failed before its answer came."""
+        if self._was_closed():  # aclose() from another task while we waited: not a failure to retry
+            raise RuntimeError(_CLOSED_WHILE_READ) from error
+
+    async def _open(self, transport: Transport, response: aiohttp.ClientResponse, number: int) -> None:
+        """With the answer's headers: read until a chunk is buffered or the stream ended."""
         if self._was_closed():  # aclose() from another task while we waited for the headers
             response.close()
             raise RuntimeError(_CLOSED_WHILE_READ)
