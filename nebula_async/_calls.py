@@ -107,7 +107,7 @@ class CallPath:
             number += 1
             if starting is not None:
                 starting(number)
-            # Issue 12's client-wide rate limit and 429 gate are awaited here: before every attempt.
+            # A client-wide rate limit or shared 429 gate belongs here: it must hold every attempt.
             transport = self.transport()
             try:
                 client_timeout = transport.client_timeout(timeout, stream=stream)
