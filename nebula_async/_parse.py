@@ -105,17 +105,19 @@ def parse_event(data: str, headers: Mapping[str, str]) -> TextChunk:
         # more than the JSON decoding); anything else takes the converter's path below.
         text, finish, usage = payload.get("text"), payload.get("finish_reason"), payload.get("usage")
         if type(text) is str and (finish is None or type(finish) is str):
-            # usage is optional metadata here: one that does not read as three counts is dropped,
-            # rather than cost the caller the stream's text.
             return TextChunk(text, finish, None if usage is None else _plain_usage(usage))
     if not isinstance(payload, dict):
         raise _malformed(200, headers, f"a stream event is not a JSON object: {data[:200]!r}")
     if isinstance(payload.get("error"), dict) or payload.get("status") == "error":
         raise _error(200, payload, headers)
+    # usage is optional metadata in an event: counts that are not three integers are dropped, on this
+    # path as on the one above, rather than cost the caller the stream's text.
+    usage = _plain_usage(payload.get("usage"))
     try:
-        return structure_chunk(payload)
+        chunk = structure_chunk({**payload, "usage": None})
     except MalformedPayloadError as exc:
         raise _malformed(200, headers, str(exc)) from None
+    return chunk if usage is None else TextChunk(chunk.text, chunk.finish_reason, usage)
 
 
 def _error(status: int, body: Any, headers: Mapping[str, str]) -> APIError:

@@ -82,7 +82,7 @@ class NebulaClient:
         return self._runtime.closed
 
     def _run(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` in the client's loop and wait (the benchmarks' "sync-hop")."""
+        """Run ``fn(*args, **kwargs)`` in the client's loop and wait (for tests that look inside the loop)."""
         return self._runtime.run(fn, *args, **kwargs)
 
     def generate_text(

@@ -169,15 +169,28 @@ async def test_usage_null_is_no_usage(server: LocalServer) -> None:
     [{"prompt_tokens": 3, "completion_tokens": 2}, {**USAGE, "total_tokens": "5"}, [1, 2, 3], "five"],
     ids=["missing-field", "string-count", "list", "string"],
 )
-async def test_malformed_usage_is_dropped_and_the_text_kept(server: LocalServer, usage: object) -> None:
+@pytest.mark.parametrize("extra", [{}, {"error": None}], ids=["plain", "error-null"])
+async def test_malformed_usage_is_dropped_and_the_text_kept(
+    server: LocalServer, usage: object, extra: dict[str, object]
+) -> None:
     """A usage that is not three integer counts leaves usage None and costs no text or finish_reason."""
-    server.handler = stream_handler(
-        sse(chunk("Hel"), {"text": "lo", "finish_reason": "stop", "usage": usage})
-    )
+    # "error": null takes the general converter's path, which must drop a bad usage just the same.
+    final = {"text": "lo", "finish_reason": "stop", "usage": usage, **extra}
+    server.handler = stream_handler(sse(chunk("Hel"), final))
     async with make_client(server.base_url, retry=NO_RETRY) as client:
         stream = client.stream_text(model="m", prompt="p")
         assert await collect(stream) == ["Hel", "lo"]
     assert (stream.finish_reason, stream.usage) == ("stop", None)
+
+
+async def test_usage_beside_error_null_is_kept(server: LocalServer) -> None:
+    """Token counts in an event that also says "error": null become the stream's usage."""
+    final = {"text": "a", "finish_reason": "stop", "usage": USAGE, "error": None}
+    server.handler = stream_handler(sse(final))
+    async with make_client(server.base_url, retry=NO_RETRY) as client:
+        stream = client.stream_text(model="m", prompt="p")
+        assert await collect(stream) == ["a"]
+    assert stream.usage == Usage(3, 2, 5)
 
 
 async def test_stream_usage_equals_the_non_streamed_usage(fake: FakeNebulaServer) -> None:
