@@ -54,6 +54,7 @@ class CallPath:
         self._max_connections = max_connections
         self._session = session
         self._transport: Transport | None = None
+        self._finalizer: weakref.finalize[[], CallPath] | None = None
         self._closed = False
         # Open streams, each by the bound method that cuts it off; weak, so a forgotten stream is
         # still collected (and its finalizer warns).
@@ -80,6 +81,8 @@ class CallPath:
                 session=self._session,
                 headers=self._headers,
             )
+            # A client nobody closed: its connections are closed when it is collected, or at exit.
+            self._finalizer = weakref.finalize(self, transport.abandon)
         return transport
 
     async def run(
@@ -165,12 +168,19 @@ class CallPath:
         task.add_done_callback(lambda done: self._drains.pop(done, None))
 
     async def aclose(self) -> None:
-        """Close open streams, drains and the transport; idempotent."""
+        """Close open streams, drains and the transport; idempotent, from any event loop."""
         if self._closed:
             return
-        if self._transport is not None:
-            self._transport.check_loop()
         self._closed = True
+        transport = self._transport
+        if transport is None:  # never used: nothing to release
+            return
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        await transport.in_own_loop(self._shut)
+
+    async def _shut(self) -> None:
+        # In the loop the connections belong to.
         open_streams, self._open = self._open, {}
         for ref in open_streams.values():
             cut_off = ref()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias, overload
 
 import attrs
 
@@ -47,7 +47,9 @@ class AsyncNebulaClient:
     ``api_key`` falls back to ``NEBULA_API_KEY``; ``base_url`` to ``NEBULA_BASE_URL``, then the
     public endpoint. ``timeout`` is seconds or a :class:`Timeout`. ``retry`` wins over
     ``max_retries``. ``session`` is a ClientSession you own: used as given, never closed by us.
-    Use ``async with`` or ``await client.aclose()`` to release connections.
+    Use ``async with`` or ``await client.aclose()`` to release connections; a client nobody
+    closed is closed quietly when it is collected, when its event loop shuts down
+    (``asyncio.run()`` ends) or at exit. Calls run in one event loop; ``aclose()`` in any.
     """
 
     def __init__(
@@ -102,6 +104,14 @@ class AsyncNebulaClient:
     def __repr__(self) -> str:
         return f"AsyncNebulaClient(base_url={self._base_url!r}, max_retries={self._retry.max_retries})"
 
+    def __reduce__(self) -> NoReturn:
+        # Without this, pickle fails deep inside with "cannot pickle 'weakref.ReferenceType' object".
+        raise TypeError(
+            "AsyncNebulaClient can't be pickled or copied: its connections belong to one process "
+            "and event loop; "
+            "create the client in the worker, e.g. in the process pool's initializer"
+        )
+
     async def __aenter__(self) -> AsyncNebulaClient:
         return self
 
@@ -111,7 +121,10 @@ class AsyncNebulaClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool (not a session you passed in) and open streams; idempotent."""
+        """Close the connection pool (not a session you passed in) and open streams; idempotent.
+
+        Works from any event loop: the connections are closed in the loop they belong to.
+        """
         await self._calls.aclose()
 
     async def generate_text(

@@ -7,9 +7,12 @@ Every aiohttp call that can fail on the network is made here, and its errors map
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -21,6 +24,8 @@ from ._errors import APIConnectionError, APITimeoutError
 __all__ = ["Transport"]
 
 logger = logging.getLogger("nebula_async")
+
+_EXITING = False  # set by an atexit hook of ours, which runs before the finalizers of abandoned clients
 
 _DRAIN_SECONDS = 1.0  # after a stream's final event, how long the rest of its body may take
 _DRAIN_BYTES = 64 * 1024  # and how much of it we read, to keep the connection for the pool
@@ -99,6 +104,9 @@ class Transport:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        # Set while our session is open: the loop closes it when the loop shuts down (see _watch_loop).
+        self._guard: AsyncGenerator[None, None] | None = None
+        self._closing: asyncio.Future[None] | None = None  # the one close of the session, shared
         self._timeouts: dict[tuple[Timeout, bool], aiohttp.ClientTimeout] = {}
 
     def check_loop(self) -> None:
@@ -121,7 +129,33 @@ class Transport:
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=None), headers=self._headers
             )
+            self._watch_loop()
         return self._session
+
+    def _watch_loop(self) -> None:
+        """Have the running loop close our session when it shuts down, if nobody closed it before.
+
+        asyncio.run() (and asyncio.Runner, uvloop.run, pytest-asyncio) closes every open async
+        generator before it closes the loop: the last moment the connections can be closed in it,
+        instead of aiohttp's "Unclosed client session" at exit. The generator is run to its first
+        yield here, which never suspends: that registers it with the running loop.
+        """
+        guard = self._until_loop_ends()
+        step = guard.asend(None)
+        try:
+            step.send(None)
+        except StopIteration:
+            self._guard = guard
+        else:  # pragma: no cover - the generator's body has no await before its yield
+            raise AssertionError("the loop guard suspended before its first yield")
+
+    async def _until_loop_ends(self) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            self._guard = None
+            if self._session is not None:  # the loop is ending (not our aclose(), which cleared it)
+                await self._close_session()
 
     def client_timeout(self, timeout: Timeout, *, stream: bool) -> aiohttp.ClientTimeout:
         """Return the aiohttp timeout for ``timeout``, built once per distinct value."""
@@ -214,14 +248,113 @@ class Transport:
             response.close()
 
     async def aclose(self) -> None:
-        """Close the session if we made it; idempotent."""
-        if self._closed:
-            return
-        if self._loop is not None:
-            self.check_loop()  # closing from another loop would leak the sockets silently
+        """Close the session if we made it; idempotent. Runs in the session's loop (see in_own_loop)."""
         self._closed = True
-        session, self._session = self._session, None
+        await self._close_session()
+
+    async def _close_session(self) -> None:
+        # One close, shared: aclose(), a finalizer's close and the loop's shutdown may overlap. A
+        # close that was cancelled (asyncio.run() cancels every task before it ends) is started again.
+        if self._closing is None or self._closing.cancelled():
+            self._closing = asyncio.ensure_future(self._shut_session())
+        await asyncio.shield(self._closing)
+
+    async def _shut_session(self) -> None:
+        session = self._session
         if self._owned and session is not None and not session.closed:
             await session.close()
             # Let the SSL/transport close callbacks run before the loop may end.
             await asyncio.sleep(0)
+        self._session = None
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            await guard.aclose()  # it finds the session gone: nothing left for it to do
+
+    async def in_own_loop(self, close: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Await ``close()`` in the loop our connections belong to, from any loop.
+
+        Connections can only be closed by the loop that opened them: in this one, in the owner's
+        thread if it runs elsewhere, or in a thread of its own if nobody runs it now. If the owner
+        loop is closed already, its connections are given up quietly (see _give_up).
+        """
+        loop = self._loop
+        if loop is None or loop is asyncio.get_running_loop():
+            await close()
+        elif loop.is_closed():
+            self._closed = True
+            self._give_up()
+        elif loop.is_running():
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(close(), loop))
+        else:
+            await asyncio.to_thread(loop.run_until_complete, close())
+
+    def abandon(self) -> None:
+        """Close the session of a client that was collected, or alive at exit, without aclose().
+
+        Called by a weakref finalizer, so from any thread and at any moment: it schedules the close
+        in the session's loop rather than running it here, except at exit, when nothing else will.
+        """
+        loop = self._loop
+        if self._closed or not self._owned or self._session is None or loop is None:
+            return
+        self._closed = True
+        if loop.is_closed():
+            self._give_up()
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            _keep(loop.create_task(self.aclose()))
+        elif running is None and not loop.is_running() and _EXITING:
+            loop.run_until_complete(self.aclose())  # an idle loop at exit: nobody else will run it
+        else:  # running in its thread, or idle: the close runs there, now or when it next runs
+            loop.call_soon_threadsafe(lambda: _keep(loop.create_task(self.aclose())))
+
+    def _give_up(self) -> None:
+        """Forget a session whose loop is closed, without aiohttp's "Unclosed" noise.
+
+        A closed loop can close nothing: its sockets are freed when collected. asyncio.run() never
+        gets here (the loop guard closed the session first); a loop closed by hand without
+        ``loop.shutdown_asyncgens()`` does.
+        """
+        guard, self._guard = self._guard, None
+        session, self._session = self._session, None
+        if guard is not None:
+            _finish(guard.aclose())  # nothing left for it to do: it ends without suspending
+        if self._owned and session is not None and not session.closed:
+            connector = session.connector
+            session.detach()
+            if connector is not None:
+                # On a closed loop aiohttp closes nothing here and returns an awaitable already done.
+                _finish(connector.close())
+
+
+_CLOSING: set[asyncio.Task[None]] = set()  # closes started by finalizers: the loop only keeps weak refs
+
+
+def _keep(task: asyncio.Task[None]) -> None:
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+
+
+def _finish(awaitable: Awaitable[object]) -> None:
+    """Run an awaitable that completes without suspending (we call it only on such)."""
+    step = awaitable.__await__()
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    step.close()  # pragma: no cover - it suspended after all: drop it rather than leave it half run
+
+
+def _note_exit() -> None:
+    global _EXITING
+    _EXITING = True
+
+
+# atexit runs its hooks last in, first out, and weakref.finalize registers its own with the first
+# finalizer made: make one now, so that ours is registered after it and runs before the finalizers.
+weakref.finalize(_note_exit, int)
+atexit.register(_note_exit)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
 from nebula_async import AsyncNebulaClient, RetryPolicy, TextGeneration, Timeout
 from nebula_async._client import BatchInput
@@ -63,6 +63,14 @@ class NebulaClient:
 
     def __repr__(self) -> str:
         return f"NebulaClient(base_url={self._async.base_url!r}, max_retries={self._async.retry.max_retries})"
+
+    def __reduce__(self) -> NoReturn:
+        # Without this, pickle fails deep inside with "cannot pickle 'weakref.ReferenceType' object".
+        raise TypeError(
+            "NebulaClient can't be pickled or copied: its connections belong to one process "
+            "and event loop; "
+            "create the client in the worker, e.g. in the process pool's initializer"
+        )
 
     def __enter__(self) -> NebulaClient:
         return self

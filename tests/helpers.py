@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from nebula_async import RetryPolicy
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: subprocesses import the SDK from it
 
 KEY = "sk-test-0123456789"  # a plain key, for tests that only need one
 # Distinctive, so finding it anywhere (a log, an error, a repr) can only mean a leak.
@@ -41,3 +48,26 @@ def error_body(code: str, message: str = "something went wrong", **details: Any)
 def sse(*payloads: dict[str, Any] | str) -> bytes:
     """Encode events as ``data: <json>\\n\\n``; a str payload is sent as is."""
     return b"".join(f"data: {p if isinstance(p, str) else json.dumps(p)}\n\n".encode() for p in payloads)
+
+
+def run_code(code: str, *python_options: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``code`` in a fresh interpreter that imports this checkout; return the process and its run time."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEBULA_", "PYTHON"))}
+    env["PYTHONPATH"] = str(ROOT)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, *python_options, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=25,
+    )
+    return proc, time.monotonic() - started
+
+
+def expect_clean_exit(code: str, stdout: str, *python_options: str, within: float = 5.0) -> None:
+    """Run ``code``; it must print exactly ``stdout``, nothing on stderr, and exit 0 within ``within`` s."""
+    proc, elapsed = run_code(code, *python_options)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, stdout, ""), proc.stderr
+    assert elapsed < within, f"the interpreter took {elapsed:.1f} s to exit"

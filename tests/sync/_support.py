@@ -15,8 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -240,29 +238,6 @@ from nebula_sync import NebulaClient
 
 server = ThreadedServer().start()
 """
-
-
-def run_code(code: str, *python_options: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run ``code`` in a fresh interpreter that imports this checkout; return the process and its run time."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEBULA_", "PYTHON"))}
-    env["PYTHONPATH"] = str(ROOT)
-    started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, *python_options, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=25,
-    )
-    return proc, time.monotonic() - started
-
-
-def expect_clean_exit(code: str, stdout: str, *python_options: str, within: float = 5.0) -> None:
-    """Run ``code``; it must print exactly ``stdout``, nothing on stderr, and exit 0 within ``within`` s."""
-    proc, elapsed = run_code(code, *python_options)
-    assert (proc.returncode, proc.stdout, proc.stderr) == (0, stdout, ""), proc.stderr
-    assert elapsed < within, f"the interpreter took {elapsed:.1f} s to exit"
 
 
 def fork() -> int:

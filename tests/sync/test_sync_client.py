@@ -199,6 +199,18 @@ def test_close_is_idempotent_and_stops_the_thread(fake_thread: FakeNebulaServer)
     assert len(fake_thread.requests) == 1
 
 
+def test_pickling_a_client_says_to_create_it_in_the_worker() -> None:
+    """A process pool's pickling of the client fails with a TypeError that names the fix."""
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    with NebulaClient(KEY) as client:
+        with pytest.raises(TypeError, match=r"NebulaClient can't be pickled.*in the process pool's init"):
+            pickle.dumps(client)
+        with ProcessPoolExecutor(1) as pool, pytest.raises(TypeError, match="in the worker"):
+            pool.submit(str, client).result(timeout=20)
+
+
 def test_with_block_closes_the_client(fake_thread: FakeNebulaServer) -> None:
     """Leaving ``with NebulaClient(...)`` closes the client and stops its thread."""
     before = len(loop_threads())

@@ -13,11 +13,10 @@ from nebula_async.testing import FakeNebulaServer
 from nebula_sync import (
     NebulaClient,
 )
+from tests.helpers import expect_clean_exit, run_code
 from tests.sync._support import (
     PRELUDE,
-    expect_clean_exit,
     in_child,
-    run_code,
 )
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="this platform has no os.fork")

@@ -14,11 +14,11 @@ from collections.abc import Callable
 import pytest
 
 from nebula_sync._runtime import LoopThread, call_in_caller
+from tests.helpers import expect_clean_exit
 from tests.sync._support import (
     CLOSED_MID_CALL,
     LOOP_THREAD,
     call_in_thread,
-    expect_clean_exit,
     in_child,
     wait_for,
 )

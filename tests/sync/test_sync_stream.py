@@ -20,13 +20,13 @@ from nebula_sync import (
     Usage,
 )
 from nebula_sync._runtime import LoopThread
+from tests.helpers import expect_clean_exit
 from tests.sync._support import (
     KEY,
     PRELUDE,
     ThreadedServer,
     call_in_thread,
     echo,
-    expect_clean_exit,
     sse,
     stalled_stream,
     wait_for,
