@@ -83,6 +83,8 @@ class CallPath:
             )
             # A client nobody closed: its connections are closed when it is collected, or at exit.
             self._finalizer = weakref.finalize(self, transport.abandon)
+            if self._closed:  # aclose() from another thread while the import above ran
+                raise RuntimeError(CLIENT_CLOSED)
         return transport
 
     async def run(

@@ -129,6 +129,7 @@ class Transport:
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=None), headers=self._headers
             )
+            self._closing = None  # a loop reused after its shutdown_asyncgens() gets a new session
             self._watch_loop()
         return self._session
 
@@ -141,11 +142,12 @@ class Transport:
         yield here, which never suspends: that registers it with the running loop.
         """
         guard = self._until_loop_ends()
-        step = guard.asend(None)
         try:
-            step.send(None)
+            guard.asend(None).send(None)  # asend() calls the loop's first-iteration hook
         except StopIteration:
             self._guard = guard
+        except ResourceWarning:  # asyncio's, as an error: a loop reused after shutdown_asyncgens()
+            pass  # has no shutdown left to watch for
         else:  # pragma: no cover - the generator's body has no await before its yield
             raise AssertionError("the loop guard suspended before its first yield")
 
@@ -269,30 +271,37 @@ class Transport:
         guard, self._guard = self._guard, None
         if guard is not None:
             await guard.aclose()  # it finds the session gone: nothing left for it to do
+        _ABANDONED.discard(self)
 
     async def in_own_loop(self, close: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Await ``close()`` in the loop our connections belong to, from any loop.
 
-        Connections can only be closed by the loop that opened them: in this one, in the owner's
-        thread if it runs elsewhere, or in a thread of its own if nobody runs it now. If the owner
-        loop is closed already, its connections are given up quietly (see _give_up).
+        Connections can only be closed by the loop that opened them: in this one; in the owner's
+        thread while it runs elsewhere; in a worker thread while nobody runs it (so don't run it
+        yourself meanwhile). If the owner loop is closed, its connections are given up quietly.
         """
-        loop = self._loop
-        if loop is None or loop is asyncio.get_running_loop():
-            await close()
-        elif loop.is_closed():
-            self._closed = True
-            self._give_up()
-        elif loop.is_running():
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(close(), loop))
-        else:
-            await asyncio.to_thread(loop.run_until_complete, close())
+        while True:
+            loop = self._loop
+            if loop is None or loop is asyncio.get_running_loop():
+                await close()
+                return
+            if loop.is_closed():
+                self._closed = True
+                self._give_up()
+                return
+            if not loop.is_running():
+                await asyncio.to_thread(loop.run_until_complete, close())
+                return
+            if await _run_in(loop, close):
+                return
+            # The owner loop stopped before our close ran there: look again at what it is now.
 
     def abandon(self) -> None:
         """Close the session of a client that was collected, or alive at exit, without aclose().
 
         Called by a weakref finalizer, so from any thread and at any moment: it schedules the close
         in the session's loop rather than running it here, except at exit, when nothing else will.
+        A close that has not ended by exit is finished then (see _close_at_exit).
         """
         loop = self._loop
         if self._closed or not self._owned or self._session is None or loop is None:
@@ -300,17 +309,21 @@ class Transport:
         self._closed = True
         if loop.is_closed():
             self._give_up()
-            return
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            _keep(loop.create_task(self.aclose()))
-        elif running is None and not loop.is_running() and _EXITING:
+        elif _EXITING and not loop.is_running():
             loop.run_until_complete(self.aclose())  # an idle loop at exit: nobody else will run it
-        else:  # running in its thread, or idle: the close runs there, now or when it next runs
+        else:  # now, in its thread, or when it next runs
+            _ABANDONED.add(self)
             loop.call_soon_threadsafe(lambda: _keep(loop.create_task(self.aclose())))
+
+    def finish_at_exit(self) -> None:
+        """Finish the close of a collected client whose loop is idle or closed now (at exit only)."""
+        loop = self._loop
+        if loop is None or loop.is_running():  # a daemon thread's loop: it may still finish it
+            return
+        if loop.is_closed():
+            self._give_up()
+        else:
+            loop.run_until_complete(self.aclose())
 
     def _give_up(self) -> None:
         """Forget a session whose loop is closed, without aiohttp's "Unclosed" noise.
@@ -319,6 +332,7 @@ class Transport:
         gets here (the loop guard closed the session first); a loop closed by hand without
         ``loop.shutdown_asyncgens()`` does.
         """
+        _ABANDONED.discard(self)
         guard, self._guard = self._guard, None
         session, self._session = self._session, None
         if guard is not None:
@@ -332,6 +346,24 @@ class Transport:
 
 
 _CLOSING: set[asyncio.Task[None]] = set()  # closes started by finalizers: the loop only keeps weak refs
+_ABANDONED: set[Transport] = set()  # clients collected whose close has not ended yet
+
+
+async def _run_in(loop: asyncio.AbstractEventLoop, close: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+    """Run ``close()`` in ``loop``, running in another thread; False if that loop stopped before it ran."""
+    future = asyncio.run_coroutine_threadsafe(close(), loop)
+    waiter = asyncio.wrap_future(future)
+    try:
+        while True:
+            # Not `await waiter`: a cancel of the close by the owner's shutdown is not a cancel of ours.
+            done, _ = await asyncio.wait([waiter], timeout=0.05)
+            if done:
+                return not waiter.cancelled()
+            if not loop.is_running() and future.cancel():  # stopped before our close started
+                return False
+    except BaseException:
+        waiter.cancel()
+        raise
 
 
 def _keep(task: asyncio.Task[None]) -> None:
@@ -349,12 +381,14 @@ def _finish(awaitable: Awaitable[object]) -> None:
     step.close()  # pragma: no cover - it suspended after all: drop it rather than leave it half run
 
 
-def _note_exit() -> None:
+def _close_at_exit() -> None:
     global _EXITING
     _EXITING = True
+    for transport in list(_ABANDONED):  # collected while their loop ran its last steps, or was idle
+        transport.finish_at_exit()
 
 
 # atexit runs its hooks last in, first out, and weakref.finalize registers its own with the first
 # finalizer made: make one now, so that ours is registered after it and runs before the finalizers.
-weakref.finalize(_note_exit, int)
-atexit.register(_note_exit)
+weakref.finalize(_close_at_exit, int)
+atexit.register(_close_at_exit)

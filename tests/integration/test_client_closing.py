@@ -12,6 +12,7 @@ import gc
 import json
 import pickle
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator
 
@@ -110,6 +111,61 @@ async def test_aclose_from_another_loop_when_the_client_loop_is_idle(
         await wait_until(lambda: handler.open == 0)
     finally:
         idle.close()
+
+
+@pytest.mark.parametrize("runner", ["run_until_complete", "asyncio.run"])
+async def test_aclose_from_another_loop_while_the_client_loop_stops(
+    keep_alive: tuple[RawServer, KeepAlive], runner: str
+) -> None:
+    """The owner loop stops, or its asyncio.run() cancels our close, just as aclose() is sent to it.
+
+    aclose() neither waits forever nor raises CancelledError: the connections are closed anyway.
+    """
+    server, handler = keep_alive
+    client = make_client(server.base_url)
+    owner = asyncio.new_event_loop()
+    try:
+        await asyncio.to_thread(owner.run_until_complete, use(client))
+        started = threading.Event()
+
+        async def last_step() -> None:
+            started.set()
+            time.sleep(0.2)  # noqa: ASYNC251  # blocking on purpose: the close sent meanwhile waits
+
+        def run_owner() -> None:
+            owner.run_until_complete(last_step())
+            if runner == "asyncio.run":  # what asyncio.run() does as it ends
+                for task in asyncio.all_tasks(owner):
+                    task.cancel()
+                owner.run_until_complete(owner.shutdown_asyncgens())
+
+        thread = threading.Thread(target=run_owner)
+        thread.start()
+        await asyncio.to_thread(started.wait, 5)
+        await asyncio.wait_for(asyncio.to_thread(lambda: asyncio.run(client.aclose())), 5)
+        await asyncio.to_thread(thread.join, 5)
+        await wait_until(lambda: handler.open == 0)
+    finally:
+        owner.close()
+
+
+async def test_a_loop_used_again_after_shutdown_asyncgens_closes_its_new_session(
+    keep_alive: tuple[RawServer, KeepAlive],
+) -> None:
+    """shutdown_asyncgens() closed the session; a later call opens another, which aclose() closes."""
+    server, handler = keep_alive
+    client = make_client(server.base_url)
+    loop = asyncio.new_event_loop()
+    try:
+        await asyncio.to_thread(loop.run_until_complete, use(client))
+        await asyncio.to_thread(loop.run_until_complete, loop.shutdown_asyncgens())
+        await wait_until(lambda: handler.open == 0)
+        await asyncio.to_thread(loop.run_until_complete, use(client))
+        assert handler.open == 1
+        await asyncio.to_thread(loop.run_until_complete, client.aclose())
+        await wait_until(lambda: handler.open == 0)
+    finally:
+        loop.close()
 
 
 async def test_a_collected_client_closes_its_connections(keep_alive: tuple[RawServer, KeepAlive]) -> None:
@@ -212,22 +268,31 @@ def test_an_unclosed_client_exits_without_noise(name: str, dev_mode: bool) -> No
     expect_clean_exit(EXIT_PRELUDE + EXIT_SCRIPTS[name], "ok\n", *(["-X", "dev"] if dev_mode else []))
 
 
-@pytest.mark.parametrize("ending", ["loop.close()", "pass"], ids=["closed", "left-open"])
-def test_a_loop_driven_by_hand_leaves_no_unclosed_session_message(ending: str) -> None:
+ONE_CALL = """\
+async def one_call(client):
+    return (await client.generate_text(model="gpt-4", prompt="hi")).text != ""
+
+loop = asyncio.new_event_loop()
+"""
+
+# A plain call only: a stream's tail may still be draining in a task, which loop.close() would destroy.
+HAND_DRIVEN = {
+    "closed": "client = AsyncNebulaClient(api_key='k', base_url=server.base_url)\n"
+    "print(loop.run_until_complete(one_call(client)))\nloop.close()\n",
+    "left-open": "client = AsyncNebulaClient(api_key='k', base_url=server.base_url)\n"
+    "print(loop.run_until_complete(one_call(client)))\n",
+    # Collected as its coroutine ends, while the loop runs its last steps: the close runs at exit.
+    "collected-in-the-last-step": "print(loop.run_until_complete("
+    "one_call(AsyncNebulaClient(api_key='k', base_url=server.base_url))))\n",
+}
+
+
+@pytest.mark.parametrize("name", list(HAND_DRIVEN))
+def test_a_loop_driven_by_hand_leaves_no_unclosed_session_message(name: str) -> None:
     """A loop closed without shutdown_asyncgens(), or left open: no "Unclosed" message from aiohttp.
 
     Those messages print even without warning flags. A loop left open is run once more at exit to
     close the connections; a closed one can close nothing, and its sockets go with the process.
     """
-    code = (
-        EXIT_PRELUDE
-        + f"""\
-client = AsyncNebulaClient(api_key="YOUR_API_KEY", base_url=server.base_url)
-loop = asyncio.new_event_loop()
-# A plain call only: a stream's tail may still be draining in a task, which loop.close() would destroy.
-print(loop.run_until_complete(client.generate_text(model="gpt-4", prompt="hi")).text != "")
-{ending}
-"""
-    )
-    proc, _ = run_code(code)
+    proc, _ = run_code(EXIT_PRELUDE + ONE_CALL + HAND_DRIVEN[name])
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "True\n", "")
