@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--model", action="append", dest="models", type=_model, default=[], metavar="NAME[:CONTEXT]",
-        help="add a model, e.g. gpt-4 or gpt-4:8192 (repeatable; the six documented ones are always there)",
+        help="add a model, e.g. mistral-7b:32768 (repeatable; the API reference's nine are always there)",
     )  # fmt: skip
     parser.add_argument("--time-to-first-token", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--token-delay", type=float, default=0.0, metavar="SECONDS")

@@ -39,7 +39,8 @@ class FakeNebulaServer:
     - ``api_keys``: the Bearer keys accepted (default: any non-empty key; ``server.api_key`` is
       the first of them, or ``"nebula-fake-key"``). Others get 401 ``invalid_api_key``.
     - ``models``: names or ``FakeModel(name, context_length)`` added to (or replacing, by name)
-      the six models of the API reference; ``default_models=False`` drops those six.
+      the nine models of the API reference (its table's six, and ``gpt-4``, ``claude-2`` and
+      ``llama-2-70b`` of its examples); ``default_models=False`` drops those nine.
     - ``replies``: prompt -> full reply text; ``reply``: a function from the
       ``GenerateRequest`` to the full reply text. Otherwise the text is made up, deterministically.
       Either way ``max_tokens`` and ``stop`` then cut it, as a model would stop generating.

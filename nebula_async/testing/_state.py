@@ -51,7 +51,9 @@ class FakeModel:
     context_length: int = attrs.field(default=DEFAULT_CONTEXT_LENGTH, validator=_positive_int)
 
 
-# The API reference's table, with each model family's published context window.
+# The API reference's table, with each model family's published context window; then the model
+# ids its examples use ("gpt-4", ...), so that every example in the reference and README runs as
+# written (the reference gives no context lengths for those: each model's published one).
 DEFAULT_MODELS = (
     FakeModel("DeepSeek-V3-0324", 131072),
     FakeModel("DeepSeek-R1-Distill-Llama-70B", 131072),
@@ -59,6 +61,9 @@ DEFAULT_MODELS = (
     FakeModel("Llama3.3-70B", 131072),
     FakeModel("Qwen-QwQ-32B", 32768),
     FakeModel("Qwen2.5-Coder-32B", 32768),
+    FakeModel("gpt-4", 8192),
+    FakeModel("claude-2", 100000),
+    FakeModel("llama-2-70b", 4096),
 )
 
 

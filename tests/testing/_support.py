@@ -43,6 +43,8 @@ REFERENCE_MODELS = [
     "Qwen-QwQ-32B",
     "Qwen2.5-Coder-32B",
 ]
+# The model ids of the API reference's examples, which the server knows too, with these contexts.
+EXAMPLE_MODELS = {"gpt-4": 8192, "claude-2": 100000, "llama-2-70b": 4096}
 
 # The replies of the ``fake`` fixture's server, by prompt; any other prompt gets the made-up text.
 FIVE_WORDS = "one two three four five"

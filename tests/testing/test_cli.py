@@ -19,7 +19,7 @@ from typing import IO
 import pytest
 
 from nebula_async.testing import count_tokens
-from tests.testing._support import BANNER, FAKE_KEY, MODEL, PATH, WAIT, body, post
+from tests.testing._support import BANNER, EXAMPLE_MODELS, FAKE_KEY, MODEL, PATH, WAIT, body, post
 
 
 class CLI:
@@ -172,6 +172,15 @@ def test_cli_quiet_prints_no_access_line() -> None:
         assert status == 200
         code, out, err = cli.finish(signal.SIGTERM)
         assert (code, out, err) == (0, "", "")
+
+
+def test_cli_serves_the_reference_example_models_without_options() -> None:
+    """With no --model, the models of the API reference's examples (gpt-4, ...) are served."""
+    # Regression: README's quick start, model="gpt-4", got model_not_found unless run with --model gpt-4.
+    with _cli("--port", "0", "--quiet") as cli:
+        base_url = cli.banner()
+        assert [post(base_url, body(model=model))[0] for model in EXAMPLE_MODELS] == [200, 200, 200]
+        assert cli.finish(signal.SIGTERM)[0] == 0
 
 
 def test_cli_api_key_restricts() -> None:

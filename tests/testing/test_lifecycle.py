@@ -128,7 +128,7 @@ def test_base_url_before_start_raises_with_a_hint() -> None:
         _ = server.base_url
     with pytest.raises(RuntimeError, match=NOT_RUNNING):
         _ = server.port
-    assert repr(server) == "<FakeNebulaServer not running, 6 models, 0 requests>"
+    assert repr(server) == "<FakeNebulaServer not running, 9 models, 0 requests>"
 
 
 async def test_stop_on_an_async_started_server_raises() -> None:

@@ -10,6 +10,7 @@ import pytest
 from nebula_async import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
 from nebula_async.testing import FakeModel, FakeNebulaServer
 from tests.testing._support import (
+    EXAMPLE_MODELS,
     FAKE_KEY,
     FIVE_WORDS,
     REFERENCE_MODELS,
@@ -24,12 +25,12 @@ from tests.testing._support import (
 # --- the model table ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", REFERENCE_MODELS)
-async def test_the_six_reference_models_are_served(
+@pytest.mark.parametrize("model", [*REFERENCE_MODELS, *EXAMPLE_MODELS])
+async def test_the_reference_models_are_served(
     http: aiohttp.ClientSession, fake: FakeNebulaServer, model: str
 ) -> None:
-    """Each model of the API reference's table answers by default."""
-    assert sorted(fake.models) == sorted(REFERENCE_MODELS)
+    """Each model of the API reference, of its table or of its examples ("gpt-4"), answers by default."""
+    assert sorted(fake.models) == sorted([*REFERENCE_MODELS, *EXAMPLE_MODELS])
     assert (await send(http, fake, body(model=model))).success()["text"] == "Hello, World!"
 
 
@@ -37,24 +38,24 @@ async def test_unknown_model_is_a_404_model_not_found(
     http: aiohttp.ClientSession, fake: FakeNebulaServer
 ) -> None:
     """An unknown model is a 404 model_not_found with details naming it; the SDK raises ModelNotFoundError."""
-    answer = await send(http, fake, body(model="gpt-4"))
+    answer = await send(http, fake, body(model="gpt-5"))
     assert answer.status == 404
     error = answer.error()
     assert error["code"] == "model_not_found"
-    assert error["details"] == {"model": "Model 'gpt-4' not found"}
+    assert error["details"] == {"model": "Model 'gpt-5' not found"}
     async with sdk(fake) as client:
         with pytest.raises(ModelNotFoundError) as caught:
-            await client.generate_text(model="gpt-4", prompt="hi")
+            await client.generate_text(model="gpt-5", prompt="hi")
     assert (caught.value.code, caught.value.status_code) == ("model_not_found", 404)
-    assert caught.value.details == {"model": "Model 'gpt-4' not found"}
+    assert caught.value.details == {"model": "Model 'gpt-5' not found"}
     assert caught.value.request_id == fake.requests[-1].request_id
     assert len(fake.requests) == 2  # not retried
 
 
 async def test_models_argument_adds_to_the_reference_models(http: aiohttp.ClientSession) -> None:
-    """models=["gpt-4"] serves gpt-4 and keeps the six reference models."""
-    async with FakeNebulaServer(models=["gpt-4"]) as server:
-        for model in ["gpt-4", *REFERENCE_MODELS]:
+    """models=["mistral-7b"] serves mistral-7b and keeps the reference's models."""
+    async with FakeNebulaServer(models=["mistral-7b"]) as server:
+        for model in ["mistral-7b", *REFERENCE_MODELS, *EXAMPLE_MODELS]:
             assert (await send(http, server, body(model=model))).status == 200
         assert (await send(http, server, body(model="gpt-5"))).status == 404
 

@@ -55,7 +55,7 @@ async def test_every_kind_of_answer_has_a_unique_request_id(http: aiohttp.Client
             await send(http, main, b"{not json"),
             await send(http, main, body(), content_type="text/plain"),
             await send(http, main, body(), key=None),
-            await send(http, main, body(model="gpt-4")),
+            await send(http, main, body(model="gpt-5")),
             await send(http, main, body(model="tiny", prompt="one two three")),
             await send(http, main, body(prompt="boom")),
             await send(http, main, body(), path="/nowhere"),

@@ -22,7 +22,7 @@ from nebula_async.testing._state import (
     merge_models,
     seconds_header,
 )
-from tests.testing._support import FAKE_KEY, REFERENCE_MODELS
+from tests.testing._support import EXAMPLE_MODELS, FAKE_KEY, REFERENCE_MODELS
 
 
 class FakeClock:
@@ -54,27 +54,28 @@ def _limits(
 # --- models ----------------------------------------------------------------------------------------
 
 
-def test_defaults_are_the_reference_table() -> None:
-    """With no models given, the table holds exactly the six models of the API reference, in its order."""
+def test_defaults_are_the_reference_table_then_its_example_models() -> None:
+    """With no models given, the table holds the API reference's six models, in order, then its examples'."""
     table = merge_models([], default_models=True)
-    assert list(table) == REFERENCE_MODELS
-    assert [m.name for m in DEFAULT_MODELS] == REFERENCE_MODELS
+    assert list(table) == [*REFERENCE_MODELS, *EXAMPLE_MODELS]
+    assert [m.name for m in DEFAULT_MODELS] == [*REFERENCE_MODELS, *EXAMPLE_MODELS]
     assert all(table[m.name] is m for m in DEFAULT_MODELS)
+    assert {name: table[name].context_length for name in EXAMPLE_MODELS} == EXAMPLE_MODELS
 
 
 def test_a_name_adds_a_model_with_the_default_context() -> None:
     """A bare name adds a model with an 8192-token context next to the defaults."""
-    table = merge_models(["gpt-4"], default_models=True)
-    assert table["gpt-4"] == FakeModel("gpt-4", 8192)
+    table = merge_models(["mistral-7b"], default_models=True)
+    assert table["mistral-7b"] == FakeModel("mistral-7b", 8192)
     assert DEFAULT_CONTEXT_LENGTH == 8192
-    assert list(table) == [*REFERENCE_MODELS, "gpt-4"]
+    assert list(table) == [*REFERENCE_MODELS, *EXAMPLE_MODELS, "mistral-7b"]
 
 
 def test_same_name_replaces_the_default() -> None:
     """A model named like a default replaces it (by name) rather than duplicating it."""
     table = merge_models([FakeModel("Llama3.3-70B", 100)], default_models=True)
     assert table["Llama3.3-70B"].context_length == 100
-    assert len(table) == len(REFERENCE_MODELS)
+    assert len(table) == len(REFERENCE_MODELS) + len(EXAMPLE_MODELS)
 
 
 def test_later_entries_win() -> None:

@@ -98,7 +98,7 @@ async def test_stream_error_answers_are_json_envelopes(
     http: aiohttp.ClientSession, fake: FakeNebulaServer
 ) -> None:
     """A stream request that fails is answered with the JSON error envelope, not an event stream."""
-    answer = await send(http, fake, body(model="gpt-4", stream=True))
+    answer = await send(http, fake, body(model="gpt-5", stream=True))
     assert answer.status == 404
     assert answer.error()["code"] == "model_not_found"
     assert answer.headers["x-request-id"]
