@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_ELSEWHERE = {
     "## Jupyter and IPython": "tests/integration/test_notebooks.py runs them in a real Jupyter kernel",
     "## Testing your code": "tests/testing/test_plugin.py runs it with pytest",
+    "## Closing, event loops and processes": "tests/integration/test_client_closing.py runs it as a script",
 }
 PROMPTS = ["Say hi", "Tell me a story"]  # the ``prompts`` of the "Many requests" example
 

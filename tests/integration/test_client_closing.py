@@ -11,15 +11,17 @@ import copy
 import gc
 import json
 import pickle
+import re
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from nebula_async import AsyncNebulaClient
-from tests.helpers import expect_clean_exit, run_code, success_body
+from tests.helpers import ROOT, expect_clean_exit, run_code, success_body
 from tests.integration._support import RawConnection, RawServer, http_head, make_client, wait_until
 
 ANSWER = json.dumps(success_body("hi")).encode()
@@ -210,6 +212,29 @@ def test_pickling_a_client_says_to_create_it_in_the_worker() -> None:
     for attempt in (pickle.dumps, copy.copy, copy.deepcopy):
         with pytest.raises(TypeError, match=r"AsyncNebulaClient can't be pickled.*pool's init"):
             attempt(client)
+
+
+def test_the_readme_process_pool_example_runs_as_a_script(tmp_path: Path) -> None:
+    """README's process pool example, saved as a file and run: each worker makes its own client."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Closing, event loops and processes", 1)[1]
+    script = tmp_path / "pool_example.py"
+    script.write_text(re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)[1])  # type: ignore[index]
+    code = f"""\
+import os, runpy
+from nebula_async.testing import FakeNebulaServer
+
+with FakeNebulaServer().run_in_thread() as server:
+    os.environ["NEBULA_BASE_URL"] = server.base_url
+    os.environ["NEBULA_API_KEY"] = server.api_key
+    runpy.run_path({str(script)!r}, run_name="__main__")
+    print(len(server.requests), "requests")
+"""
+    proc, _ = run_code(code)
+    assert proc.returncode == 0, proc.stderr
+    summaries, count = proc.stdout.splitlines()
+    assert summaries.startswith("['")
+    assert count == "2 requests"
 
 
 # --- interpreter exit, in a fresh process, as a user runs it --------------------------------------
