@@ -20,6 +20,7 @@ from yarl import URL
 
 from ._config import CLIENT_CLOSED, Headers, Timeout
 from ._errors import APIConnectionError, APITimeoutError
+from ._kernel import wake_loop_on_signals
 
 __all__ = ["Transport"]
 
@@ -131,6 +132,7 @@ class Transport:
             )
             self._closing = None  # a loop reused after its shutdown_asyncgens() gets a new session
             self._watch_loop()
+            wake_loop_on_signals(asyncio.get_running_loop())  # in a Jupyter kernel: prompt interrupts
         return self._session
 
     def _watch_loop(self) -> None:

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.timeout(120)  # a kernel that never answers must fail t
 def _readme_cells() -> list[str]:
     section = (ROOT / "README.md").read_text().split("## Jupyter and IPython", 1)[1].split("\n## ", 1)[0]
     cells = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    assert len(cells) == 3, "README's Jupyter section: a call, aclose() and the interrupt workaround"
+    assert len(cells) == 2, "README's Jupyter section: a call, then aclose()"
     return [cell.strip() for cell in cells]
 
 
@@ -68,8 +68,8 @@ def test_readme_notebook_cells_run_in_a_kernel(api: FakeNebulaServer) -> None:
     nbclient.NotebookClient(notebook, timeout=KERNEL_WAIT, kernel_name="python3").execute()
     outputs = [cell.outputs for cell in notebook.cells]
     assert outputs[0] == [nbformat.v4.new_output("stream", name="stdout", text="Hi there!\n")]
-    assert outputs[1:3] == [[], []]
-    assert outputs[3] == [nbformat.v4.new_output("stream", name="stdout", text="Hi there!\n")]
+    assert outputs[1] == []
+    assert outputs[2] == [nbformat.v4.new_output("stream", name="stdout", text="Hi there!\n")]
     assert [request.status for request in api.requests] == [200, 200]
 
 
@@ -134,16 +134,15 @@ def _interrupted(
     ],
     ids=["async_call", "async_stream_before_first_event", "sync_call"],
 )
-def test_kernel_interrupt_ends_a_waiting_call_at_once_with_the_readme_workaround(
+def test_kernel_interrupt_ends_a_waiting_call_at_once(
     api: FakeNebulaServer, kernel: tuple[KernelManager, BlockingKernelClient], code: str, error: str
 ) -> None:
-    """With README's one-line workaround, a kernel interrupt ends a call waiting for a slow answer at once."""
-    # Without it, ipykernel's cancellation of the cell waited for the answer (ipykernel#881): 1.5 s late
-    # for an answer due 2 s after the call, whatever the SDK did.
+    """A kernel interrupt ends a call waiting for a slow answer at once, as the README says."""
+    # Regression: ipykernel's cancel of the cell waited for the answer (ipykernel#881), 1.5 s late for an
+    # answer due 2 s after the call, until the SDK had signals wake the kernel's loop (_kernel.py).
     api.time_to_first_token = ANSWER_AFTER
-    *_, workaround = _readme_cells()
     imports = "from nebula_async import AsyncNebulaClient\nfrom nebula_sync import NebulaClient\n"
-    setup = imports + "client = AsyncNebulaClient()\n" + workaround
+    setup = imports + "client = AsyncNebulaClient()\n"
     assert _reply(kernel[1], _execute(kernel[1], setup))["status"] == "ok"
     waited, reply = _interrupted(kernel, api, code)
     assert (reply["status"], reply["ename"]) == ("error", error)
