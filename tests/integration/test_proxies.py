@@ -14,8 +14,8 @@ import pytest
 
 from nebula_async import APIConnectionError, AsyncNebulaClient
 from nebula_async.testing import FakeNebulaServer
+from tests._proxy import ForwardProxy
 from tests.helpers import FAST_RETRY, NO_RETRY, SECRET_KEY
-from tests.integration._proxy import ForwardProxy
 from tests.integration._support import CALLS, HELLO, Call, free_port, make_client
 
 # A distinctive password: finding it anywhere but on the wire to the proxy is a leak.

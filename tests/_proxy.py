@@ -1,4 +1,4 @@
-"""A forward proxy on 127.0.0.1 for the proxy tests: CONNECT tunnels and absolute-form plain-http requests.
+"""A forward proxy on 127.0.0.1 for both clients' proxy tests: CONNECT tunnels and absolute-form requests.
 
 It pipes bytes both ways as they come, so a stream through it stays incremental, and records the
 first request line and ``Proxy-Authorization`` of each connection. It can require credentials, or
