@@ -104,7 +104,7 @@ def _with_netrc(proxy: Proxy) -> Proxy:
         entry = netrc.netrc(path).authenticators(host)
     except (OSError, RuntimeError, netrc.NetrcParseError):  # no file or no home: no credentials
         return proxy
-    if entry is None:
+    if entry is None or not (entry[0] or entry[2]):
         return proxy
     login, _account, password = entry
     userinfo = quote(login or "", safe="") + ":" + quote(password or "", safe="")
