@@ -101,8 +101,9 @@ def _redact(exc: aiohttp.ClientResponseError) -> None:
 def _proxy_error(exc: aiohttp.ClientError, proxy: Proxy) -> APIConnectionError:
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         return _proxy_refusal(proxy, exc.status, exc.message)
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientProxyConnectionError) else exc
     return APIConnectionError(
-        f"could not connect to the proxy {proxy.shown} (from {proxy.source}): {_describe(exc)}; "
+        f"could not connect to the proxy {proxy.shown} (from {proxy.source}): {_describe(cause)}; "
         f"is it running? Or {_proxy_fix(proxy)}"
     )
 

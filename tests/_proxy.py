@@ -57,11 +57,11 @@ class ForwardProxy:
     ) -> None:
         assert self._server is not None
         self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Cut every connection, so that each handler's pipes see the end and it returns; cancelling the
+        # handlers instead makes 3.11's asyncio log a CancelledError from start_server's done callback.
         for writer in self._writers:
-            writer.close()
+            writer.transport.abort()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
 
     @contextlib.contextmanager

@@ -204,7 +204,8 @@ async def test_proxy_that_refuses_connections_is_named(
     assert f"could not connect to the proxy http://127.0.0.1:{port} (from HTTP_PROXY)" in message
     assert "NO_PROXY" in message
     assert "trust_env=False" in message
-    assert PROXY_PASSWORD not in message
+    assert "ConnectionRefusedError" in message
+    assert PROXY_PASSWORD not in message + repr(info.value.__cause__)
     assert isinstance(info.value.__cause__, aiohttp.ClientProxyConnectionError)
 
 
@@ -273,7 +274,7 @@ async def test_stream_through_the_proxy_arrives_incrementally(
             async for _ in stream:
                 arrivals.append(loop.time() - started)
     assert len(arrivals) == 4  # HELLO is four chunks, 0.15 s apart
-    assert arrivals[0] < 0.15 < 0.3 < arrivals[-1]
+    assert arrivals[-1] - arrivals[0] >= 0.3  # the first came at least two token delays before the last
     assert len(proxy.seen) == 1
 
 

@@ -137,7 +137,7 @@ def test_https_stream_through_a_connect_tunnel_arrives_incrementally(
             for _ in stream:
                 arrivals.append(time.monotonic() - started)
     assert len(arrivals) >= 3
-    assert arrivals[0] < 0.15 < 0.3 < arrivals[-1]
+    assert arrivals[-1] - arrivals[0] >= 0.3  # the first came at least two token delays before the last
     assert proxy_thread.seen == [f"CONNECT 127.0.0.1:{tls_fake_thread.port}"]
 
 
