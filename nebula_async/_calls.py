@@ -23,9 +23,12 @@ from ._errors import NebulaError
 from ._retry import retry_delay
 
 if TYPE_CHECKING:
+    import ssl
+
     import aiohttp
 
     from ._http import Transport
+    from ._proxy import Proxy
 
 __all__ = ["CLOSED_DURING_CALL", "CallPath"]
 
@@ -48,8 +51,12 @@ class CallPath:
         headers: Mapping[str, str],
         max_connections: int,
         session: aiohttp.ClientSession | None,
+        proxy: Proxy | None = None,
+        tls: ssl.SSLContext | bool = True,
     ) -> None:
         self._url = url
+        self._proxy = proxy
+        self._tls = tls
         self._headers = headers
         self._max_connections = max_connections
         self._session = session
@@ -80,6 +87,8 @@ class CallPath:
                 max_connections=self._max_connections,
                 session=self._session,
                 headers=self._headers,
+                proxy=self._proxy,
+                tls=self._tls,
             )
             # A client nobody closed: its connections are closed when it is collected, or at exit.
             self._finalizer = weakref.finalize(self, transport.abandon)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -26,14 +27,20 @@ from ._config import (
 )
 from ._models import GenerateRequest, TextGeneration, encode_request
 from ._parse import parse_generation
+from ._proxy import resolve_proxy
 from ._stream import TextStream
+from ._tls import resolve_verify
 
 if TYPE_CHECKING:
+    import ssl
+
     import aiohttp
 
     from ._http import Transport
 
 __all__ = ["AsyncNebulaClient", "BatchInput"]
+
+logger = logging.getLogger("nebula_async")
 
 BatchInput: TypeAlias = (
     "Iterable[GenerateRequest | Mapping[str, Any]] | AsyncIterable[GenerateRequest | Mapping[str, Any]]"
@@ -50,6 +57,15 @@ class AsyncNebulaClient:
     Use ``async with`` or ``await client.aclose()`` to release connections; a client nobody
     closed is closed quietly when it is collected, when its event loop shuts down
     (``asyncio.run()`` ends) or at exit. Calls run in one event loop; ``aclose()`` in any.
+
+    ``proxy`` is an ``http://`` or ``https://`` proxy URL (credentials allowed, never shown); without
+    it, ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and ``NO_PROXY`` are read once, now. ``verify``:
+    True checks the API's certificate against the system's CAs (or ``SSL_CERT_FILE``/``SSL_CERT_DIR``,
+    read now); a path to a PEM CA bundle or c_rehash'd directory trusts only those CAs; an
+    ``ssl.SSLContext`` is used as given; False turns verification off. ``trust_env=False`` ignores
+    all those environment variables. ``proxy``, ``verify`` and ``trust_env`` can't be combined with
+    ``session``: configure your session instead. Raises TypeError or ValueError for a bad proxy URL
+    or CA bundle.
     """
 
     def __init__(
@@ -63,6 +79,9 @@ class AsyncNebulaClient:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         default_headers: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
+        proxy: str | None = None,
+        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
+        trust_env: bool = True,
     ) -> None:
         key = check_api_key(api_key if api_key is not None else os.environ.get(ENV_API_KEY))
         if base_url is not None:
@@ -79,11 +98,27 @@ class AsyncNebulaClient:
         check_int("max_connections", max_connections, 1)
         if session is not None and not _is_client_session(session):
             raise TypeError(f"session must be an aiohttp.ClientSession, got {type(session).__name__}")
+        if not isinstance(trust_env, bool):
+            raise TypeError(f"trust_env must be True or False, got {type(trust_env).__name__}")
+        url = self._base_url + "/text/generate"
+        if session is not None:
+            _refuse_with_session(proxy=proxy is not None, verify=verify is not True, trust_env=not trust_env)
+        # Decided once, now: a call never reads the environment.
+        resolved_proxy = None if session is not None else resolve_proxy(url, proxy, trust_env=trust_env)
+        ssl_setting = True if session is not None else resolve_verify(verify, trust_env=trust_env)
+        if ssl_setting is False:
+            logger.warning(
+                "TLS certificate verification is off for this client (verify=False): anyone on the way "
+                "to %s can read and change its traffic, the API key included",
+                self._base_url,
+            )
         self._calls = CallPath(
-            url=self._base_url + "/text/generate",
+            url=url,
             headers=build_headers(key, default_headers),  # built once per client, not per call
             max_connections=max_connections,
             session=session,
+            proxy=resolved_proxy,
+            tls=ssl_setting,
         )
 
     @property
@@ -232,6 +267,16 @@ async def _finish(transport: Transport, response: aiohttp.ClientResponse, number
     raw = await transport.read_body(response)
     text, usage = parse_generation(response.status, raw, response.headers)
     return TextGeneration(text, usage, response.headers.get("x-request-id"), number - 1)
+
+
+def _refuse_with_session(**given: bool) -> None:
+    names = [f"{name}=" for name, passed in given.items() if passed]
+    if names:
+        raise TypeError(
+            f"{', '.join(names)} can't be combined with session=: the SDK never reconfigures your session; "
+            "configure it instead (aiohttp.ClientSession(proxy=..., trust_env=..., "
+            "connector=aiohttp.TCPConnector(ssl=...)))"
+        )
 
 
 def _is_client_session(session: object) -> bool:

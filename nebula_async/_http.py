@@ -12,15 +12,21 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from aiohttp.http_exceptions import ContentEncodingError
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._config import CLIENT_CLOSED, Headers, Timeout
 from ._errors import APIConnectionError, APITimeoutError
 from ._kernel import wake_loop_on_signals
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ._proxy import Proxy
 
 __all__ = ["Transport"]
 
@@ -39,6 +45,8 @@ _TRANSPORT_ERRORS = (
     aiohttp.ClientPayloadError,
     aiohttp.ClientResponseError,
 )
+# What the proxy, not the API, answered or refused (a refused connection to the proxy, a failed CONNECT).
+_PROXY_ERRORS = (aiohttp.ClientHttpProxyError, aiohttp.ClientProxyConnectionError)
 # Retrying cannot fix a certificate or fingerprint that doesn't match.
 _PERMANENT_ERRORS = (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch)
 
@@ -48,12 +56,36 @@ def _describe(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-def _map_error(exc: BaseException, request_id: str | None = None) -> APIConnectionError:
-    """Return our error for an aiohttp or timeout error (a function: a context manager per call costs)."""
+def _map_error(
+    exc: BaseException, request_id: str | None = None, *, proxy: Proxy | None = None, stream: bool = False
+) -> APIConnectionError:
+    """Return our error for an aiohttp or timeout error (a function: a context manager per call costs).
+
+    ``proxy`` is the client's proxy, if any: its own errors are not the API's. ``stream``: the body
+    being read is a stream's.
+    """
     if isinstance(exc, asyncio.TimeoutError):  # first: aiohttp's timeouts are also ClientConnectionErrors
         return APITimeoutError("timed out waiting for the API", request_id=request_id)
     if isinstance(exc, aiohttp.ClientResponseError):
         _redact(exc)  # chained by the caller: its request_info holds our headers, and so the key
+    if proxy is not None and isinstance(exc, _PROXY_ERRORS):
+        return _proxy_error(exc, proxy)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        reason = getattr(exc.certificate_error, "verify_message", None) or exc.certificate_error
+        return APIConnectionError(
+            f"the API's certificate did not verify ({reason}): if it is signed by a private CA, "
+            "pass verify='/path/to/ca.pem' (or set SSL_CERT_FILE)",
+            request_id=request_id,
+            retryable=False,
+        )
+    if isinstance(exc, aiohttp.ClientPayloadError) and not isinstance(exc.__cause__, ContentEncodingError):
+        # Not aiohttp's text: its "400, message=..." reads like an HTTP status the API sent.
+        inner = exc.__cause__ if exc.__cause__ is not None else exc
+        return APIConnectionError(
+            f"connection to the API failed: the connection closed before the "
+            f"{'stream' if stream else 'answer'} ended ({type(inner).__name__})",
+            request_id=request_id,
+        )
     return APIConnectionError(
         f"connection to the API failed: {_describe(exc)}",
         request_id=request_id,
@@ -64,9 +96,46 @@ def _map_error(exc: BaseException, request_id: str | None = None) -> APIConnecti
 def _redact(exc: aiohttp.ClientResponseError) -> None:
     info = exc.request_info
     headers = CIMultiDict(info.headers)
-    if "Authorization" in headers:
-        headers["Authorization"] = "<redacted>"
-    exc.request_info = aiohttp.RequestInfo(info.url, info.method, CIMultiDictProxy(headers), info.real_url)
+    for name in ("Authorization", "Proxy-Authorization"):
+        if name in headers:
+            headers[name] = "<redacted>"
+    url, real_url = info.url.with_user(None), info.real_url.with_user(None)  # a proxy's credentials
+    exc.request_info = aiohttp.RequestInfo(url, info.method, CIMultiDictProxy(headers), real_url)
+
+
+def _proxy_error(exc: aiohttp.ClientError, proxy: Proxy) -> APIConnectionError:
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return _proxy_refusal(proxy, exc.status, exc.message)
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientProxyConnectionError) else exc
+    return APIConnectionError(
+        f"could not connect to the proxy {proxy.shown} (from {proxy.source}): {_describe(cause)}; "
+        f"is it running? Or {_proxy_fix(proxy)}"
+    )
+
+
+def _proxy_refusal(proxy: Proxy, status: int, reason: str) -> APIConnectionError:
+    """Return the error for a proxy that answered ``status`` instead of passing the request on."""
+    if status == 407:
+        advice = (
+            "check the credentials in the proxy URL"
+            if "@" in proxy.url
+            else "put its credentials in the proxy URL (http://user:password@host:port)"
+        )
+    elif status == 403:
+        advice = "it does not let this client through"
+    else:
+        advice = "it could not reach the API"
+    return APIConnectionError(
+        f"the proxy {proxy.shown} (from {proxy.source}) answered {status} {reason}: {advice}; "
+        f"or {_proxy_fix(proxy)}",
+        retryable=status >= 500,  # a proxy's upstream may come back; a refusal will not change
+    )
+
+
+def _proxy_fix(proxy: Proxy) -> str:
+    if proxy.from_env:
+        return "check NO_PROXY, or pass trust_env=False to connect directly"
+    return "check the proxy= URL, or leave it out to connect directly"
 
 
 async def _read_to_end(response: aiohttp.ClientResponse) -> bool:
@@ -89,8 +158,14 @@ class Transport:
         max_connections: int,
         session: aiohttp.ClientSession | None,
         headers: Mapping[str, str],
+        proxy: Proxy | None = None,
+        tls: ssl.SSLContext | bool = True,
     ) -> None:
         self.url = URL(url)
+        self._proxy = proxy
+        self._tls = tls
+        # Over plain http the proxy answers a refusal itself, as a response, not as a failed CONNECT.
+        self._http_proxy = proxy if self.url.scheme == "http" else None
         self._max_connections = max_connections
         self._session = session
         self._owned = session is None
@@ -126,9 +201,13 @@ class Transport:
             raise RuntimeError(CLIENT_CLOSED)
         self.check_loop()
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ssl=self._tls)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None), headers=self._headers
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None),
+                headers=self._headers,
+                # Resolved once by the client: aiohttp's trust_env would re-read the environment per request.
+                proxy=None if self._proxy is None else URL(self._proxy.url),
             )
             self._closing = None  # a loop reused after its shutdown_asyncgens() gets a new session
             self._watch_loop()
@@ -199,7 +278,11 @@ class Transport:
                     allow_redirects=False,
                 )
             except _TRANSPORT_ERRORS as exc:
-                raise _map_error(exc) from exc
+                raise _map_error(exc, proxy=self._proxy) from exc
+            if response.status == 407 and self._http_proxy is not None:
+                response.release()
+                reason = response.reason or "Proxy Authentication Required"
+                raise _proxy_refusal(self._http_proxy, 407, reason)
         except asyncio.CancelledError:
             # Closing the pool cancels the calls waiting for one of its connections: that is our
             # aclose(), not a cancellation of the caller's task (which, on 3.11+, we can tell apart).
@@ -234,7 +317,7 @@ class Transport:
         try:
             return await response.content.readany()
         except _TRANSPORT_ERRORS as exc:
-            raise _map_error(exc, request_id) from exc
+            raise _map_error(exc, request_id, stream=True) from exc
 
     @staticmethod
     async def drain(response: aiohttp.ClientResponse) -> None:

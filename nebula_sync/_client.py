@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
@@ -15,6 +16,8 @@ from ._sources import CallerFedRequests, ExitCarrier, exits_reraised
 from ._stream import TextStream
 
 if TYPE_CHECKING:
+    import ssl
+
     import aiohttp
 
 __all__ = ["NebulaClient"]
@@ -29,6 +32,9 @@ class NebulaClient:
     to one event loop, and this client runs its own). ``close()`` is optional: a client that is
     never closed is shut down cleanly when collected or at interpreter exit. After ``os.fork()``
     the child can't use a client made before it: create a new one there.
+
+    ``proxy``, ``verify`` and ``trust_env`` work as in AsyncNebulaClient: the environment's
+    proxies and ``SSL_CERT_FILE``/``SSL_CERT_DIR`` are read once, when the client is made.
     """
 
     def __init__(
@@ -42,6 +48,9 @@ class NebulaClient:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         default_headers: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
+        proxy: str | None = None,
+        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
+        trust_env: bool = True,
     ) -> None:
         if session is not None:
             raise TypeError(
@@ -57,6 +66,9 @@ class NebulaClient:
             retry=retry,
             max_connections=max_connections,
             default_headers=default_headers,
+            proxy=proxy,
+            verify=verify,
+            trust_env=trust_env,
         )
         # The async client's aclose() runs in the loop at close(), on collection and at exit.
         self._runtime = LoopThread(name="nebula-sync", on_close=self._async.aclose, noun="client")

@@ -1,25 +1,39 @@
-"""Shared fixtures: a clean environment, aioresponses that works on aiohttp 3.14, and a real local server."""
+"""Shared fixtures: a clean environment, aioresponses for aiohttp 3.14, a real local server, a private CA."""
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 from aioresponses import aioresponses
 
 from tests.helpers import sse, success_body
 
+# What the clients read from the environment besides NEBULA_*: proxies, CA locations, .netrc.
+_CLIENT_ENVIRON = {
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "ssl_cert_file",
+    "ssl_cert_dir",
+    "netrc",
+}
+
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Remove NEBULA_* variables so a developer's shell cannot change a test's outcome."""
+    """Remove NEBULA_*, proxy and CA variables so a developer's shell cannot change a test's outcome."""
     for name in list(os.environ):
-        if name.startswith("NEBULA_"):
+        if name.startswith("NEBULA_") or name.lower() in _CLIENT_ENVIRON:
             monkeypatch.delenv(name)
 
 
@@ -129,3 +143,25 @@ async def server() -> AsyncIterator[LocalServer]:
         yield srv
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+def private_ca() -> trustme.CA:
+    """A private certificate authority, made for this test only (no system trusts it)."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(private_ca: trustme.CA, tmp_path: Path) -> Path:
+    """The private CA's certificate as a PEM bundle file: what ``verify=`` and SSL_CERT_FILE take."""
+    path = tmp_path / "private-ca.pem"
+    private_ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+def server_tls(private_ca: trustme.CA) -> ssl.SSLContext:
+    """A server-side TLS context presenting a certificate for 127.0.0.1 signed by the private CA."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    private_ca.issue_cert("127.0.0.1").configure_cert(context)
+    return context

@@ -25,6 +25,7 @@ RUN_ELSEWHERE = {
     "## Jupyter and IPython": "tests/integration/test_notebooks.py runs them in a real Jupyter kernel",
     "## Testing your code": "tests/testing/test_plugin.py runs it with pytest",
     "## Closing, event loops and processes": "tests/integration/test_client_closing.py runs it as a script",
+    "## Proxies and TLS": "placeholder proxy and CA paths: test_proxies.py and test_tls.py make these calls",
 }
 PROMPTS = ["Say hi", "Tell me a story"]  # the ``prompts`` of the "Many requests" example
 

@@ -8,6 +8,7 @@ import contextlib
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from ssl import SSLContext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,9 @@ class FakeNebulaServer:
       ``{"text": "!", "finish_reason": "stop", "usage": {"prompt_tokens": 2, ...}}``, with the
       counts of the same request's non-streamed answer. Default False: the reference's two-key
       events. It may be changed while the server runs.
+    - ``ssl``: a server-side ``ssl.SSLContext`` (with its certificate chain loaded): the server
+      speaks HTTPS and ``base_url`` starts with ``https://``, to test clients that trust a private
+      CA (``verify=``) or go through a proxy with CONNECT.
     - ``max_recorded``: keep only the last N requests in ``server.requests`` (default: all); set
       it for long soak runs, where every request kept costs about 2 KB.
     - ``requests_per_second``, ``requests_per_minute``: per-key limits answered with 429
@@ -75,6 +79,7 @@ class FakeNebulaServer:
         token_quota: int | None = None,
         max_recorded: int | None = None,
         access_log: bool = False,
+        ssl: SSLContext | None = None,
     ) -> None:
         if isinstance(api_keys, str):  # the message must not echo it: it is a key
             raise TypeError("api_keys must be a collection of keys, e.g. api_keys={'my-key'}, not one str")
@@ -98,6 +103,8 @@ class FakeNebulaServer:
                 check_int(name, value, 1, note=" or None (no limit)")
         if max_recorded is not None:
             check_int("max_recorded", max_recorded, 0, note=" or None (keep all)")
+        if ssl is not None and not isinstance(ssl, SSLContext):
+            raise TypeError(f"ssl must be an ssl.SSLContext or None, got {type(ssl).__name__}")
         if reply is not None and not callable(reply):
             raise TypeError("reply must be a function from a GenerateRequest to the reply text")
         self.models: dict[str, FakeModel] = merge_models(models, default_models=default_models)
@@ -129,6 +136,7 @@ class FakeNebulaServer:
             requests=self._requests,
         )
         self._access_log = access_log
+        self._ssl = ssl
         self._site: Site | None = None
         self._thread: LoopThread | None = None  # set while start() runs the server in a thread
         self._thread_lock = threading.Lock()
@@ -143,7 +151,7 @@ class FakeNebulaServer:
     def base_url(self) -> str:
         """The URL to give a client, ending in ``/v1``; only while the server runs."""
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}/v1"
+        return f"{'https' if self._ssl is not None else 'http'}://{host}:{self.port}/v1"
 
     @property
     def port(self) -> int:
@@ -264,7 +272,11 @@ class FakeNebulaServer:
         if self._site is not None:
             raise RuntimeError("this FakeNebulaServer is already running")
         self._site = await Site.start(
-            self._answerer.handle, host=self._host, port=self._port, access_log=self._access_log
+            self._answerer.handle,
+            host=self._host,
+            port=self._port,
+            access_log=self._access_log,
+            ssl_context=self._ssl,
         )
         return self
 

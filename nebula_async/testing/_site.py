@@ -6,6 +6,7 @@ import asyncio
 import asyncio.selector_events
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,8 +38,12 @@ class Site:
         host: str,
         port: int,
         access_log: bool,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> Site:
-        """Listen on ``host``:``port`` in the running loop and serve every request with ``handler``."""
+        """Listen on ``host``:``port`` in the running loop and serve every request with ``handler``.
+
+        With ``ssl_context``, connections are TLS, presenting its certificate.
+        """
         loop = asyncio.get_running_loop()
 
         def make_request(*args: Any) -> web.BaseRequest:
@@ -59,7 +64,7 @@ class Site:
         runner = web.ServerRunner(server, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         try:
             await runner.setup()
-            await web.SockSite(runner, listener).start()
+            await web.SockSite(runner, listener, ssl_context=ssl_context).start()
         except BaseException:
             await runner.cleanup()
             listener.close()

@@ -255,6 +255,18 @@ async def test_body_cut_short_is_retried() -> None:
     assert len(raw.requests) == 2
 
 
+async def test_body_cut_short_says_the_connection_closed_before_the_answer_ended() -> None:
+    """A body cut short reads as a closed connection, not as aiohttp's "400, message=...", like a status."""
+    async with RawServer(_cut_body_then_answer) as raw, make_client(raw.base_url, retry=NO_RETRY) as client:
+        with pytest.raises(APIConnectionError) as info:
+            await client.generate_text(model="m", prompt="p")
+    assert str(info.value).startswith(
+        "connection to the API failed: the connection closed before the answer ended"
+    )
+    assert "400" not in str(info.value)
+    assert isinstance(info.value.__cause__, aiohttp.ClientPayloadError)  # aiohttp's own, for debugging
+
+
 # --- a TLS certificate the client does not trust is not retried ----------------------------------
 
 # The test server upgrades its sockets with loop.start_tls(), which resets the connection on 3.10.

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -223,6 +224,29 @@ async def test_drop_mid_stream_is_not_retried(framing: str) -> None:
     assert raw.connections == 1
     assert len(raw.requests) == 1
     assert info.value.request_id == "req_raw"
+
+
+async def test_stream_cut_mid_chunk_says_the_connection_closed_before_the_stream_ended() -> None:
+    """A chunked stream cut mid-way (as a proxy may) names the cause, not aiohttp's "400, message=..."."""
+
+    async def handle(conn: RawConnection) -> None:
+        await conn.read_request()
+        await conn.send(
+            SSE_HEAD_CHUNKED, http_chunk(sse(chunk("Hel"))), b"40\r\ndata: {"
+        )  # a chunk cut short
+        await asyncio.sleep(0.05)
+        conn.writer.close()
+
+    received: list[str] = []
+    async with RawServer(handle) as raw, make_client(raw.base_url, retry=NO_RETRY) as client:
+        with pytest.raises(APIConnectionError) as info:
+            await collect(client.stream_text(model="m", prompt="p"), received)
+    assert received == ["Hel"]
+    assert str(info.value).startswith(
+        "connection to the API failed: the connection closed before the stream ended"
+    )
+    assert "400" not in str(info.value)
+    assert isinstance(info.value.__cause__, aiohttp.ClientPayloadError)
 
 
 @pytest.mark.parametrize("when", ["before-headers", "after-headers"])

@@ -6,7 +6,9 @@ A change that alters what a user's type checker sees (a return type, a keyword, 
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from typing_extensions import assert_type  # typing.assert_type is 3.11+; the package supports 3.10
@@ -111,8 +113,14 @@ async def async_api() -> None:
         retry=policy,
         max_connections=10,
         default_headers={"X-Team": "a"},
+        proxy="http://proxy.example:3128",
+        verify="/etc/ssl/ca.pem",
+        trust_env=False,
     )
     assert_type(client, AsyncNebulaClient)
+    AsyncNebulaClient(verify=Path("/etc/ssl/certs"))
+    AsyncNebulaClient(verify=ssl.create_default_context())
+    AsyncNebulaClient(verify=False, proxy=None)
     assert_type(client.timeout, Timeout)
     assert_type(client.retry, RetryPolicy)
     assert_type(client.base_url, str)
@@ -167,6 +175,8 @@ async def async_api() -> None:
 def sync_api() -> None:
     """Both ways to build the sync client, and each of its calls."""
     client = NebulaClient("key", base_url="http://127.0.0.1:8080/v1", timeout=10.0, max_retries=0)
+    NebulaClient(proxy="http://proxy.example:3128", verify=Path("/etc/ssl/ca.pem"), trust_env=False)
+    NebulaClient(verify=ssl.create_default_context())
     assert_type(client, NebulaClient)
     assert_type(client.closed, bool)
     with NebulaClient(retry=policy, max_connections=4, default_headers={"X-Team": "a"}) as entered:
