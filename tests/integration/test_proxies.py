@@ -23,14 +23,6 @@ PROXY_PASSWORD = "pr0xy-SECRET-93e1"
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """monkeypatch, with no NO_PROXY: 127.0.0.1 is in some machines' default no_proxy."""
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    return monkeypatch
-
-
-@pytest.fixture
 async def proxy() -> AsyncIterator[ForwardProxy]:
     """A forward proxy in the test's loop, passing everything on."""
     async with ForwardProxy() as started:
@@ -54,10 +46,10 @@ def _api(fake: FakeNebulaServer) -> str:
 @CALLS
 @pytest.mark.parametrize("name", ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"])
 async def test_proxy_from_the_environment_carries_the_call(
-    fake: FakeNebulaServer, proxy: ForwardProxy, env: pytest.MonkeyPatch, name: str, call: Call
+    fake: FakeNebulaServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch, name: str, call: Call
 ) -> None:
     """HTTP_PROXY or ALL_PROXY, in either case, sends a plain-http call through the proxy."""
-    env.setenv(name, proxy.url)
+    monkeypatch.setenv(name, proxy.url)
     async with make_client(fake.base_url) as client:
         await call(client)
     assert proxy.seen == [_api(fake)]
@@ -65,10 +57,10 @@ async def test_proxy_from_the_environment_carries_the_call(
 
 
 async def test_https_proxy_is_not_used_for_a_plain_http_api(
-    fake: FakeNebulaServer, proxy: ForwardProxy, env: pytest.MonkeyPatch
+    fake: FakeNebulaServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """HTTPS_PROXY is for https URLs only: a plain-http API is reached directly."""
-    env.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
     async with make_client(fake.base_url) as client:
         await client.generate_text(model="m", prompt="p")
     assert proxy.seen == []
@@ -76,11 +68,11 @@ async def test_https_proxy_is_not_used_for_a_plain_http_api(
 
 @pytest.mark.parametrize("no_proxy", ["127.0.0.1", "localhost,127.0.0.1", "*", ".0.0.1"])
 async def test_no_proxy_bypasses_the_proxy(
-    fake: FakeNebulaServer, proxy: ForwardProxy, env: pytest.MonkeyPatch, no_proxy: str
+    fake: FakeNebulaServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch, no_proxy: str
 ) -> None:
     """A host matched by NO_PROXY is reached directly, as requests would."""
-    env.setenv("HTTP_PROXY", proxy.url)
-    env.setenv("NO_PROXY", no_proxy)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", no_proxy)
     async with make_client(fake.base_url) as client:
         result = await client.generate_text(model="m", prompt="p")
     assert result.text == HELLO
@@ -88,47 +80,47 @@ async def test_no_proxy_bypasses_the_proxy(
 
 
 async def test_no_proxy_with_the_port_bypasses_only_that_port(
-    fake: FakeNebulaServer, proxy: ForwardProxy, env: pytest.MonkeyPatch
+    fake: FakeNebulaServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """NO_PROXY=host:port bypasses the proxy for that port only."""
-    env.setenv("HTTP_PROXY", proxy.url)
-    env.setenv("no_proxy", f"127.0.0.1:{fake.port}")
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("no_proxy", f"127.0.0.1:{fake.port}")
     async with make_client(fake.base_url) as client:
         await client.generate_text(model="m", prompt="p")
-    env.setenv("no_proxy", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("no_proxy", f"127.0.0.1:{free_port()}")
     async with make_client(fake.base_url) as client:
         await client.generate_text(model="m", prompt="p")
     assert proxy.seen == [_api(fake)]
 
 
 async def test_proxy_argument_overrides_the_environment(
-    fake: FakeNebulaServer, proxy: ForwardProxy, env: pytest.MonkeyPatch
+    fake: FakeNebulaServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """proxy= wins over HTTP_PROXY and NO_PROXY."""
-    env.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    env.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     async with make_client(fake.base_url, proxy=proxy.url) as client:
         await client.generate_text(model="m", prompt="p")
     assert proxy.seen == [_api(fake)]
 
 
 async def test_trust_env_false_ignores_proxy_variables(
-    fake: FakeNebulaServer, proxy: ForwardProxy, env: pytest.MonkeyPatch
+    fake: FakeNebulaServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """trust_env=False connects directly whatever HTTP_PROXY and ALL_PROXY say."""
-    env.setenv("HTTP_PROXY", proxy.url)
-    env.setenv("ALL_PROXY", proxy.url)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("ALL_PROXY", proxy.url)
     async with make_client(fake.base_url, trust_env=False) as client:
         await client.generate_text(model="m", prompt="p")
     assert proxy.seen == []
 
 
 async def test_environment_is_read_when_the_client_is_made(
-    fake: FakeNebulaServer, proxy: ForwardProxy, env: pytest.MonkeyPatch
+    fake: FakeNebulaServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A proxy variable set after the client was made does not change that client's route."""
     async with make_client(fake.base_url) as client:
-        env.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
         await client.generate_text(model="m", prompt="p")
     assert proxy.seen == []
 
@@ -154,15 +146,15 @@ async def test_credentials_in_the_proxy_url_reach_the_proxy_and_nowhere_else(
 
 
 async def test_netrc_supplies_credentials_for_a_proxy_from_the_environment(
-    fake: FakeNebulaServer, env: pytest.MonkeyPatch, tmp_path: Path
+    fake: FakeNebulaServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A proxy from HTTP_PROXY without credentials takes them from .netrc, as aiohttp's trust_env would."""
     netrc = tmp_path / "netrc"
     netrc.write_text(f"machine 127.0.0.1 login bob password {PROXY_PASSWORD}\n")
     netrc.chmod(0o600)
-    env.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("NETRC", str(netrc))
     async with ForwardProxy(credentials=("bob", PROXY_PASSWORD)) as proxy:
-        env.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
         async with make_client(fake.base_url) as client:
             result = await client.generate_text(model="m", prompt="p")
     assert result.text == HELLO
@@ -192,11 +184,11 @@ async def test_wrong_proxy_credentials_raise_a_407_error_without_them(
 
 
 async def test_proxy_that_refuses_connections_is_named(
-    fake: FakeNebulaServer, env: pytest.MonkeyPatch
+    fake: FakeNebulaServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A proxy nobody listens on gives an APIConnectionError naming it and the variable it came from."""
     port = free_port()
-    env.setenv("HTTP_PROXY", f"http://user:{PROXY_PASSWORD}@127.0.0.1:{port}")
+    monkeypatch.setenv("HTTP_PROXY", f"http://user:{PROXY_PASSWORD}@127.0.0.1:{port}")
     async with make_client(fake.base_url, retry=NO_RETRY) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.generate_text(model="m", prompt="p")
@@ -211,11 +203,11 @@ async def test_proxy_that_refuses_connections_is_named(
 
 @pytest.mark.parametrize(("status", "retryable"), [(407, False), (403, False), (502, True), (503, True)])
 async def test_proxy_error_answer_to_connect_is_the_proxys(
-    tls_fake: FakeNebulaServer, ca_file: Path, env: pytest.MonkeyPatch, status: int, retryable: bool
+    tls_fake: FakeNebulaServer, ca_file: Path, monkeypatch: pytest.MonkeyPatch, status: int, retryable: bool
 ) -> None:
     """A proxy answering CONNECT with 407/403 (not retried) or 502/503 (retried) raises an error naming it."""
     async with ForwardProxy(answer=status) as proxy:
-        env.setenv("HTTPS_PROXY", proxy.url)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
         async with make_client(tls_fake.base_url, verify=ca_file, retry=FAST_RETRY) as client:
             with pytest.raises(APIConnectionError) as info:
                 await client.generate_text(model="m", prompt="p")
@@ -249,10 +241,14 @@ async def test_proxy_407_to_connect_hides_the_proxy_credentials(
 
 @CALLS
 async def test_https_api_is_reached_through_a_connect_tunnel(
-    tls_fake: FakeNebulaServer, ca_file: Path, proxy: ForwardProxy, env: pytest.MonkeyPatch, call: Call
+    tls_fake: FakeNebulaServer,
+    ca_file: Path,
+    proxy: ForwardProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    call: Call,
 ) -> None:
     """HTTPS_PROXY tunnels an https call with CONNECT; the private CA verifies the API inside it."""
-    env.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
     async with make_client(tls_fake.base_url, verify=str(ca_file)) as client:
         await call(client)
     assert proxy.seen == [f"CONNECT 127.0.0.1:{tls_fake.port}"]
@@ -297,9 +293,9 @@ def test_bad_proxy_url_raises_value_error_naming_the_setting(value: str, match: 
     assert PROXY_PASSWORD not in str(info.value)
 
 
-def test_bad_proxy_variable_raises_value_error_naming_it(env: pytest.MonkeyPatch) -> None:
+def test_bad_proxy_variable_raises_value_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bad HTTPS_PROXY fails when the client is made, naming HTTPS_PROXY."""
-    env.setenv("HTTPS_PROXY", f"socks5h://u:{PROXY_PASSWORD}@127.0.0.1:1080")
+    monkeypatch.setenv("HTTPS_PROXY", f"socks5h://u:{PROXY_PASSWORD}@127.0.0.1:1080")
     with pytest.raises(ValueError, match=r"^HTTPS_PROXY is a socks5h:// proxy") as info:
         AsyncNebulaClient(SECRET_KEY)
     assert PROXY_PASSWORD not in str(info.value)

@@ -11,20 +11,12 @@ from pathlib import Path
 import pytest
 
 from nebula_async.testing import FakeNebulaServer
-from nebula_sync import APIConnectionError, NebulaClient, RetryPolicy
+from nebula_sync import APIConnectionError, NebulaClient
 from tests._proxy import ForwardProxy
+from tests.helpers import FAST_RETRY
 from tests.sync._support import KEY, echo_reply, loop_threads
 
 PROXY_PASSWORD = "pr0xy-SECRET-5c2d"  # distinctive: found anywhere but on the wire, it is a leak
-FAST = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.002)
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """monkeypatch, with no NO_PROXY: 127.0.0.1 is in some machines' default no_proxy."""
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    return monkeypatch
 
 
 @pytest.fixture
@@ -47,10 +39,10 @@ def _api(fake: FakeNebulaServer) -> str:
 
 @pytest.mark.parametrize("name", ["HTTP_PROXY", "all_proxy"])
 def test_proxy_from_the_environment_carries_calls_and_streams(
-    fake_thread: FakeNebulaServer, proxy_thread: ForwardProxy, env: pytest.MonkeyPatch, name: str
+    fake_thread: FakeNebulaServer, proxy_thread: ForwardProxy, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     """HTTP_PROXY or ALL_PROXY sends the sync client's calls and streams through the proxy."""
-    env.setenv(name, proxy_thread.url)
+    monkeypatch.setenv(name, proxy_thread.url)
     with NebulaClient(KEY, base_url=fake_thread.base_url) as client:
         assert client.generate_text(model="m", prompt="hi").text == "echo: hi"
         with client.stream_text(model="m", prompt="yo") as stream:
@@ -60,26 +52,26 @@ def test_proxy_from_the_environment_carries_calls_and_streams(
 
 
 def test_no_proxy_bypasses_the_proxy(
-    fake_thread: FakeNebulaServer, proxy_thread: ForwardProxy, env: pytest.MonkeyPatch
+    fake_thread: FakeNebulaServer, proxy_thread: ForwardProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A host in NO_PROXY is reached directly."""
-    env.setenv("HTTP_PROXY", proxy_thread.url)
-    env.setenv("NO_PROXY", "localhost, 127.0.0.1")
+    monkeypatch.setenv("HTTP_PROXY", proxy_thread.url)
+    monkeypatch.setenv("NO_PROXY", "localhost, 127.0.0.1")
     with NebulaClient(KEY, base_url=fake_thread.base_url) as client:
         client.generate_text(model="m", prompt="hi")
     assert proxy_thread.seen == []
 
 
 def test_proxy_argument_overrides_and_trust_env_false_ignores_the_environment(
-    fake_thread: FakeNebulaServer, proxy_thread: ForwardProxy, env: pytest.MonkeyPatch
+    fake_thread: FakeNebulaServer, proxy_thread: ForwardProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """proxy= wins over NO_PROXY; trust_env=False ignores HTTP_PROXY."""
-    env.setenv("HTTP_PROXY", proxy_thread.url)
-    env.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("HTTP_PROXY", proxy_thread.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     with NebulaClient(KEY, base_url=fake_thread.base_url, proxy=proxy_thread.url) as client:
         client.generate_text(model="m", prompt="hi")
     assert proxy_thread.seen == [_api(fake_thread)]
-    env.delenv("NO_PROXY")
+    monkeypatch.delenv("NO_PROXY")
     with NebulaClient(KEY, base_url=fake_thread.base_url, trust_env=False) as client:
         client.generate_text(model="m", prompt="hi")
     assert len(proxy_thread.seen) == 1
@@ -97,7 +89,7 @@ def test_proxy_credentials_work_and_a_407_names_the_proxy_without_them(
             shown = repr(client)
         bad = proxy.url_with("alice", "wrong-" + PROXY_PASSWORD)
         with (
-            NebulaClient(KEY, base_url=fake_thread.base_url, proxy=bad, retry=FAST) as client,
+            NebulaClient(KEY, base_url=fake_thread.base_url, proxy=bad, retry=FAST_RETRY) as client,
             pytest.raises(APIConnectionError) as info,
         ):
             client.generate_text(model="m", prompt="hi")
@@ -108,13 +100,13 @@ def test_proxy_credentials_work_and_a_407_names_the_proxy_without_them(
 
 
 def test_proxy_502_to_connect_is_retried_and_named(
-    tls_fake_thread: FakeNebulaServer, ca_file: Path, env: pytest.MonkeyPatch
+    tls_fake_thread: FakeNebulaServer, ca_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A proxy answering CONNECT with 502 is retried, then raises an error naming it and HTTPS_PROXY."""
     with ForwardProxy(answer=502).in_thread() as proxy:
-        env.setenv("HTTPS_PROXY", proxy.url)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
         with (
-            NebulaClient(KEY, base_url=tls_fake_thread.base_url, verify=ca_file, retry=FAST) as client,
+            NebulaClient(KEY, base_url=tls_fake_thread.base_url, verify=ca_file, retry=FAST_RETRY) as client,
             pytest.raises(APIConnectionError) as info,
         ):
             client.generate_text(model="m", prompt="hi")
@@ -141,12 +133,12 @@ def test_https_stream_through_a_connect_tunnel_arrives_incrementally(
     assert proxy_thread.seen == [f"CONNECT 127.0.0.1:{tls_fake_thread.port}"]
 
 
-def test_bad_proxy_fails_before_a_thread_starts(env: pytest.MonkeyPatch) -> None:
+def test_bad_proxy_fails_before_a_thread_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bad proxy URL raises ValueError naming the setting, and no loop thread is left behind."""
     before = len(loop_threads())
     with pytest.raises(ValueError, match="proxy= must be a URL with a scheme"):
         NebulaClient(KEY, proxy="127.0.0.1:3128")
-    env.setenv("HTTP_PROXY", f"socks5://u:{PROXY_PASSWORD}@127.0.0.1:1080")
+    monkeypatch.setenv("HTTP_PROXY", f"socks5://u:{PROXY_PASSWORD}@127.0.0.1:1080")
     with pytest.raises(ValueError, match=r"^HTTP_PROXY is a socks5:// proxy") as info:
         NebulaClient(KEY, base_url="http://127.0.0.1:1/v1")
     assert PROXY_PASSWORD not in str(info.value)
