@@ -13,6 +13,7 @@ stream's connection back to the pool (:meth:`CallPath.release`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
@@ -188,9 +189,9 @@ class CallPath:
             return
         if self._finalizer is not None:
             self._finalizer.detach()
-        await transport.in_own_loop(self._shut)
+        await transport.in_own_loop(functools.partial(self._shut, transport))
 
-    async def _shut(self) -> None:
+    async def _shut(self, transport: Transport) -> None:
         # In the loop the connections belong to.
         open_streams, self._open = self._open, {}
         for ref in open_streams.values():
@@ -198,11 +199,15 @@ class CallPath:
             if cut_off is not None:
                 cut_off()
         drains, self._drains = self._drains, {}
+        closing = []
         for task, response in drains.items():
             task.cancel()
-            response.close()  # a task cancelled before its first step never runs its own cleanup
+            # A task cancelled before its first step never runs its own cleanup.
+            closing.append(transport.close_response(response))
         try:
             await asyncio.gather(*drains, return_exceptions=True)
+            # A TLS connection closes over a few loop steps: the session's close doesn't wait for a
+            # connection it no longer holds, and a loop stopped meanwhile would leave its socket open.
+            await transport.wait_closed([c for c in closing if c is not None])
         finally:  # even if this aclose() is cancelled: a second call would find the client closed
-            if self._transport is not None:
-                await self._transport.aclose()
+            await transport.aclose()

@@ -72,8 +72,10 @@ def _map_error(
         return _proxy_error(exc, proxy)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         reason = getattr(exc.certificate_error, "verify_message", None) or exc.certificate_error
+        # verify= checks an https:// proxy's certificate too, and the error does not say whose it was.
+        whose = "the API's" if proxy is None or proxy.shown.startswith("http:") else "the API's or proxy's"
         return APIConnectionError(
-            f"the API's certificate did not verify ({reason}): if it is signed by a private CA, "
+            f"{whose} certificate did not verify ({reason}): if it is signed by a private CA, "
             "pass verify='/path/to/ca.pem' (or set SSL_CERT_FILE)",
             request_id=request_id,
             retryable=False,
@@ -101,6 +103,15 @@ def _redact(exc: aiohttp.ClientResponseError) -> None:
             headers[name] = "<redacted>"
     url, real_url = info.url.with_user(None), info.real_url.with_user(None)  # a proxy's credentials
     exc.request_info = aiohttp.RequestInfo(url, info.method, CIMultiDictProxy(headers), real_url)
+    exc.args = (exc.request_info, *exc.args[1:])  # its repr() shows args, which held the original
+
+
+def _proxy_authorization(url: str) -> Headers | None:
+    """The Proxy-Authorization header for the credentials in a proxy's ``url``, if it has any."""
+    parts = URL(url)
+    if parts.user is None and parts.password is None:
+        return None
+    return Headers({"Proxy-Authorization": aiohttp.encode_basic_auth(parts.user or "", parts.password or "")})
 
 
 def _proxy_error(exc: aiohttp.ClientError, proxy: Proxy) -> APIConnectionError:
@@ -115,16 +126,16 @@ def _proxy_error(exc: aiohttp.ClientError, proxy: Proxy) -> APIConnectionError:
 
 def _proxy_refusal(proxy: Proxy, status: int, reason: str) -> APIConnectionError:
     """Return the error for a proxy that answered ``status`` instead of passing the request on."""
-    if status == 407:
+    if status in (401, 407):  # tinyproxy, for one, answers a bad login with 401
         advice = (
-            "check the credentials in the proxy URL"
+            "check the proxy's credentials (in its URL, or in .netrc)"
             if "@" in proxy.url
             else "put its credentials in the proxy URL (http://user:password@host:port)"
         )
-    elif status == 403:
-        advice = "it does not let this client through"
-    else:
+    elif status >= 500:
         advice = "it could not reach the API"
+    else:
+        advice = "it does not let this client through"
     return APIConnectionError(
         f"the proxy {proxy.shown} (from {proxy.source}) answered {status} {reason}: {advice}; "
         f"or {_proxy_fix(proxy)}",
@@ -166,15 +177,23 @@ class Transport:
         self._tls = tls
         # Over plain http the proxy answers a refusal itself, as a response, not as a failed CONNECT.
         self._http_proxy = proxy if self.url.scheme == "http" else None
+        proxy_login = None if proxy is None else _proxy_authorization(proxy.url)
+        # aiohttp sends proxy_headers with a CONNECT; a plain-http request carries them itself.
+        self._proxy_headers = proxy_login if self._http_proxy is None else None
         self._max_connections = max_connections
         self._session = session
         self._owned = session is None
-        self._headers = headers
         # What each call passes: on a session of ours, our headers are its defaults, which aiohttp copies
         # in C, instead of merging a dict of them into every request. A caller's session gets them all.
+        # Through a proxy, the key is passed per call: aiohttp builds the CONNECT request from the
+        # session's defaults and sends an Authorization among them to the proxy, as Proxy-Authorization.
         stream_headers = {**headers, "Accept": "text/event-stream"}
+        per_call = {k: v for k, v in headers.items() if k.lower() == "authorization"} if proxy else {}
+        self._headers = Headers({k: v for k, v in headers.items() if k not in per_call})
+        if self._http_proxy is not None and proxy_login is not None:
+            per_call.update(proxy_login)
         self._call_headers: dict[bool, Mapping[str, str] | None] = (
-            {False: None, True: {"Accept": "text/event-stream"}}
+            {False: Headers(per_call) or None, True: Headers({**per_call, "Accept": "text/event-stream"})}
             if self._owned
             else {False: headers, True: Headers(stream_headers)}
         )
@@ -207,7 +226,9 @@ class Transport:
                 timeout=aiohttp.ClientTimeout(total=None),
                 headers=self._headers,
                 # Resolved once by the client: aiohttp's trust_env would re-read the environment per request.
-                proxy=None if self._proxy is None else URL(self._proxy.url),
+                # Without its credentials, which go in proxy_headers: aiohttp keeps the proxy URL in
+                # its connection keys, and so in the repr of its connection errors.
+                proxy=None if self._proxy is None else URL(self._proxy.shown),
             )
             self._closing = None  # a loop reused after its shutdown_asyncgens() gets a new session
             self._watch_loop()
@@ -276,6 +297,7 @@ class Transport:
                     # The status is ours to map, and a redirect would turn the POST into a GET.
                     raise_for_status=False,
                     allow_redirects=False,
+                    proxy_headers=self._proxy_headers,
                 )
             except _TRANSPORT_ERRORS as exc:
                 raise _map_error(exc, proxy=self._proxy) from exc
@@ -333,6 +355,20 @@ class Transport:
             response.release()
         else:
             response.close()
+
+    @staticmethod
+    def close_response(response: aiohttp.ClientResponse) -> asyncio.Future[None] | None:
+        """Close ``response``'s connection; return what is done once its socket is closed, if anything."""
+        connection = response.connection
+        protocol = None if connection is None else connection.protocol
+        response.close()
+        return None if protocol is None else protocol.closed
+
+    @staticmethod
+    async def wait_closed(closing: list[asyncio.Future[None]]) -> None:
+        """Wait, briefly, for connections closed by close_response() to be closed."""
+        if closing:
+            await asyncio.wait(closing, timeout=_DRAIN_SECONDS)
 
     async def aclose(self) -> None:
         """Close the session if we made it; idempotent. Runs in the session's loop (see in_own_loop)."""

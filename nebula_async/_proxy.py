@@ -71,8 +71,13 @@ def _env_name(key: str, value: str) -> str:
 def _parse(value: str, source: str, *, from_env: bool) -> Proxy:
     # Messages name the source, never the value: it may hold a password.
     if "://" not in value:
-        raise ValueError(f"{source} must be a URL with a scheme, like http://proxy.example:3128")
-    parts = urlsplit(value.strip())
+        if not from_env:
+            raise ValueError(f"{source} must be a URL with a scheme, like http://proxy.example:3128")
+        value = "http://" + value  # as requests and httpx read HTTPS_PROXY=proxy.example:3128
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError:  # an unclosed [ of an IPv6 host; its text may hold a password
+        raise ValueError(f"{source} is not a valid URL, like http://proxy.example:3128") from None
     scheme = parts.scheme.lower()
     if scheme not in SUPPORTED_SCHEMES:
         raise ValueError(

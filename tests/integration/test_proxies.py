@@ -229,11 +229,53 @@ async def test_proxy_407_to_connect_hides_the_proxy_credentials(
                 await client.generate_text(model="m", prompt="p")
     cause = info.value.__cause__
     assert isinstance(cause, aiohttp.ClientHttpProxyError)
-    shown = f"{info.value} {cause} {cause!r} {cause.request_info!r}"
+    shown = f"{info.value} {cause} {cause!r} {cause.request_info!r} {cause.args!r}"
     assert PROXY_PASSWORD not in shown
     sent = proxy.authorizations[0]
     assert sent is not None
     assert sent not in shown
+
+
+@pytest.mark.parametrize("login", [False, True], ids=["no-proxy-login", "proxy-login"])
+async def test_the_api_key_never_reaches_the_proxy_of_an_https_api(
+    tls_fake: FakeNebulaServer, ca_file: Path, login: bool
+) -> None:
+    """The CONNECT carries the proxy's own login or none: never the API key (aiohttp would send it as one)."""
+    async with ForwardProxy(credentials=("alice", PROXY_PASSWORD) if login else None) as proxy:
+        url = proxy.url_with("alice", PROXY_PASSWORD) if login else proxy.url
+        client = make_client(tls_fake.base_url, verify=ca_file, proxy=url)  # with SECRET_KEY
+        async with client:
+            await client.generate_text(model="m", prompt="p")
+    sent = proxy.authorizations[0]
+    assert (sent is not None and sent.startswith("Basic ")) if login else sent is None
+    assert tls_fake.requests[0].api_key == SECRET_KEY  # the key went to the API, inside the tunnel
+
+
+async def test_a_certificate_error_through_a_proxy_hides_the_proxy_credentials(
+    tls_fake: FakeNebulaServer, proxy: ForwardProxy
+) -> None:
+    """aiohttp's connection errors hold the proxy URL in their args: it has no credentials in it."""
+    url = proxy.url_with("alice", PROXY_PASSWORD)
+    async with make_client(tls_fake.base_url, proxy=url) as client:  # the private CA is not trusted
+        with pytest.raises(APIConnectionError, match="certificate did not verify") as info:
+            await client.generate_text(model="m", prompt="p")
+    cause = info.value.__cause__
+    assert PROXY_PASSWORD not in f"{info.value!r} {cause!r} {cause}"
+
+
+@pytest.mark.parametrize(
+    ("status", "advice"), [(401, "credentials"), (403, "does not let"), (503, "could not")]
+)
+async def test_a_proxy_refusal_gives_advice_for_its_status(
+    tls_fake: FakeNebulaServer, ca_file: Path, status: int, advice: str
+) -> None:
+    """401 (tinyproxy's answer to a bad login) is about credentials; other 4xx a refusal; 5xx the upstream."""
+    async with ForwardProxy(answer=status) as proxy:
+        client = make_client(tls_fake.base_url, verify=ca_file, proxy=proxy.url, retry=NO_RETRY)
+        async with client:
+            with pytest.raises(APIConnectionError, match=advice) as info:
+                await client.generate_text(model="m", prompt="p")
+    assert info.value.retryable is (status >= 500)
 
 
 # --- CONNECT and streams ------------------------------------------------------------------------------

@@ -100,3 +100,21 @@ def test_netrc_without_a_usable_entry_gives_no_credentials(
     proxy = resolve_proxy(API, None, trust_env=True)
     assert proxy is not None
     assert proxy.url == "http://proxy.corp:3128"
+
+
+def test_a_variable_without_a_scheme_means_http(env: pytest.MonkeyPatch) -> None:
+    """HTTPS_PROXY=proxy.corp:3128, common in corporate set-ups, is read as requests and httpx read it."""
+    env.setenv("HTTPS_PROXY", "proxy.corp:3128")
+    proxy = resolve_proxy(API, None, trust_env=True)
+    assert proxy is not None
+    assert proxy.url == "http://proxy.corp:3128"
+    with pytest.raises(ValueError, match="proxy= must be a URL with a scheme"):
+        resolve_proxy(API, "proxy.corp:3128", trust_env=True)  # an argument is not guessed at
+
+
+def test_an_unclosed_ipv6_bracket_names_the_setting_not_the_value(env: pytest.MonkeyPatch) -> None:
+    """urlsplit's "Invalid IPv6 URL" becomes an error naming the setting, without the password."""
+    env.setenv("HTTPS_PROXY", f"http://u:{PASSWORD}@[::1:3128")
+    with pytest.raises(ValueError, match=r"^HTTPS_PROXY is not a valid URL") as info:
+        resolve_proxy(API, None, trust_env=True)
+    assert PASSWORD not in str(info.value)
