@@ -27,9 +27,7 @@ from ._config import (
 )
 from ._models import GenerateRequest, TextGeneration, encode_request
 from ._parse import parse_generation
-from ._proxy import resolve_proxy
 from ._stream import TextStream
-from ._tls import resolve_verify
 
 if TYPE_CHECKING:
     import ssl
@@ -103,6 +101,10 @@ class AsyncNebulaClient:
         url = self._base_url + "/text/generate"
         if session is not None:
             _refuse_with_session(proxy=proxy is not None, verify=verify is not True, trust_env=not trust_env)
+        # Here, not at import: what they import costs more than the rest of the package.
+        from ._proxy import resolve_proxy
+        from ._tls import resolve_verify
+
         # Decided once, now: a call never reads the environment.
         resolved_proxy = None if session is not None else resolve_proxy(url, proxy, trust_env=trust_env)
         ssl_setting = True if session is not None else resolve_verify(verify, trust_env=trust_env)
