@@ -30,11 +30,10 @@ from ._parse import parse_generation
 from ._stream import TextStream
 
 if TYPE_CHECKING:
-    import ssl
-
     import aiohttp
 
     from ._http import Transport
+    from ._tls import Verify
 
 __all__ = ["AsyncNebulaClient", "BatchInput"]
 
@@ -78,7 +77,7 @@ class AsyncNebulaClient:
         default_headers: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
         proxy: str | None = None,
-        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
+        verify: Verify = True,
         trust_env: bool = True,
     ) -> None:
         key = check_api_key(api_key if api_key is not None else os.environ.get(ENV_API_KEY))

@@ -376,11 +376,14 @@ class Transport:
         await self._close_session()
 
     async def _close_session(self) -> None:
+        await asyncio.shield(self._start_closing())
+
+    def _start_closing(self) -> asyncio.Future[None]:
         # One close, shared: aclose(), a finalizer's close and the loop's shutdown may overlap. A
         # close that was cancelled (asyncio.run() cancels every task before it ends) is started again.
         if self._closing is None or self._closing.cancelled():
             self._closing = asyncio.ensure_future(self._shut_session())
-        await asyncio.shield(self._closing)
+        return self._closing
 
     async def _shut_session(self) -> None:
         session = self._session
@@ -433,8 +436,8 @@ class Transport:
         elif _EXITING and not loop.is_running():
             loop.run_until_complete(self.aclose())  # an idle loop at exit: nobody else will run it
         else:  # now, in its thread, or when it next runs
-            _ABANDONED.add(self)
-            loop.call_soon_threadsafe(lambda: _keep(loop.create_task(self.aclose())))
+            _ABANDONED.add(self)  # holds us, and so the close task we start, until the close ends
+            loop.call_soon_threadsafe(self._start_closing)
 
     def finish_at_exit(self) -> None:
         """Finish the close of a collected client whose loop is idle or closed now (at exit only)."""
@@ -466,7 +469,6 @@ class Transport:
                 _finish(connector.close())
 
 
-_CLOSING: set[asyncio.Task[None]] = set()  # closes started by finalizers: the loop only keeps weak refs
 _ABANDONED: set[Transport] = set()  # clients collected whose close has not ended yet
 
 
@@ -485,11 +487,6 @@ async def _run_in(loop: asyncio.AbstractEventLoop, close: Callable[[], Coroutine
     except BaseException:
         waiter.cancel()
         raise
-
-
-def _keep(task: asyncio.Task[None]) -> None:
-    _CLOSING.add(task)
-    task.add_done_callback(_CLOSING.discard)
 
 
 def _finish(awaitable: Awaitable[object]) -> None:

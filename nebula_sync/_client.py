@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
@@ -16,9 +15,9 @@ from ._sources import CallerFedRequests, ExitCarrier, exits_reraised
 from ._stream import TextStream
 
 if TYPE_CHECKING:
-    import ssl
-
     import aiohttp
+
+    from nebula_async._tls import Verify
 
 __all__ = ["NebulaClient"]
 
@@ -49,7 +48,7 @@ class NebulaClient:
         default_headers: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
         proxy: str | None = None,
-        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
+        verify: Verify = True,
         trust_env: bool = True,
     ) -> None:
         if session is not None:
