@@ -24,9 +24,9 @@ def _model(value: str) -> FakeModel:
         raise argparse.ArgumentTypeError(f"expected NAME or NAME:CONTEXT_LENGTH, got {value!r}") from None
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m nebula_async.testing",
+        prog=prog,
         description="Serve a fake Nebula text-generation API on this machine, until Ctrl-C.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -64,9 +64,12 @@ async def _serve(server: FakeNebulaServer, *, any_key: bool) -> None:
         await stop.wait()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the command line and serve until interrupted; return the exit status."""
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m nebula_async.testing") -> int:
+    """Parse the command line and serve until interrupted; return the exit status.
+
+    ``prog`` names the command in its help and errors (``nebula fake-server`` runs it too).
+    """
+    args = _parser(prog).parse_args(argv)
     try:
         server = FakeNebulaServer(
             host=args.host,
