@@ -1,4 +1,4 @@
-"""The README's main-job command, ``python -m nebula_sync.demo``, runs offline and shows what it promises."""
+"""`python -m nebula_sync.demo` (the API reference's example, offline) runs and shows what it promises."""
 
 from __future__ import annotations
 

@@ -140,12 +140,14 @@ def test_the_check_command_runs_every_check_with_a_coverage_floor() -> None:
 
 
 def test_readme_development_section_has_exactly_two_commands() -> None:
-    """The Development section gives exactly two commands: the demo and every check."""
+    """The Development section gives exactly two commands: the CLI's install and demo, then every check."""
     readme = (ROOT / "README.md").read_text()
     development = readme.split("## Development", 1)[1]
     commands = _bash_blocks(development)
     assert len(commands) == 2
-    assert commands[0].endswith("python -m nebula_sync.demo")
+    assert (
+        commands[0] == "python3 -m venv .venv && .venv/bin/pip install -e '.[cli]' && .venv/bin/nebula demo"
+    )
     assert commands[1] == _readme_check_command()
 
 

@@ -19,10 +19,18 @@ def main(argv: Sequence[str] | None = None, *, prog_name: str | None = None) -> 
     ``argv`` defaults to ``sys.argv[1:]``. Without click or rich installed it prints how to install
     them and returns 2. The console script calls it and exits with what it returns.
     """
+    import importlib.util
+
     try:
-        import click  # noqa: F401  # only to learn whether the extra is installed
-        import rich  # noqa: F401
+        import click  # noqa: F401  # needed at once; rich is only looked for: importing it costs 30 ms
     except ImportError:
+        print(INSTALL_HINT, file=sys.stderr)
+        return 2
+    try:
+        rich_missing = importlib.util.find_spec("rich") is None
+    except ValueError:  # a None entry in sys.modules: made unimportable on purpose
+        rich_missing = True
+    if rich_missing:
         print(INSTALL_HINT, file=sys.stderr)
         return 2
     from ._app import run

@@ -186,13 +186,9 @@ async def _generate(settings: Settings, request: dict[str, Any], *, streaming: b
 @cli.command(short_help="List the models and what each is best for.")
 def models() -> int:
     """List the API reference's text-generation models and what each is best for."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("Model", "Best For", box=None, header_style="bold", pad_edge=False)
-    for name, best_for in MODELS:
-        table.add_row(name, best_for)
-    Console(soft_wrap=True).print(table)
+    width = max(len(name) for name, _ in MODELS)
+    for name, best_for in (("Model", "Best For"), *MODELS):  # plain columns: grep and cut work on them
+        print(f"{name:<{width}}  {best_for}")
     return EXIT_OK
 
 
