@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias, overload
 
 import attrs
 
-from ._batch import ItemSource, run_pool
+from ._batch import Completions, ItemSource
 from ._calls import CallPath
 from ._checks import check_int
 from ._config import (
@@ -239,12 +239,28 @@ class AsyncNebulaClient:
         rest and is raised.
         """
         check_int("concurrency", concurrency, 1)
-        return await run_pool(
-            ItemSource(requests),
-            self._generate_item,
-            concurrency=concurrency,
-            return_exceptions=return_exceptions,
-        )
+        results: list[Any] = []
+        async with self.as_completed(requests, concurrency=concurrency) as outcomes:
+            async for outcome in outcomes:
+                if outcome.error is not None and not return_exceptions:
+                    raise outcome.error  # leaving the block cancels the calls still running
+                missing = outcome.index + 1 - len(results)
+                if missing > 0:
+                    results.extend([None] * missing)
+                results[outcome.index] = outcome.result if outcome.error is None else outcome.error
+        return results
+
+    def as_completed(self, requests: BatchInput, *, concurrency: int = 16) -> Completions:
+        """Run many generations, at most ``concurrency`` at once; yield each Outcome as it completes.
+
+        ``requests`` is read lazily as in generate_many. Each Outcome holds the item's 0-based
+        ``index``, the item, and its ``result`` or its ``error`` (the errors generate_many's
+        ``return_exceptions`` collects: NebulaError, ValueError, TypeError); any other exception
+        ends the iteration. Use ``async with client.as_completed(...) as outcomes: async for outcome
+        in outcomes: ...``: leaving the block early cancels the calls in flight.
+        """
+        check_int("concurrency", concurrency, 1)
+        return Completions(ItemSource(requests), self._generate_item, concurrency=concurrency, calls=self._calls)
 
     async def _generate_item(self, item: GenerateRequest | Mapping[str, Any]) -> TextGeneration:
         if isinstance(item, GenerateRequest):
