@@ -1,5 +1,7 @@
 """Asyncio-native SDK for the Nebula Block serverless text-generation API."""
 
+from ._batch import Outcome
+from ._batchfile import BatchInputError
 from ._client import AsyncNebulaClient
 from ._config import RetryPolicy, Timeout
 from ._errors import (
@@ -18,6 +20,7 @@ from ._errors import (
     ServerError,
 )
 from ._models import GenerateRequest, TextChunk, TextGeneration, Usage
+from ._runner import BatchProgress, BatchSummary
 from ._stream import TextStream
 from ._version import __version__
 
@@ -27,6 +30,9 @@ __all__ = [
     "APITimeoutError",
     "AsyncNebulaClient",
     "AuthenticationError",
+    "BatchInputError",
+    "BatchProgress",
+    "BatchSummary",
     "ContextLengthExceededError",
     "GenerateRequest",
     "InsufficientQuotaError",
@@ -34,6 +40,7 @@ __all__ = [
     "ModelNotFoundError",
     "NebulaError",
     "NotFoundError",
+    "Outcome",
     "PermissionDeniedError",
     "RateLimitError",
     "RetryPolicy",

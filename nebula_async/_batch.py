@@ -1,19 +1,54 @@
-"""generate_many's worker pool, and where it takes its requests from: read lazily, one per free worker."""
+"""Results as they complete: Completions runs many calls a few at a time and yields each one's Outcome.
+
+``as_completed``, ``generate_many`` and ``run_batch`` all run on it. Workers (``concurrency`` tasks)
+take the next item from a Source only when they are free, so the input is read lazily; finished
+outcomes wait in a queue of at most ``concurrency`` entries, so a slow consumer holds back the
+workers instead of piling up results. Memory is bounded by the concurrency, not by the input.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import weakref
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any, Protocol
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
 
 from ._errors import NebulaError
+from ._models import TextGeneration
 
-__all__ = ["BATCH_ERRORS", "ItemSource", "Source", "check_requests", "run_pool"]
+if TYPE_CHECKING:
+    from ._calls import CallPath
+
+__all__ = ["BATCH_ERRORS", "Completions", "ItemSource", "Outcome", "Source", "check_requests"]
 
 BATCH_ERRORS = (NebulaError, ValueError, TypeError)
-"""What one failed item can raise without failing the batch, with ``return_exceptions``."""
+"""What one failed item can raise without ending the batch: it becomes that item's Outcome.error."""
 
 _END = object()
+
+
+@attrs.frozen
+class Outcome:
+    """One input's result or error, as ``as_completed`` yields it.
+
+    ``index`` is the item's 0-based position in the input; ``request`` the item as given;
+    exactly one of ``result`` and ``error`` is set.
+    """
+
+    index: int
+    request: Any
+    result: TextGeneration | None = None
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Say whether the request succeeded (``result`` is set)."""
+        return self.error is None
 
 
 def check_requests(requests: object) -> None:
@@ -31,47 +66,6 @@ class Source(Protocol):
 
     async def next(self) -> tuple[Any] | None:
         """Return the next item as a 1-tuple, or None once the input is exhausted."""
-
-
-async def run_pool(
-    source: Source,
-    call: Callable[[Any], Awaitable[Any]],
-    *,
-    concurrency: int,
-    return_exceptions: bool,
-) -> list[Any]:
-    """Run ``call(item)`` for each item of ``source``, ``concurrency`` at a time; results in input order.
-
-    Items are taken only as workers free up, so memory holds ``concurrency`` calls, not the input.
-    With ``return_exceptions`` an item's BATCH_ERRORS stand in its place; otherwise the first
-    failure cancels the other workers and is raised.
-    """
-    results: list[Any] = []
-
-    async def worker() -> None:
-        while True:
-            item = await source.next()
-            if item is None:
-                return
-            # The slot is taken before any await, so results keep input order.
-            index = len(results)
-            results.append(None)
-            try:
-                results[index] = await call(item[0])
-            except BATCH_ERRORS as exc:
-                if not return_exceptions:
-                    raise
-                results[index] = exc
-
-    tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-    return results
 
 
 class ItemSource:
@@ -103,3 +97,186 @@ class ItemSource:
                 self._done = True
                 return None
             return (item,)
+
+
+class Completions:
+    """The Outcome of each item of a Source, in completion order, ``concurrency`` calls at a time.
+
+    An async iterator and an async context manager: leaving the ``async with`` block (or
+    ``aclose()``) cancels the calls in flight and waits for them to end. An item's BATCH_ERRORS
+    become its Outcome; anything else (a bug, a stray CancelledError, the input's own exception)
+    cancels the rest and is raised by the iteration. An iterator dropped without being closed has
+    its calls cancelled when it is collected, or when the client is closed.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        call: Callable[[Any], Awaitable[TextGeneration]],
+        *,
+        concurrency: int,
+        calls: CallPath | None = None,
+    ) -> None:
+        self._pool = _Pool(source, call, concurrency, calls)
+        # Holds the pool, never self: the workers must not keep their iterator alive.
+        self._finalizer = weakref.finalize(self, self._pool.cancel)
+        self._finalizer.atexit = False  # at exit the loop is gone, and its tasks with it
+
+    def __aiter__(self) -> Completions:
+        return self
+
+    async def __anext__(self) -> Outcome:
+        return await self._pool.next()
+
+    async def __aenter__(self) -> Completions:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def in_flight(self) -> int:
+        """How many items were taken from the input and have no outcome yet."""
+        return self._pool.in_flight
+
+    def cancel(self) -> None:
+        """Cancel the calls in flight without waiting for them; the iteration then ends."""
+        self._pool.cancel()
+
+    async def aclose(self) -> None:
+        """Cancel the calls in flight and wait until they have ended; idempotent."""
+        self._finalizer.detach()
+        await self._pool.aclose()
+
+
+class _Pool:
+    """The workers, the queue of finished outcomes, and the one consumer waiting for them."""
+
+    def __init__(
+        self,
+        source: Source,
+        call: Callable[[Any], Awaitable[TextGeneration]],
+        concurrency: int,
+        calls: CallPath | None,
+    ) -> None:
+        self._source = source
+        self._call = call
+        self._concurrency = concurrency
+        self._calls = calls
+        self._workers: set[asyncio.Task[None]] = set()
+        self._running = 0
+        self._started = False
+        self._closed = False
+        self._taken = 0  # items taken from the source: the next one's index
+        self._delivered = 0
+        self._ready: deque[Outcome] = deque()
+        self._failure: BaseException | None = None
+        self._consumer: asyncio.Future[None] | None = None
+        self._room: deque[asyncio.Future[None]] = deque()  # workers waiting for space in _ready
+
+    @property
+    def in_flight(self) -> int:
+        return self._taken - self._delivered - len(self._ready)
+
+    def _start(self) -> None:
+        self._started = True
+        loop = asyncio.get_running_loop()
+        self._running = self._concurrency
+        for _ in range(self._concurrency):
+            task = loop.create_task(self._work())
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+        if self._calls is not None:
+            self._calls.track(self, self.cancel)  # the client's aclose() cancels us too
+
+    async def next(self) -> Outcome:
+        if not self._started and not self._closed:
+            self._start()
+        while True:
+            failure = self._failure
+            if failure is not None:
+                self._failure = None
+                self.cancel()
+                raise failure
+            if self._ready:
+                outcome = self._ready.popleft()
+                self._delivered += 1
+                while self._room:
+                    waiter = self._room.popleft()
+                    if not waiter.done():
+                        waiter.set_result(None)
+                        break
+                return outcome
+            if self._running == 0 or self._closed:
+                self._forget()
+                raise StopAsyncIteration
+            self._consumer = asyncio.get_running_loop().create_future()
+            try:
+                await self._consumer
+            finally:
+                self._consumer = None
+
+    def _wake(self) -> None:
+        if self._consumer is not None and not self._consumer.done():
+            self._consumer.set_result(None)
+
+    async def _work(self) -> None:
+        try:
+            while True:
+                taken = await self._source.next()
+                if taken is None:
+                    return
+                index = self._taken  # no await since the item was taken: indexes follow input order
+                self._taken += 1
+                item = taken[0]
+                try:
+                    outcome = Outcome(index, item, await self._call(item))
+                except BATCH_ERRORS as exc:
+                    outcome = Outcome(index, item, None, exc)
+                while len(self._ready) >= self._concurrency:
+                    room = asyncio.get_running_loop().create_future()
+                    self._room.append(room)
+                    await room
+                self._ready.append(outcome)
+                self._wake()
+                if outcome.error is not None:
+                    # The consumer runs first: if the error ends its loop (generate_many without
+                    # return_exceptions), this worker is cancelled before it sends another request.
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            if self._closed:  # our own cancel
+                raise
+            self._fail(asyncio.CancelledError("a call of the batch was cancelled"))
+        except BaseException as exc:  # a bug, or the input's own error: it ends the iteration
+            self._fail(exc)
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None and not self._closed:
+            self._failure = exc
+        self._wake()
+
+    def cancel(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._workers:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                task.cancel()
+        with contextlib.suppress(RuntimeError):
+            self._wake()
+        self._forget()
+
+    def _forget(self) -> None:
+        if self._calls is not None:
+            self._calls.untrack(self)
+
+    async def aclose(self) -> None:
+        self.cancel()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)

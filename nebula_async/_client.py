@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias, overload
 
 import attrs
 
-from ._batch import ItemSource, run_pool
+from ._batch import Completions, ItemSource
 from ._calls import CallPath
-from ._checks import check_int
+from ._batchfile import Defaults
+from ._checks import check_int, check_number
 from ._config import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_CONNECTIONS,
@@ -27,6 +29,7 @@ from ._config import (
 )
 from ._models import GenerateRequest, TextGeneration, encode_request
 from ._parse import parse_generation
+from ._runner import BatchProgress, BatchSummary, run_batch
 from ._stream import TextStream
 
 if TYPE_CHECKING:
@@ -239,11 +242,83 @@ class AsyncNebulaClient:
         rest and is raised.
         """
         check_int("concurrency", concurrency, 1)
-        return await run_pool(
-            ItemSource(requests),
+        results: list[Any] = []
+        async with self.as_completed(requests, concurrency=concurrency) as outcomes:
+            async for outcome in outcomes:
+                if outcome.error is not None and not return_exceptions:
+                    raise outcome.error  # leaving the block cancels the calls still running
+                missing = outcome.index + 1 - len(results)
+                if missing > 0:
+                    results.extend([None] * missing)
+                results[outcome.index] = outcome.result if outcome.error is None else outcome.error
+        return results
+
+    def as_completed(self, requests: BatchInput, *, concurrency: int = 16) -> Completions:
+        """Run many generations, at most ``concurrency`` at once; yield each Outcome as it completes.
+
+        ``requests`` is read lazily as in generate_many. Each Outcome holds the item's 0-based
+        ``index``, the item, and its ``result`` or its ``error`` (the errors generate_many's
+        ``return_exceptions`` collects: NebulaError, ValueError, TypeError); any other exception
+        ends the iteration. Use ``async with client.as_completed(...) as outcomes: async for outcome
+        in outcomes: ...``: leaving the block early cancels the calls in flight.
+        """
+        check_int("concurrency", concurrency, 1)
+        return Completions(ItemSource(requests), self._generate_item, concurrency=concurrency, calls=self._calls)
+
+    async def run_batch(
+        self,
+        input: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] | None = None,
+        concurrency: int = 16,
+        retry_failed: bool = False,
+        fsync: bool = False,
+        progress: Callable[[BatchProgress], None] | None = None,
+        stop_event: threading.Event | None = None,
+        grace_period: float = 10.0,
+    ) -> BatchSummary:
+        """Run every line of the JSONL file ``input``; append one result line per id to ``output``.
+
+        Rerun it with the same files to resume: ids already in ``output`` are skipped (with
+        ``retry_failed``, the failed ones are run again and their old lines removed). The model
+        and parameters apply to lines that don't give their own. The whole input is checked
+        first: BatchInputError lists its problems, and nothing is sent. ``progress`` is called
+        with a BatchProgress after each line written and about twice a second, in the event loop
+        (keep it quick). Once ``stop_event`` is set, or a job-wide error (InsufficientQuotaError,
+        AuthenticationError, PermissionDeniedError) arrives, no new request starts and the ones
+        in flight get ``grace_period`` seconds to finish; BatchSummary.stopped says why.
+        ``fsync`` fsyncs the output at most once a second and at the end. The input and record
+        formats are in the README's "Batch jobs" section.
+        """
+        check_int("concurrency", concurrency, 1)
+        check_number("grace_period", grace_period, unit=" of seconds")
+        for name, flag in (("retry_failed", retry_failed), ("fsync", fsync)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {type(flag).__name__}")
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be a callable or None, got {type(progress).__name__}")
+        if stop_event is not None and not callable(getattr(stop_event, "is_set", None)):
+            raise TypeError(f"stop_event must be a threading.Event or None, got {type(stop_event).__name__}")
+        # The options go through the request's own checks, with the same messages.
+        options = GenerateRequest(model or "-", "-", max_tokens, temperature, top_p, stop)
+        defaults = Defaults(model, max_tokens, temperature, top_p, options.stop)
+        return await run_batch(
+            self._calls,
             self._generate_item,
+            os.fspath(input),
+            os.fspath(output),
+            defaults=defaults,
             concurrency=concurrency,
-            return_exceptions=return_exceptions,
+            retry_failed=retry_failed,
+            fsync=fsync,
+            progress=progress,
+            stop_event=stop_event,
+            grace_period=grace_period,
         )
 
     async def _generate_item(self, item: GenerateRequest | Mapping[str, Any]) -> TextGeneration:

@@ -1,0 +1,269 @@
+"""run_batch: a JSONL file of prompts to a JSONL file of results, exactly once per id across reruns.
+
+1. Validation (in a worker thread, before anything is sent): the whole input is read, every
+   problem reported at once (BatchInputError); the ids' digests are kept (``_doneset``).
+2. The output a previous run left is read: its ids are done (failures too, unless
+   ``retry_failed``); a torn last line is cut; with ``retry_failed`` the failure lines go.
+3. The input is read again, lazily, and every id not done is sent through Completions; each result
+   is appended as one line as soon as it arrives. A kill loses only the calls in flight, which a
+   rerun sends again.
+
+A job-wide error (no quota, a bad key, no permission) or ``stop_event`` stops it: no new request
+starts, the ones in flight get ``grace_period`` seconds to finish (a job-wide error's own item is
+not written: a rerun does it), then are cancelled and not written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._batch import Completions
+from ._batchfile import Defaults, iter_requests, scan_input
+from ._doneset import IdDigester, IdSet
+from ._errors import AuthenticationError, InsufficientQuotaError, PermissionDeniedError
+from ._models import GenerateRequest, TextGeneration
+from ._outfile import RecordWriter, prepare_output, scan_output
+from ._records import BatchId, error_record, success_record
+
+if TYPE_CHECKING:
+    from ._calls import CallPath
+
+__all__ = ["JOB_WIDE_ERRORS", "BatchProgress", "BatchSummary", "run_batch"]
+
+JOB_WIDE_ERRORS: dict[type[Exception], str] = {
+    InsufficientQuotaError: "insufficient_quota",
+    AuthenticationError: "authentication",
+    PermissionDeniedError: "permission_denied",
+}
+"""The errors that stop a batch (no other request could succeed), with BatchSummary.stopped's value."""
+
+_TICK_SECONDS = 0.1  # how often stop_event is looked at
+_PROGRESS_TICKS = 5  # progress every 5 ticks, about twice a second, even when nothing completes
+_SKIPS_PER_YIELD = 1000  # a resumed run skipping many done lines still lets the loop breathe
+
+
+@attrs.frozen
+class BatchProgress:
+    """Where a running batch stands; given to run_batch's ``progress`` hook.
+
+    ``total`` counts the input's ids, ``skipped`` those already in the output when the run began,
+    ``done`` those written by this run (``succeeded`` + ``failed``). Rates and ``eta`` (seconds,
+    None until something is done) come from this run alone, so a resumed run's ETA is right.
+    ``paused_for`` is the seconds until the client's shared 429 back-off ends (0.0 when none).
+    """
+
+    total: int
+    skipped: int
+    done: int
+    succeeded: int
+    failed: int
+    in_flight: int
+    prompt_tokens: int
+    completion_tokens: int
+    elapsed: float
+    requests_per_second: float
+    tokens_per_second: float
+    eta: float | None
+    paused_for: float
+
+
+@attrs.frozen
+class BatchSummary:
+    """How a batch run ended.
+
+    ``not_run`` counts the input's ids with no line in the output yet (a rerun does them).
+    ``stopped`` is None when the run went to the end, else why it stopped: ``"interrupted"``
+    (stop_event, Ctrl-C), ``"insufficient_quota"``, ``"authentication"`` or
+    ``"permission_denied"``; ``error`` is then the job-wide error that stopped it.
+    """
+
+    total: int
+    skipped: int
+    succeeded: int
+    failed: int
+    not_run: int
+    elapsed: float
+    requests_per_second: float
+    prompt_tokens: int
+    completion_tokens: int
+    stopped: str | None = None
+    error: Exception | None = attrs.field(default=None, eq=False)
+    output: str = ""
+
+
+@attrs.define
+class _Counts:
+    total: int
+    skipped: int
+    succeeded: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stopped: str | None = None
+    error: Exception | None = None
+
+    def progress(self, elapsed: float, in_flight: int, paused_for: float) -> BatchProgress:
+        done = self.succeeded + self.failed
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = self.total - self.skipped - done
+        eta = left / rate if rate > 0 and self.stopped is None else None
+        tokens = self.prompt_tokens + self.completion_tokens
+        return BatchProgress(
+            self.total, self.skipped, done, self.succeeded, self.failed, in_flight,
+            self.prompt_tokens, self.completion_tokens, elapsed, rate,
+            tokens / elapsed if elapsed > 0 else 0.0, eta, paused_for,
+        )  # fmt: skip
+
+
+@attrs.frozen
+class _Plan:
+    total: int
+    skipped: int
+    done: IdSet
+    digest: IdDigester
+
+
+def _prepare(input: str | os.PathLike[str], output: str | os.PathLike[str], defaults: Defaults, retry_failed: bool) -> _Plan:
+    # In a worker thread: a million-line file takes seconds to read, and the loop may serve others.
+    for _ in range(5):
+        digest = IdDigester()
+        scan = scan_input(input, defaults, digest)
+        if not scan.collided:  # else two ids of the input share a digest: try another key
+            break
+    else:  # pragma: no cover - each try fails with a probability below 2**-24 for 1,000,000 ids
+        raise RuntimeError("the input's ids could not be told apart by their digests")
+    out = scan_output(output, digest, retry_failed=retry_failed)
+    skipped = scan.ids.count_in(out.done)
+    prepare_output(output, out, retry_failed=retry_failed)
+    return _Plan(scan.total, skipped, out.done, digest)
+
+
+class _Jobs:
+    """The Source of the sending pass: the input's (id, request) pairs not yet done, until stop()."""
+
+    def __init__(self, lines: Iterator[tuple[BatchId, GenerateRequest]], plan: _Plan) -> None:
+        self._lines = lines
+        self._done = plan.done
+        self._digest = plan.digest
+        self._stopped = False
+
+    async def next(self) -> tuple[tuple[BatchId, GenerateRequest]] | None:
+        skips = 0
+        while not self._stopped:
+            job = next(self._lines, None)
+            if job is None:
+                return None
+            if self._digest(job[0]) not in self._done:
+                return (job,)
+            skips += 1
+            if skips % _SKIPS_PER_YIELD == 0:
+                await asyncio.sleep(0)
+        return None
+
+    def stop(self) -> None:
+        self._stopped = True
+
+
+async def run_batch(
+    calls: CallPath,
+    generate: Callable[[GenerateRequest], Awaitable[TextGeneration]],
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    defaults: Defaults,
+    concurrency: int,
+    retry_failed: bool,
+    fsync: bool,
+    progress: Callable[[BatchProgress], None] | None,
+    stop_event: threading.Event | None,
+    grace_period: float,
+) -> BatchSummary:
+    """Run the batch; see AsyncNebulaClient.run_batch (the arguments are checked there)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    plan = await asyncio.to_thread(_prepare, input, output, defaults, retry_failed)
+    counts = _Counts(plan.total, plan.skipped)
+    lines = iter_requests(input, defaults)
+    jobs = _Jobs(lines, plan)
+
+    async def send(job: tuple[BatchId, GenerateRequest]) -> TextGeneration:
+        return await generate(job[1])
+
+    completions = Completions(jobs, send, concurrency=concurrency, calls=calls)
+    deadline: asyncio.TimerHandle | None = None
+
+    def stop(reason: str, error: Exception | None = None) -> None:
+        nonlocal deadline
+        if counts.stopped is None:
+            counts.stopped, counts.error = reason, error
+        jobs.stop()
+        if deadline is None:
+            deadline = loop.call_later(grace_period, completions.cancel)
+
+    def report() -> None:
+        if progress is not None:
+            progress(counts.progress(loop.time() - started, completions.in_flight, calls.paused_for()))
+
+    if stop_event is not None and stop_event.is_set():
+        stop("interrupted")
+    ticker = loop.create_task(_tick(stop_event, stop, report))
+    writer = RecordWriter(output, fsync=fsync)
+    try:
+        async with completions:
+            async for outcome in completions:
+                batch_id: BatchId = outcome.request[0]
+                error = outcome.error
+                if error is None:
+                    result: Any = outcome.result
+                    writer.write(success_record(batch_id, result))
+                    counts.succeeded += 1
+                    counts.prompt_tokens += result.usage.prompt_tokens
+                    counts.completion_tokens += result.usage.completion_tokens
+                else:
+                    reason = _job_wide(error)
+                    if reason is not None:
+                        stop(reason, error)  # not written: no request would get through, a rerun resumes
+                        continue
+                    writer.write(error_record(batch_id, error))
+                    counts.failed += 1
+                report()
+    finally:
+        ticker.cancel()
+        if deadline is not None:
+            deadline.cancel()
+        lines.close()
+        writer.close()
+    elapsed = loop.time() - started
+    report()
+    done = counts.succeeded + counts.failed
+    return BatchSummary(
+        counts.total, counts.skipped, counts.succeeded, counts.failed, counts.total - counts.skipped - done,
+        elapsed, done / elapsed if elapsed > 0 else 0.0, counts.prompt_tokens, counts.completion_tokens,
+        counts.stopped, counts.error, os.fspath(output),
+    )  # fmt: skip
+
+
+def _job_wide(error: Exception) -> str | None:
+    for cls, reason in JOB_WIDE_ERRORS.items():
+        if isinstance(error, cls):
+            return reason
+    return None
+
+
+async def _tick(
+    stop_event: threading.Event | None, stop: Callable[[str], None], report: Callable[[], None]
+) -> None:
+    ticks = 0
+    while True:
+        await asyncio.sleep(_TICK_SECONDS)
+        ticks += 1
+        if stop_event is not None and stop_event.is_set():
+            stop("interrupted")
+        if ticks % _PROGRESS_TICKS == 0:
+            report()
