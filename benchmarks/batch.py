@@ -117,7 +117,9 @@ def speed(count: int, concurrency: int, runs: int) -> list[str]:
             for run in range(runs):
                 order = list(rates) if run % 2 == 0 else list(reversed(rates))
                 for which in order:
-                    rates[which].append(asyncio.run(_speed_once(base_url, which, count, concurrency, workdir)))
+                    rates[which].append(
+                        asyncio.run(_speed_once(base_url, which, count, concurrency, workdir))
+                    )
     finally:
         server.terminate()
         server.wait()
@@ -130,7 +132,9 @@ def speed(count: int, concurrency: int, runs: int) -> list[str]:
     ]
     for which, values in rates.items():
         spread = ", ".join(f"{v:,.0f}" for v in values)
-        lines.append(f"| {which} | {statistics.median(values):,.0f} | {spread} | {statistics.median(values) / base:.2f}× |")
+        lines.append(
+            f"| {which} | {statistics.median(values):,.0f} | {spread} | {statistics.median(values) / base:.2f}× |"
+        )
     return [*lines, ""]
 
 
@@ -208,7 +212,13 @@ def main(argv: list[str] | None = None) -> None:
         sizes = {"count": 500, "kills": 2, "kill_count": 1000, "rss_lines": 20_000, "rss_send": 200}
         args.runs = 1
     else:
-        sizes = {"count": 20_000, "kills": 10, "kill_count": 10_000, "rss_lines": 1_000_000, "rss_send": 2_000}
+        sizes = {
+            "count": 20_000,
+            "kills": 10,
+            "kill_count": 10_000,
+            "rss_lines": 1_000_000,
+            "rss_send": 2_000,
+        }
     out = [f"## Batch runner (`python -m benchmarks.batch{' --quick' if args.quick else ''}`)", ""]
     out += speed(sizes["count"], 64, args.runs)
     out += kill_test(sizes["kill_count"], sizes["kills"], 64, args.seed)

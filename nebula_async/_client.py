@@ -263,7 +263,9 @@ class AsyncNebulaClient:
         in outcomes: ...``: leaving the block early cancels the calls in flight.
         """
         check_int("concurrency", concurrency, 1)
-        return Completions(ItemSource(requests), self._generate_item, concurrency=concurrency, calls=self._calls)
+        return Completions(
+            ItemSource(requests), self._generate_item, concurrency=concurrency, calls=self._calls
+        )
 
     async def run_batch(
         self,

@@ -30,7 +30,9 @@ class OutputScan:
     torn_at: int | None  # where the torn last line starts, if there is one
 
 
-def scan_output(path: str | os.PathLike[str], digest: Callable[[BatchId], int], *, retry_failed: bool) -> OutputScan:
+def scan_output(
+    path: str | os.PathLike[str], digest: Callable[[BatchId], int], *, retry_failed: bool
+) -> OutputScan:
     """Read a previous run's output (if any); BatchInputError if a complete line is not a record.
 
     Nothing is changed here: prepare_output() cuts or rewrites, once the input is known to be good.

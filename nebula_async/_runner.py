@@ -129,7 +129,9 @@ class _Plan:
     digest: IdDigester
 
 
-def _prepare(input: str | os.PathLike[str], output: str | os.PathLike[str], defaults: Defaults, retry_failed: bool) -> _Plan:
+def _prepare(
+    input: str | os.PathLike[str], output: str | os.PathLike[str], defaults: Defaults, retry_failed: bool
+) -> _Plan:
     # In a worker thread: a million-line file takes seconds to read, and the loop may serve others.
     for _ in range(5):
         digest = IdDigester()

@@ -158,7 +158,8 @@ async def run_batch_command(
     display = make_display(console)
     stop_event = threading.Event()
     summary: BatchSummary | None = None
-    async with settings.client(rate_limit=rate_limit) as client:
+    limits = {} if rate_limit is None else {"rate_limit": rate_limit}
+    async with settings.client(**limits) as client:
         with _signals(display, stop_event) as received:
             try:
                 summary = await client.run_batch(
@@ -180,21 +181,24 @@ async def run_batch_command(
     if summary is None:  # the second signal cancelled what was in flight: no summary was made
         last = display.last
         done = f"{last.done:,} written in this run, {last.failed:,} of them failed; " if last else ""
-        console.print(f"cancelled: {done}the requests in flight were not written", markup=False)
-        console.print(f"resume with: {resume}", markup=False)
+        console.print(
+            f"cancelled: {done}the requests in flight were not written", markup=False, soft_wrap=True
+        )
+        console.print(f"resume with: {resume}", markup=False, soft_wrap=True)
         return EXIT_INTERRUPTED
     display.summary(summary)
     if summary.stopped == "interrupted":
-        console.print(f"interrupted; resume with: {resume}", markup=False)
+        console.print(f"interrupted; resume with: {resume}", markup=False, soft_wrap=True)
         return EXIT_INTERRUPTED
     if summary.stopped is not None:
-        console.print(f"stopped ({summary.stopped}): {summary.error}", markup=False)
-        console.print(f"once that is fixed, resume with: {resume}", markup=False)
+        console.print(f"stopped ({summary.stopped}): {summary.error}", markup=False, soft_wrap=True)
+        console.print(f"once that is fixed, resume with: {resume}", markup=False, soft_wrap=True)
         return EXIT_API_ERROR
     if summary.failed:
         console.print(
             f"{summary.failed:,} failed (their lines in {output_path} say why); to run them again: {retry}",
             markup=False,
+            soft_wrap=True,
         )
         return EXIT_API_ERROR
     return EXIT_OK

@@ -23,6 +23,8 @@ _LIVE_INTERVAL = 0.1  # the bar redraws ten times a second: more updates would o
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
@@ -60,7 +62,7 @@ class BatchDisplay:
 
     def note(self, message: str) -> None:
         """Print a line about the batch (a signal received, ...) above the progress."""
-        self.console.print(message, highlight=False, markup=False)
+        self.console.print(message, highlight=False, markup=False, soft_wrap=True)
 
     def close(self) -> None:
         """Stop showing progress; the last state stays on screen."""
@@ -77,6 +79,7 @@ class BatchDisplay:
             f"{summary.completion_tokens:,} completion)",
             highlight=False,
             markup=False,
+            soft_wrap=True,
         )
 
 
@@ -99,7 +102,10 @@ class PlainDisplay(BatchDisplay):
     def _line(self, progress: BatchProgress) -> None:
         done = progress.skipped + progress.done
         self.console.print(
-            f"batch: {done:,}/{progress.total:,} done, {status_text(progress)}", highlight=False, markup=False
+            f"batch: {done:,}/{progress.total:,} done, {status_text(progress)}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
         )
 
 
@@ -142,7 +148,7 @@ class LiveDisplay(BatchDisplay):
 
     def note(self, message: str) -> None:
         """Print above the bar, which stays at the bottom."""
-        self._progress.console.print(message, highlight=False, markup=False)
+        self._progress.console.print(message, highlight=False, markup=False, soft_wrap=True)
 
     def close(self) -> None:
         """Draw the last state and leave it on screen."""
