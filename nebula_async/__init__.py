@@ -17,6 +17,7 @@ from ._errors import (
     RateLimitError,
     ServerError,
 )
+from ._limit import RateLimit
 from ._models import GenerateRequest, TextChunk, TextGeneration, Usage
 from ._stream import TextStream
 from ._version import __version__
@@ -35,6 +36,7 @@ __all__ = [
     "NebulaError",
     "NotFoundError",
     "PermissionDeniedError",
+    "RateLimit",
     "RateLimitError",
     "RetryPolicy",
     "ServerError",
