@@ -19,6 +19,7 @@ from ._errors import (
     RateLimitError,
     ServerError,
 )
+from ._limit import RateLimit
 from ._models import GenerateRequest, TextChunk, TextGeneration, Usage
 from ._runner import BatchProgress, BatchSummary
 from ._stream import TextStream
@@ -42,6 +43,7 @@ __all__ = [
     "NotFoundError",
     "Outcome",
     "PermissionDeniedError",
+    "RateLimit",
     "RateLimitError",
     "RetryPolicy",
     "ServerError",

@@ -2,8 +2,8 @@
 
 Every request, streaming or not, goes through :meth:`CallPath.run`: it runs attempt 1, 2, ...
 and, between two of them, :meth:`CallPath.before_retry` decides, logs, checks the client is still
-open and sleeps. That is the one place where anything that must happen before each attempt (a
-client-wide rate limit, a shared back-off after a 429) belongs.
+open and sleeps. Before each attempt's POST it waits for the client's rate limit and for the
+client-wide 429 gate (nebula_async._limit).
 
 It also owns the transport (made lazily, in the running loop), the client's closed state, the
 open streams that closing the client closes, and the background drains that hand a finished
@@ -20,7 +20,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 from ._config import CLIENT_CLOSED, RetryPolicy, Timeout
-from ._errors import NebulaError
+from ._errors import APIError, NebulaError, RateLimitError
+from ._limit import Limiter, RateLimit
+from ._models import TextGeneration
 from ._retry import retry_delay
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ class CallPath:
         session: aiohttp.ClientSession | None,
         proxy: Proxy | None = None,
         tls: ssl.SSLContext | bool = True,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self._url = url
         self._proxy = proxy
@@ -69,6 +72,8 @@ class CallPath:
         self._open: dict[int, weakref.WeakMethod[Callable[[], None]]] = {}
         # Finished streams handing their connection back, with the response each one drains.
         self._drains: dict[asyncio.Task[None], aiohttp.ClientResponse] = {}
+        # The client's RateLimit pacing and the shared 429 gate (there even without a RateLimit).
+        self._limiter = Limiter(rate_limit)
 
     @property
     def closed(self) -> bool:
@@ -107,49 +112,124 @@ class CallPath:
         stream: bool = False,
         starting: Callable[[int], None] | None = None,
         interrupted: Callable[[NebulaError], None] | None = None,
+        tokens: int = 0,
     ) -> T:
         """POST ``body`` and return ``finish(transport, response, attempt)``, retried as ``policy`` allows.
 
-        Each attempt: ``starting(attempt)`` (the caller may raise to stop), the POST, then
-        ``finish`` reads the answer into the result; when the POST itself fails, ``interrupted(error)``
-        may raise instead of the retry. An attempt fails by raising a NebulaError; anything else (a
-        bug, a cancellation) ends the call at once. The last error is raised unchanged when no retry
-        is left. The POST is awaited here, not in a coroutine of the caller's: a call waiting for its
-        answer holds one frame less.
+        Each attempt: ``starting(attempt)`` (the caller may raise to stop), the wait for the client's
+        rate limit and 429 gate, the POST, then ``finish`` reads the answer into the result; when
+        the POST itself fails, ``interrupted(error)`` may raise instead of the retry. An attempt fails
+        by raising a NebulaError; anything else (a bug, a cancellation) ends the call at once. The
+        last error is raised unchanged when no retry is left. The POST is awaited here, not in a
+        coroutine of the caller's: a call waiting for its answer holds one frame less.
+
+        ``tokens`` is what each attempt reserves under a tokens-per-minute limit (0 without one).
+        The wait for the limit or the gate is not part of ``timeout``, and is cancellable at once.
+        What an attempt costs: one request and ``tokens``, corrected from ``usage`` when a plain
+        answer has it (a stream corrects itself, see :meth:`settle`); an attempt that never reached
+        the server (the connection failed) costs nothing; an error answer costs one request and
+        no tokens (nothing was generated); an attempt cut off after it was sent keeps its estimate.
         """
         number = 0
+        limiter = self._limiter
+        error: NebulaError | None = None
         while True:
             number += 1
             if starting is not None:
                 starting(number)
-            # A client-wide rate limit or shared 429 gate belongs here: it must hold every attempt.
+            # Every attempt, the first and each retry, waits for its share and for the 429 gate.
+            if not limiter.try_take(tokens):
+                await self._wait_turn(tokens, error)
             transport = self.transport()
             try:
                 client_timeout = transport.client_timeout(timeout, stream=stream)
                 response = await transport.post(body, stream=stream, timeout=client_timeout, attempt=number)
             except NebulaError as err:
+                if transport.never_sent(err):
+                    limiter.adjust(-1, -tokens)
                 if interrupted is not None:
                     interrupted(err)
                 error = err
             else:
                 try:
-                    return await finish(transport, response, number)
+                    result = await finish(transport, response, number)
                 except NebulaError as err:
+                    if tokens and isinstance(err, APIError):
+                        limiter.adjust(0, -tokens)
                     error = err
+                else:
+                    if tokens and isinstance(result, TextGeneration):
+                        limiter.adjust(0, result.usage.total_tokens - tokens)
+                    return result
+            if isinstance(error, RateLimitError):
+                self.rate_limited(error, policy)
             # Outside the except clause: a cancellation while we wait must not chain the error.
             await self.before_retry(policy, number, error)
 
+    async def _wait_turn(self, tokens: int, error: NebulaError | None) -> None:
+        try:
+            await self._limiter.wait(tokens)
+        except RuntimeError:
+            if error is not None and self._closed:  # a retry, cut short like the sleep before it
+                raise RuntimeError(CLOSED_DURING_CALL) from error
+            raise
+
+    def settle(self, reserved: int, used: int | None) -> None:
+        """Correct a call that reserved ``reserved`` tokens to the ``used`` its answer reported.
+
+        ``used`` None (no usage came) keeps the reservation. For streams, which end after run().
+        """
+        if reserved and used is not None:
+            self._limiter.adjust(0, used - reserved)
+
+    def rate_limited(self, error: RateLimitError, policy: RetryPolicy) -> None:
+        """Close the client-wide gate after a ``rate_limit_exceeded``: every call waits it out.
+
+        The wait is the server's Retry-After, or the policy's ``initial_delay`` when it gave none
+        (an error event in a stream has no headers of its own), capped at ``max_retry_after``. One
+        WARNING per closing, not one per task that got the 429.
+        """
+        retry_after = error.retry_after
+        delay = policy.initial_delay if retry_after is None else retry_after
+        delay = min(delay, policy.max_retry_after)
+        if delay <= 0:
+            return
+        if self._limiter.close_gate(delay):
+            logger.warning(
+                "rate limited by the API (%s): every call of this client waits %.3f s before it is sent",
+                error, delay,
+            )  # fmt: skip
+        else:
+            logger.debug("rate limited again (%s): the gate stays closed %.3f s", error, self.paused_for())
+
+    def paused_for(self) -> float:
+        """Return the seconds until the client-wide 429 gate opens; 0.0 when it is open."""
+        return self._limiter.paused_for()
+
     async def before_retry(self, policy: RetryPolicy, attempt: int, error: NebulaError) -> None:
-        """Wait before retry ``attempt`` (1-based), or raise ``error`` when it is not to be retried."""
+        """Wait before retry ``attempt`` (1-based), or raise ``error`` when it is not to be retried.
+
+        After a 429 with Retry-After, which closed the client-wide gate for that long, the retry
+        does not sleep here: it waits at the gate, so the two never add up.
+        """
         delay = retry_delay(policy, attempt, error)
         if delay is None:
             raise error
         if self._closed:  # the retry can't be sent, and closing is likely what broke the call
             raise RuntimeError(CLOSED_DURING_CALL) from error
-        logger.warning(
-            "retrying in %.3f s (retry %d of %d) after %s: %s",
-            delay, attempt, policy.max_retries, type(error).__name__, error,
-        )  # fmt: skip
+        if isinstance(error, RateLimitError) and self._limiter.paused_for() > 0:
+            # The gate's one WARNING spoke for every task; this task's retry is a detail.
+            logger.debug(
+                "retrying after the rate-limit gate opens (retry %d of %d): %s",
+                attempt, policy.max_retries, error,
+            )  # fmt: skip
+            if error.retry_after is not None:
+                return  # the gate holds the next attempt until then: sleeping too would wait twice
+        else:
+            logger.warning(
+                "retrying in %.3f s (retry %d of %d) after %s: %s",
+                delay, attempt, policy.max_retries, type(error).__name__, error,
+            )  # fmt: skip
         await asyncio.sleep(delay)
         if self._closed:  # closed while we slept
             raise RuntimeError(CLOSED_DURING_CALL) from error
@@ -191,6 +271,7 @@ class CallPath:
         if self._closed:
             return
         self._closed = True
+        self._limiter.close()  # calls waiting for their turn get the closed-client error now
         transport = self._transport
         if transport is None:  # never used: nothing to release
             return

@@ -27,6 +27,7 @@ from ._config import (
     check_api_key,
     check_base_url,
 )
+from ._limit import RateLimit
 from ._models import GenerateRequest, TextGeneration, encode_request
 from ._parse import parse_generation
 from ._runner import BatchProgress, BatchSummary, run_batch
@@ -66,6 +67,11 @@ class AsyncNebulaClient:
     all those environment variables. ``proxy``, ``verify`` and ``trust_env`` can't be combined with
     ``session``: configure your session instead. Raises TypeError or ValueError for a bad proxy URL
     or CA bundle.
+
+    ``rate_limit`` (a :class:`RateLimit`) paces every call, retries included, to the API's
+    requests and tokens per minute, before it is sent. With or without it, a 429
+    ``rate_limit_exceeded`` with Retry-After holds every call of the client until then. That wait
+    is not part of a call's timeout.
     """
 
     def __init__(
@@ -82,6 +88,7 @@ class AsyncNebulaClient:
         proxy: str | None = None,
         verify: Verify = True,
         trust_env: bool = True,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         key = check_api_key(api_key if api_key is not None else os.environ.get(ENV_API_KEY))
         if base_url is not None:
@@ -100,6 +107,14 @@ class AsyncNebulaClient:
             raise TypeError(f"session must be an aiohttp.ClientSession, got {type(session).__name__}")
         if not isinstance(trust_env, bool):
             raise TypeError(f"trust_env must be True or False, got {type(trust_env).__name__}")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise TypeError(
+                f"rate_limit must be a RateLimit, e.g. RateLimit(requests_per_minute=600), "
+                f"got {type(rate_limit).__name__}"
+            )
+        self._rate_limit = rate_limit
+        # Only a tokens-per-minute limit needs each call's token estimate.
+        self._counts_tokens = rate_limit is not None and rate_limit.tokens_per_minute is not None
         url = self._base_url + "/text/generate"
         if session is not None:
             _refuse_with_session(proxy=proxy is not None, verify=verify is not True, trust_env=not trust_env)
@@ -123,6 +138,7 @@ class AsyncNebulaClient:
             session=session,
             proxy=resolved_proxy,
             tls=ssl_setting,
+            rate_limit=rate_limit,
         )
 
     @property
@@ -139,6 +155,11 @@ class AsyncNebulaClient:
     def retry(self) -> RetryPolicy:
         """The default retry policy of every call."""
         return self._retry
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        """The limits every call of this client is paced to, or None (only the shared 429 gate)."""
+        return self._rate_limit
 
     def __repr__(self) -> str:
         return f"AsyncNebulaClient(base_url={self._base_url!r}, max_retries={self._retry.max_retries})"
@@ -188,7 +209,10 @@ class AsyncNebulaClient:
         body = encode_request(
             GenerateRequest(model, prompt, max_tokens, temperature, top_p, stop), extra_body, stream=False
         )
-        return await self._calls.run(self._policy(max_retries), body, self._timeout_for(timeout), _finish)
+        tokens = self._tokens_for(prompt, max_tokens) if self._counts_tokens else 0
+        return await self._calls.run(
+            self._policy(max_retries), body, self._timeout_for(timeout), _finish, tokens=tokens
+        )
 
     def stream_text(
         self,
@@ -210,7 +234,10 @@ class AsyncNebulaClient:
         """
         request = GenerateRequest(model, prompt, max_tokens, temperature, top_p, stop)
         body = encode_request(request, extra_body, stream=True)
-        return TextStream(self._calls, body, self._policy(max_retries), self._timeout_for(timeout))
+        tokens = self._tokens_for(prompt, max_tokens) if self._counts_tokens else 0
+        return TextStream(
+            self._calls, body, self._policy(max_retries), self._timeout_for(timeout), tokens=tokens
+        )
 
     @overload
     async def generate_many(
@@ -326,10 +353,16 @@ class AsyncNebulaClient:
     async def _generate_item(self, item: GenerateRequest | Mapping[str, Any]) -> TextGeneration:
         if isinstance(item, GenerateRequest):
             body = encode_request(item, None, stream=False)
-            return await self._calls.run(self._retry, body, self._timeout, _finish)
+            tokens = self._tokens_for(item.prompt, item.max_tokens) if self._counts_tokens else 0
+            return await self._calls.run(self._retry, body, self._timeout, _finish, tokens=tokens)
         if isinstance(item, Mapping):
             return await self.generate_text(**item)
         raise TypeError(f"generate_many items must be GenerateRequest or dict, got {type(item).__name__}")
+
+    def _tokens_for(self, prompt: str, max_tokens: int | None) -> int:
+        """The tokens a call reserves under the tokens-per-minute limit; ValueError if it can never fit."""
+        assert self._rate_limit is not None  # only called when _counts_tokens
+        return self._rate_limit.estimate(prompt, max_tokens)
 
     def _policy(self, max_retries: int | None) -> RetryPolicy:
         if max_retries is None:

@@ -20,7 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._config import CLIENT_CLOSED, Headers, Timeout
-from ._errors import APIConnectionError, APITimeoutError
+from ._errors import APIConnectionError, APITimeoutError, NebulaError
 from ._kernel import wake_loop_on_signals
 
 if TYPE_CHECKING:
@@ -322,6 +322,11 @@ class Transport:
         elapsed = (time.monotonic() - started) * 1000
         logger.debug("POST %s -> %d in %.1f ms (attempt %d)", self.url, response.status, elapsed, attempt)
         return response
+
+    @staticmethod
+    def never_sent(error: NebulaError) -> bool:
+        """Say whether ``error`` (from post()) means the request never reached the API: no connection."""
+        return isinstance(error.__cause__, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
 
     @staticmethod
     async def read_body(response: aiohttp.ClientResponse) -> bytes:

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._config import RetryPolicy, Timeout
-from ._errors import APIConnectionError, APITimeoutError, NebulaError, ServerError
+from ._errors import APIConnectionError, APITimeoutError, NebulaError, RateLimitError, ServerError
 from ._models import TextChunk, Usage
 from ._parse import DONE, parse_event, parse_generation
 from ._sse import SSEDecoder, SSEProtocolError
@@ -45,9 +45,12 @@ class TextStream:
     early raises RuntimeError if used again: start a new one.
     """
 
-    def __init__(self, calls: CallPath, body: bytes, policy: RetryPolicy, timeout: Timeout) -> None:
+    def __init__(
+        self, calls: CallPath, body: bytes, policy: RetryPolicy, timeout: Timeout, *, tokens: int = 0
+    ) -> None:
         self._calls = calls
         self._body = body
+        self._tokens = tokens  # reserved under a tokens-per-minute limit; corrected from the final usage
         self._policy = policy
         self._timeout = timeout
         self._state = _State.NEW
@@ -171,6 +174,8 @@ class TextStream:
         while not self._buffered:
             if self._error is not None:
                 error, self._error = self._error, None
+                if isinstance(error, RateLimitError):  # not retried, but every other call must wait too
+                    self._calls.rate_limited(error, self._policy)
                 self._fail(error)
                 raise error
             if self._state is _State.ENDED:
@@ -181,6 +186,8 @@ class TextStream:
             except NebulaError as err:
                 if self._was_closed():  # aclose() from another task cut the read short
                     raise RuntimeError(_CLOSED_WHILE_READ) from err
+                if isinstance(err, RateLimitError):  # not retried, but every other call must wait too
+                    self._calls.rate_limited(err, self._policy)
                 self._fail(err)  # text reached the caller: a retry would deliver it twice
                 raise
             except BaseException as exc:  # cancelled, or a bug: never leave the connection checked out
@@ -199,6 +206,7 @@ class TextStream:
                 stream=True,
                 starting=self._starting,
                 interrupted=self._interrupted,
+                tokens=self._tokens,
             )
         except BaseException as exc:
             if not self._was_closed():
@@ -291,6 +299,10 @@ class TextStream:
     def _end(self) -> None:
         """The final event was read: hand the connection back; the buffered chunks stay to deliver."""
         self._state = _State.ENDED
+        if self._tokens:
+            last = self._buffered[-1].usage if self._buffered else None
+            usage = last if last is not None else self._usage
+            self._calls.settle(self._tokens, None if usage is None else usage.total_tokens)
         self._calls.untrack(self)
         response, self._response = self._response, None
         if response is not None:

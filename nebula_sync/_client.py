@@ -6,7 +6,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequenc
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
-from nebula_async import AsyncNebulaClient, RetryPolicy, TextGeneration, Timeout
+from nebula_async import AsyncNebulaClient, RateLimit, RetryPolicy, TextGeneration, Timeout
 from nebula_async._client import BatchInput
 from nebula_async._config import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RETRIES
 
@@ -34,6 +34,7 @@ class NebulaClient:
 
     ``proxy``, ``verify`` and ``trust_env`` work as in AsyncNebulaClient: the environment's
     proxies and ``SSL_CERT_FILE``/``SSL_CERT_DIR`` are read once, when the client is made.
+    ``rate_limit`` paces every call of the client, from whichever thread, as in AsyncNebulaClient.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class NebulaClient:
         proxy: str | None = None,
         verify: Verify = True,
         trust_env: bool = True,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         if session is not None:
             raise TypeError(
@@ -68,6 +70,7 @@ class NebulaClient:
             proxy=proxy,
             verify=verify,
             trust_env=trust_env,
+            rate_limit=rate_limit,
         )
         # The async client's aclose() runs in the loop at close(), on collection and at exit.
         self._runtime = LoopThread(name="nebula-sync", on_close=self._async.aclose, noun="client")
@@ -94,6 +97,11 @@ class NebulaClient:
     def close(self) -> None:
         """Close the connection pool and stop the client's thread; idempotent."""
         self._runtime.close()
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        """The limits every call of this client is paced to, or None (only the shared 429 gate)."""
+        return self._async.rate_limit
 
     @property
     def closed(self) -> bool:

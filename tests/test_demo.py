@@ -29,7 +29,8 @@ def test_demo_runs_offline_and_exits_cleanly() -> None:
     assert out.startswith("local demo API at http://127.0.0.1:")
     assert f"1. generate_text:\n{REPLY}\n   usage: Usage(prompt_tokens=7, completion_tokens=20" in out
     assert f"2. stream_text: {REPLY}\n   finish_reason: stop, usage: Usage(prompt_tokens=" in out
-    assert "  log: WARNING retrying in 0.200 s (retry 1 of 2) after RateLimitError: rate_limit" in out
+    assert "  log: WARNING rate limited by the API (rate_limit_exceeded: " in out
+    assert "every call of this client waits 0.200 s before it is sent" in out
     assert "   succeeded after 1 retry (the server answered 429, then 200)\n" in out
     assert "   ModelNotFoundError: model_not_found: Model 'invalid-model' not found (HTTP 404" in out
     assert "   ValueError before sending: temperature must be between 0 and 2, got 3\n" in out

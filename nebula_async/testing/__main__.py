@@ -45,6 +45,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--requests-per-second", type=int, metavar="N", help="per-key rate limit")
     parser.add_argument("--requests-per-minute", type=int, metavar="N", help="per-key rate limit")
     parser.add_argument(
+        "--tokens-per-minute", type=int, metavar="TOKENS", help="per-key limit, prompt plus completion"
+    )
+    parser.add_argument(
+        "--tokens-per-second", type=int, metavar="TOKENS", help="per-key limit, prompt plus completion"
+    )
+    parser.add_argument(
         "--token-quota", type=int, metavar="TOKENS", help="tokens per key before insufficient_quota"
     )
     parser.add_argument("--quiet", action="store_true", help="do not print a line per request")
@@ -82,6 +88,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m nebula_asy
             requests_per_second=args.requests_per_second,
             requests_per_minute=args.requests_per_minute,
             token_quota=args.token_quota,
+            tokens_per_minute=args.tokens_per_minute,
+            tokens_per_second=args.tokens_per_second,
             max_recorded=0,  # nobody can read them from the command line; a long run must not grow
             access_log=not args.quiet,
         )

@@ -59,6 +59,10 @@ class FakeNebulaServer:
     - ``requests_per_second``, ``requests_per_minute``: per-key limits answered with 429
       ``rate_limit_exceeded`` and ``Retry-After``; ``token_quota``: tokens (prompt and completion)
       per key, after which requests get 429 ``insufficient_quota``.
+    - ``tokens_per_minute``, ``tokens_per_second``: per-key limits on the tokens (prompt plus
+      completion) answered in a sliding 60 s or 1 s window; a request that finds its key's window
+      full gets 429 ``rate_limit_exceeded`` with ``Retry-After``/``retry-after-ms`` saying when
+      enough of it will have slid out.
     """
 
     def __init__(
@@ -77,6 +81,8 @@ class FakeNebulaServer:
         requests_per_second: int | None = None,
         requests_per_minute: int | None = None,
         token_quota: int | None = None,
+        tokens_per_minute: int | None = None,
+        tokens_per_second: int | None = None,
         max_recorded: int | None = None,
         access_log: bool = False,
         ssl: SSLContext | None = None,
@@ -98,6 +104,8 @@ class FakeNebulaServer:
             ("requests_per_second", requests_per_second),
             ("requests_per_minute", requests_per_minute),
             ("token_quota", token_quota),
+            ("tokens_per_minute", tokens_per_minute),
+            ("tokens_per_second", tokens_per_second),
         ):
             if value is not None:
                 check_int(name, value, 1, note=" or None (no limit)")
@@ -126,6 +134,8 @@ class FakeNebulaServer:
             requests_per_second=requests_per_second,
             requests_per_minute=requests_per_minute,
             token_quota=token_quota,
+            tokens_per_minute=tokens_per_minute,
+            tokens_per_second=tokens_per_second,
         )
         self._requests: collections.deque[RecordedRequest] = collections.deque(maxlen=max_recorded)
         self._answerer = Answerer(

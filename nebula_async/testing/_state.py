@@ -196,7 +196,12 @@ class Script:
 
 
 class Limits:
-    """Per-key sliding-window rate limits and token quotas."""
+    """Per-key sliding-window rate limits (requests and tokens) and token quotas.
+
+    A request is refused while its key's window is full: ``N`` requests, or at least ``N`` tokens
+    (prompt plus completion, counted when answered), in the last second or minute. The wait it is
+    told is until enough of the window has slid out for it to be admitted.
+    """
 
     def __init__(
         self,
@@ -205,18 +210,23 @@ class Limits:
         requests_per_second: int | None,
         requests_per_minute: int | None,
         token_quota: int | None,
+        tokens_per_minute: int | None = None,
+        tokens_per_second: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = lock
         self._clock = clock
         self._windows = [(n, w) for n, w in ((requests_per_second, 1.0), (requests_per_minute, 60.0)) if n]
+        self._token_windows = [(n, w) for n, w in ((tokens_per_second, 1.0), (tokens_per_minute, 60.0)) if n]
         self._admitted: dict[str, list[collections.deque[float]]] = {}
+        # Per key and token window: (time, tokens) answered, and their sum.
+        self._charged: dict[str, list[_TokenWindow]] = {}
         self.token_quota = token_quota
         self._used: dict[str, int] = {}
 
     def admit(self, key: str) -> float | None:
         """Count one request for ``key``; return None if allowed, else the seconds until it would be."""
-        if not self._windows:
+        if not self._windows and not self._token_windows:
             return None
         with self._lock:
             now = self._clock()
@@ -227,6 +237,8 @@ class Limits:
                     times.popleft()
                 if len(times) >= limit:  # the oldest admitted request leaves the window first
                     wait = max(wait, times[0] + seconds - now)
+            for (limit, seconds), charged in zip(self._token_windows, self._token_state(key), strict=True):
+                wait = max(wait, charged.wait(limit, seconds, now))
             if wait > 0:
                 return wait
             for times in windows:
@@ -235,8 +247,12 @@ class Limits:
 
     def describe(self) -> str:
         """Say what the rate limits are, e.g. ``"requests: 2 per second and 60 per minute, per API key"``."""
-        parts = [f"{n} per {'second' if w == 1.0 else 'minute'}" for n, w in self._windows]
-        return "requests: " + " and ".join(parts) + ", per API key"
+        parts = []
+        for noun, windows in (("requests", self._windows), ("tokens", self._token_windows)):
+            if windows:
+                each = [f"{n} per {'second' if w == 1.0 else 'minute'}" for n, w in windows]
+                parts.append(f"{noun}: " + " and ".join(each))
+        return "; ".join(parts) + ", per API key"
 
     def quota_left(self, key: str) -> bool:
         """Whether ``key`` has tokens left under the quota."""
@@ -244,8 +260,13 @@ class Limits:
             return self.token_quota is None or self._used.get(key, 0) < self.token_quota
 
     def charge(self, key: str, tokens: int) -> None:
+        """Count ``tokens`` (prompt plus completion) of an answer to ``key``: its quota and token windows."""
         with self._lock:
             self._used[key] = self._used.get(key, 0) + tokens
+            if self._token_windows:
+                now = self._clock()
+                for charged in self._token_state(key):
+                    charged.add(now, tokens)
 
     def used(self, key: str) -> int:
         with self._lock:
@@ -254,7 +275,39 @@ class Limits:
     def reset(self) -> None:
         with self._lock:
             self._admitted.clear()
+            self._charged.clear()
             self._used.clear()
+
+    def _token_state(self, key: str) -> list[_TokenWindow]:
+        return self._charged.setdefault(key, [_TokenWindow() for _ in self._token_windows])
+
+
+class _TokenWindow:
+    """The tokens answered to one key in one sliding window: (time, tokens) entries and their sum."""
+
+    __slots__ = ("entries", "total")
+
+    def __init__(self) -> None:
+        self.entries: collections.deque[tuple[float, int]] = collections.deque()
+        self.total = 0
+
+    def add(self, now: float, tokens: int) -> None:
+        self.entries.append((now, tokens))
+        self.total += tokens
+
+    def wait(self, limit: int, seconds: float, now: float) -> float:
+        """Return 0.0 if fewer than ``limit`` tokens are in the window, else the seconds until they are."""
+        entries = self.entries
+        while entries and now - entries[0][0] >= seconds:
+            self.total -= entries.popleft()[1]
+        if self.total < limit:
+            return 0.0
+        left = self.total
+        index = 0
+        while left >= limit:  # the oldest leave first: wait until enough of them have
+            left -= entries[index][1]
+            index += 1
+        return entries[index - 1][0] + seconds - now
 
 
 def seconds_header(seconds: float) -> dict[str, str]:

@@ -430,14 +430,14 @@ async def test_cancelled_read_makes_the_stream_fail_without_resending(
 async def test_stream_cancelled_while_sleeping_before_a_retry_is_failed(
     fake: FakeNebulaServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A stream cancelled in its Retry-After sleep raises RuntimeError if used again; nothing is resent."""
+    """A stream cancelled at the 429 gate before its retry raises RuntimeError if used again; one request."""
     caplog.set_level(logging.WARNING, logger="nebula_async")
     fake.fail_next(status=429, code="rate_limit_exceeded", message="slow down", retry_after=0.5)
     fake.replies["p"] = "next call"
     async with make_client(fake.base_url, max_connections=1) as client:
         stream = client.stream_text(model="m", prompt="p")
         reader = asyncio.create_task(collect(stream))
-        await wait_until(lambda: any("retrying in" in r.getMessage() for r in caplog.records))
+        await wait_until(lambda: any("rate limited" in r.getMessage() for r in caplog.records))
         reader.cancel()
         with pytest.raises(asyncio.CancelledError):
             await reader

@@ -126,11 +126,14 @@ def test_close_is_prompt_while_a_call_waits_to_retry(fake_thread: FakeNebulaServ
 async def _by_prompt(
     server: ThreadedServer, request: web.Request, body: dict[str, Any]
 ) -> web.StreamResponse:
-    """Answer "retry" with 429, Retry-After: 5; "slow" once released; a stream with one event, then stall."""
+    """Answer "retry" with 503, Retry-After: 5; "slow" once released; a stream with one event, then stall.
+
+    503, not 429: a 429 closes the client-wide rate-limit gate, which would hold the other calls unsent.
+    """
     if body.get("stream"):
         return await stalled_stream(events=1)(server, request, body)
     if body.get("prompt") == "retry":
-        return web.json_response(error_body("rate_limit_exceeded"), status=429, headers={"Retry-After": "5"})
+        return web.json_response(error_body("overloaded"), status=503, headers={"Retry-After": "5"})
     if body.get("prompt") == "slow":
         await server.wait_released()
     return await echo(server, request, body)

@@ -281,3 +281,14 @@ def test_cli_taken_port_exits_1() -> None:
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_cli_tokens_per_minute_limits_each_key() -> None:
+    """--tokens-per-minute answers 429 rate_limit_exceeded once a key's window holds that many tokens."""
+    with _cli("--port", "0", "--quiet", "--tokens-per-minute", "5") as cli:
+        base_url = cli.banner()
+        assert post(base_url, body(max_tokens=5))[0] == 200  # at least 6 tokens with the prompt
+        status, headers, answer = post(base_url, body(max_tokens=5))
+        assert cli.finish(signal.SIGTERM)[0] == 0
+    assert (status, answer["error"]["code"]) == (429, "rate_limit_exceeded")
+    assert int(headers["Retry-After"]) == 60

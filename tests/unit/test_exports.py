@@ -25,7 +25,7 @@ MIRRORED_METHODS = ["__init__", "generate_text", "stream_text", "generate_many"]
 UNREACHABLE = "http://127.0.0.1:9/v1"  # the discard port: nothing answers, nothing leaves the machine
 
 # What each exported name is: the documented surface, by kind.
-MODELS = {"GenerateRequest", "TextChunk", "TextGeneration", "Usage", "RetryPolicy", "Timeout"}
+MODELS = {"GenerateRequest", "TextChunk", "TextGeneration", "Usage", "RetryPolicy", "Timeout", "RateLimit"}
 ERRORS = {
     "NebulaError",
     "APIError",
