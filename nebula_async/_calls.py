@@ -234,13 +234,6 @@ class CallPath:
         if self._closed:  # closed while we slept
             raise RuntimeError(CLOSED_DURING_CALL) from error
 
-    def paused_for(self) -> float:
-        """Seconds until the client-wide 429 gate opens; 0.0 when it is open.
-
-        A stub until the rate limiter lands (helper "limit" replaces it): there is no gate yet.
-        """
-        return 0.0
-
     def track(self, stream: object, cut_off: Callable[[], None]) -> None:
         """Have aclose() call ``cut_off`` (a bound method of ``stream``) while ``stream`` is open."""
         key = id(stream)
