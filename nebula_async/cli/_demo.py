@@ -21,6 +21,8 @@ from ._app import EXIT_OK
 if TYPE_CHECKING:  # rich is imported when the demo runs: `nebula --help` stays quick
     from rich.console import Console
 
+    from .. import BatchProgress
+
 __all__ = ["BATCH_RPM", "BATCH_SIZE", "demo", "run_demo"]
 
 BATCH_SIZE = 300
@@ -44,7 +46,9 @@ def demo() -> int:
 
     from rich.console import Console
 
-    return asyncio.run(run_demo(Console(highlight=False), Console(stderr=True, highlight=False)))
+    # soft_wrap: lines are not cut at 80 columns when the output is not a terminal.
+    out, err = Console(highlight=False, soft_wrap=True), Console(stderr=True, highlight=False, soft_wrap=True)
+    return asyncio.run(run_demo(out, err))
 
 
 class _Narrator(logging.Handler):
@@ -128,16 +132,30 @@ async def run_demo(out: Console, err: Console) -> int:
                 f"4. a batch of {BATCH_SIZE} prompts, paced under the API's {BATCH_RPM // 60} requests/s",
                 f"nebula batch prompts.jsonl -o results.jsonl --rpm {BATCH_RPM}",
             )
+            out.print(
+                f"   a third of the way, the API answers one 429 with Retry-After: {_RETRY_AFTER:g} s: every "
+                "request then waits at the client's shared gate",
+                markup=False,
+            )
             out.file.flush()
             display = make_display(err)
             before = len(server.requests)
+
+            injected: list[int] = []
+
+            def progress(state: BatchProgress) -> None:
+                display(state)
+                if state.done >= BATCH_SIZE // 3 and not injected:  # once: the hook also runs on a timer
+                    injected.append(state.done)
+                    server.fail_next(1, status=429, code="rate_limit_exceeded", retry_after=_RETRY_AFTER)
+
             rate_limit = RateLimit(requests_per_minute=BATCH_RPM)
             async with AsyncNebulaClient(
                 api_key="demo-key", base_url=server.base_url, rate_limit=rate_limit
             ) as client:
                 try:
                     summary = await client.run_batch(
-                        prompts, results, model=_MODEL, max_tokens=16, concurrency=32, progress=display
+                        prompts, results, model=_MODEL, max_tokens=16, concurrency=32, progress=progress
                     )
                 finally:
                     display.close()

@@ -5,6 +5,7 @@ Both displays are callables for ``run_batch(progress=...)``: the same hook a lib
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,9 @@ def status_text(progress: BatchProgress) -> str:
         f"{progress.tokens_per_second:,.0f} tok/s",
     ]
     if progress.paused_for > 0:
-        parts.append(f"rate-limited, resuming in {progress.paused_for:.0f} s")
+        parts.append(
+            f"rate-limited, resuming in {math.ceil(progress.paused_for)} s"
+        )  # 0.3 s: "1 s", not "0 s"
     else:
         parts.append(f"ETA {_duration(progress.eta)}")
     return ", ".join(parts)

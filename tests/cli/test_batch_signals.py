@@ -1,4 +1,4 @@
-"""`nebula batch` and Ctrl-C/SIGTERM: a graceful stop with the summary and resume command, a second one cancels."""
+"""`nebula batch` and Ctrl-C/SIGTERM: a graceful stop, the summary and resume command; a second one cancels."""
 
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ def test_one_signal_stops_gracefully_with_summary_and_resume_command(
             + ("--concurrency 4")
         )
         rerun = subprocess.run(
-            shlex.split(resume), env=cli_env(NEBULA_API_KEY="k"), capture_output=True, text=True, timeout=WAIT,
-            cwd=ROOT,
+            shlex.split(resume), env=cli_env(NEBULA_API_KEY="k"), capture_output=True, text=True,
+            timeout=WAIT, cwd=ROOT,
         )  # fmt: skip
         assert rerun.returncode == 0, rerun.stderr
     assert sorted(read_ids(out)) == sorted(f"p{n}" for n in range(1, COUNT + 1))
