@@ -1,4 +1,4 @@
-"""`nebula batch` and Ctrl-C/SIGTERM: a graceful stop, the summary and resume command; a second one cancels."""
+"""`nebula batch` and Ctrl-C/SIGTERM: a graceful stop, the summary and resume command; twice cancels."""
 
 from __future__ import annotations
 
