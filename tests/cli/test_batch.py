@@ -118,3 +118,36 @@ def test_insufficient_quota_stops_exit_1_and_says_how_to_resume(env: dict[str, s
     assert resume.endswith(f"batch {prompts} -o {out} --concurrency 2 (with the same --api-key)")
     assert KEY not in proc.stderr + proc.stdout
     assert 0 < len(read_ids(out)) < 100
+
+
+def test_rpm_paces_the_batch_under_the_servers_limit(env: dict[str, str], tmp_path: Path) -> None:
+    """--rpm matching the server's 20 requests/s limit sends 60 prompts with at most one 429 answered."""
+    prompts, out = write_prompts(tmp_path / "in.jsonl", 60), tmp_path / "out.jsonl"
+    with FakeNebulaServer(requests_per_second=20).run_in_thread() as server:
+        env = {**env, "NEBULA_BASE_URL": server.base_url}
+        proc = nebula("batch", str(prompts), "-o", str(out), "--rpm", "1200", "--concurrency", "32", env=env)
+        statuses = [request.status for request in server.requests]
+    assert proc.returncode == 0, proc.stderr
+    assert statuses.count(429) <= 1
+    assert statuses.count(200) == 60
+
+
+def test_tpm_is_passed_to_the_rate_limit(api: FakeNebulaServer, env: dict[str, str], tmp_path: Path) -> None:
+    """With --tpm below one request's estimate, rows fail unsent, their lines naming both numbers."""
+    prompts, out = write_prompts(tmp_path / "in.jsonl", 3), tmp_path / "out.jsonl"
+    proc = nebula("batch", str(prompts), "-o", str(out), "--tpm", "100", "--max-tokens", "500", env=env)
+    assert proc.returncode == 1
+    assert "succeeded 0, failed 3," in proc.stderr
+    for line in out.read_text().splitlines():
+        message = json.loads(line)["error"]["message"]
+        assert "max_tokens 500" in message
+        assert "tokens_per_minute=100" in message
+    assert api.requests == []
+
+
+def test_a_bad_rate_is_a_usage_error(env: dict[str, str], tmp_path: Path) -> None:
+    """--rpm 0 is refused with exit 2 before anything runs."""
+    prompts, out = write_prompts(tmp_path / "in.jsonl", 3), tmp_path / "out.jsonl"
+    proc = nebula("batch", str(prompts), "-o", str(out), "--rpm", "0", env=env)
+    assert proc.returncode == 2
+    assert "requests_per_minute" in proc.stderr

@@ -207,3 +207,13 @@ def sync_api() -> None:
         list[TextGeneration | Exception],
     )
     client.close()
+
+
+def command_line() -> None:
+    """The console script's entry point: arguments in, exit status out."""
+    from nebula_async.cli import INSTALL_HINT, main
+
+    assert_type(main(), int)
+    assert_type(main(["generate", "hi"]), int)
+    assert_type(main(("--help",), prog_name="nebula"), int)
+    assert_type(INSTALL_HINT, str)
