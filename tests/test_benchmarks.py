@@ -179,3 +179,23 @@ def test_import_rows_give_the_ratio_to_aiohttp_and_check_the_targets() -> None:
     assert "| aiohttp | 100 | 1.00× |" in report
     assert "| import | nebula_async ≤ 0.4 × aiohttp | 0.40× | met |" in report
     assert "| import | nebula_sync ≤ 0.5 × aiohttp | 0.60× | **not met** |" in report
+
+
+def test_pacing_benchmark_runs_every_contender_in_seconds() -> None:
+    """pacing --quick prints its section: every contender in both scenarios, and the acquire table."""
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.pacing", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=25,
+    )
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert out.startswith("## Pacing under a rate limit\n")
+    assert "### 200 requests per second" in out
+    assert "### 4,600 tokens per second" in out
+    for name in ("RateLimit, burst_seconds=0", "RateLimit, burst_seconds=1.0", "cookbook parallel processor"):
+        assert len(re.findall(rf"^\| .*{re.escape(name)}.* \| \d+ \| 40 of 40 \|", out, re.M)) == 2, name
+    assert len(re.findall(r"^\| aiolimiter AsyncLimiter \+ aiohttp \| ", out, re.M)) == 2
+    assert re.search(r"^\| rate_limit=None \(the 429 gate only\) \| [\d.]+ \|$", out, re.M), out

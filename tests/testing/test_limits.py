@@ -62,7 +62,7 @@ async def test_token_quota_answers_insufficient_quota_once_used(http: aiohttp.Cl
 
 
 async def test_tokens_per_minute_answers_429_once_the_window_is_full(http: aiohttp.ClientSession) -> None:
-    """tokens_per_minute counts prompt plus completion tokens per key; a full window answers 429 with a wait."""
+    """tokens_per_minute counts prompt and completion tokens per key; a full window gets 429 and a wait."""
     async with FakeNebulaServer(tokens_per_minute=10, replies={"Say hi": "Hello, World!"}) as server:
         first = (await send(http, server, body())).success()
         assert first["usage"]["total_tokens"] == 6  # 6 < 10: the next one is still admitted
@@ -96,7 +96,7 @@ async def test_tokens_per_second_window_slides(http: aiohttp.ClientSession) -> N
 
 
 def test_token_window_wait_counts_from_the_oldest_answers() -> None:
-    """With answers of 4, 4 and 4 tokens at t=0, 10, 20 and a limit of 10, the wait ends when the first leaves."""
+    """Answers of 4 tokens at t=0, 10 and 20 under a limit of 10: the wait ends when the first leaves."""
     clock = [0.0]
     limits = Limits(
         threading.Lock(),

@@ -7,7 +7,7 @@ A change that alters what a user's type checker sees (a return type, a keyword, 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from nebula_async import (
     APIError,
     AsyncNebulaClient,
     GenerateRequest,
+    RateLimit,
     RateLimitError,
     RetryPolicy,
     TextChunk,
@@ -49,6 +50,16 @@ assert_type(policy.max_retry_after, float)
 
 assert_type(nebula_async.__version__, str)
 assert_type(nebula_sync.__version__, str)
+
+# --- rate limits -------------------------------------------------------------------------------------
+
+limit = RateLimit(requests_per_minute=600.0, tokens_per_minute=90_000, burst_seconds=0.5)
+assert_type(limit.requests_per_minute, float | None)
+assert_type(limit.tokens_per_minute, float | None)
+assert_type(limit.burst_seconds, float)
+assert_type(limit.token_counter, Callable[[str], int] | None)
+assert_type(limit.estimate("prompt", 100), int)
+assert_type(limit.estimate("prompt", None), int)
 
 # --- models ------------------------------------------------------------------------------------------
 
@@ -116,8 +127,10 @@ async def async_api() -> None:
         proxy="http://proxy.example:3128",
         verify="/etc/ssl/ca.pem",
         trust_env=False,
+        rate_limit=RateLimit(requests_per_minute=600, tokens_per_minute=90_000, burst_seconds=1.0),
     )
     assert_type(client, AsyncNebulaClient)
+    assert_type(client.rate_limit, RateLimit | None)
     AsyncNebulaClient(verify=Path("/etc/ssl/certs"))
     AsyncNebulaClient(verify=ssl.create_default_context())
     AsyncNebulaClient(verify=False, proxy=None)
@@ -177,7 +190,9 @@ def sync_api() -> None:
     client = NebulaClient("key", base_url="http://127.0.0.1:8080/v1", timeout=10.0, max_retries=0)
     NebulaClient(proxy="http://proxy.example:3128", verify=Path("/etc/ssl/ca.pem"), trust_env=False)
     NebulaClient(verify=ssl.create_default_context())
+    NebulaClient(rate_limit=RateLimit(tokens_per_minute=90_000, token_counter=len))
     assert_type(client, NebulaClient)
+    assert_type(client.rate_limit, RateLimit | None)
     assert_type(client.closed, bool)
     with NebulaClient(retry=policy, max_connections=4, default_headers={"X-Team": "a"}) as entered:
         assert_type(entered, NebulaClient)

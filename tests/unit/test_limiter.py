@@ -1,0 +1,170 @@
+"""The Limiter's waiting, in a real event loop: FIFO order, cancellation, one timer, close, the fast path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from nebula_async import RateLimit
+from nebula_async._limit import Limiter
+
+FAST = RateLimit(requests_per_minute=60 * 200)  # a call every 5 ms: waits are real, and short
+
+
+def count_timers(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record the time of every timer a Limiter arms (not wait_for's) from now on in the running loop."""
+    loop = asyncio.get_running_loop()
+    created: list[float] = []
+    real = loop.call_at
+
+    def call_at(
+        when: float, callback: Callable[..., object], *args: Any, **kwargs: Any
+    ) -> asyncio.TimerHandle:
+        if isinstance(getattr(callback, "__self__", None), Limiter):
+            created.append(when)
+        return real(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", call_at)
+    return created
+
+
+async def take(limiter: Limiter, tokens: int = 0) -> None:
+    """Take a turn as CallPath.run does: the fast path, else the wait."""
+    if not limiter.try_take(tokens):
+        await limiter.wait(tokens)
+
+
+async def test_uncontended_calls_take_their_turn_without_a_future_or_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """try_take() succeeds at once for a free turn (no timer), and refuses while the schedule is busy."""
+    timers = count_timers(monkeypatch)
+    assert Limiter(None).try_take(100)  # no RateLimit, open gate
+    limiter = Limiter(RateLimit(requests_per_minute=60))
+    assert limiter.try_take(0)
+    assert not limiter.try_take(0)  # the next turn is a second away
+    assert timers == []
+
+
+async def test_waiters_are_served_first_come_first_served() -> None:
+    """A big token call queued first goes before small ones queued after it, though they would fit sooner."""
+    limiter = Limiter(RateLimit(tokens_per_minute=60 * 10_000))  # 10,000 tokens/s
+    assert limiter.try_take(50)  # 5 ms of schedule: everyone after this waits
+    order: list[str] = []
+
+    async def call(name: str, tokens: int) -> None:
+        await take(limiter, tokens)
+        order.append(name)
+
+    tasks = [asyncio.create_task(call("big", 200))]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(call(f"small-{i}", 1)) for i in range(5)]
+    await asyncio.wait_for(asyncio.gather(*tasks), 2)
+    assert order == ["big", *(f"small-{i}" for i in range(5))]
+
+
+async def test_a_cancelled_waiter_consumes_nothing_and_the_timer_moves_to_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelling the head waiter re-arms the one timer for the next, whose turn is the head's old one."""
+    limiter = Limiter(RateLimit(requests_per_minute=60 * 10))  # a call every 100 ms
+    assert limiter.try_take(0)
+    loop = asyncio.get_running_loop()
+    timers = count_timers(monkeypatch)
+    head = asyncio.create_task(take(limiter))
+    second = asyncio.create_task(take(limiter))
+    await asyncio.sleep(0)
+    assert len(timers) == 1
+    head.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await head
+    assert len(timers) == 2
+    assert timers[1] == timers[0]  # the same turn, now the second's
+    started = loop.time()
+    await asyncio.wait_for(second, 2)
+    assert loop.time() - started < 0.1 + 0.05  # it did not wait a turn for the cancelled one
+    third = asyncio.create_task(take(limiter))
+    await asyncio.sleep(0)
+    assert timers[-1] == pytest.approx(timers[0] + 0.1)  # the turn after the second's: nothing was taken
+    third.cancel()
+
+
+async def test_ten_thousand_waiters_share_one_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """10,000 calls held by the 429 gate arm one timer between them, and all go when it opens."""
+    limiter = Limiter(None)
+    timers = count_timers(monkeypatch)
+    assert limiter.close_gate(1.0)  # making 10,000 tasks takes a while: the gate must outlast it
+    tasks = [asyncio.create_task(take(limiter)) for _ in range(10_000)]
+    await asyncio.sleep(0)
+    assert len(timers) == 1
+    assert 0 < limiter.paused_for() <= 1.0
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert len(timers) == 1
+    assert limiter.paused_for() == 0.0
+    assert limiter.try_take(0)
+
+
+async def test_paced_waiters_never_hold_more_than_one_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """200 calls paced 1 ms apart: each admission re-arms the one timer; at most one is pending at a time."""
+    limiter = Limiter(RateLimit(requests_per_minute=60_000))
+    loop = asyncio.get_running_loop()
+    pending: list[int] = []
+    real_call_at = loop.call_at
+    handles: list[asyncio.TimerHandle] = []
+
+    def tracking(
+        when: float, callback: Callable[..., object], *args: Any, **kwargs: Any
+    ) -> asyncio.TimerHandle:
+        handle = real_call_at(when, callback, *args, **kwargs)
+        if getattr(callback, "__self__", None) is not limiter:  # wait_for's timeout, say
+            return handle
+        handles.append(handle)
+        pending.append(sum(1 for h in handles if not h.cancelled() and h.when() > loop.time()))
+        return handle
+
+    monkeypatch.setattr(loop, "call_at", tracking)
+    tasks = [asyncio.create_task(take(limiter)) for _ in range(200)]
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert len(handles) >= 100  # paced, so it did re-arm
+    assert max(pending) == 1
+
+
+async def test_close_fails_every_waiter_and_later_waits() -> None:
+    """close() wakes waiters at once with the closed-client RuntimeError; a wait after it fails too."""
+    limiter = Limiter(None)
+    limiter.close_gate(30.0)
+    waiters = [asyncio.create_task(take(limiter)) for _ in range(3)]
+    await asyncio.sleep(0)
+    limiter.close()
+    for waiter in waiters:
+        with pytest.raises(RuntimeError, match="this client is closed"):
+            await asyncio.wait_for(waiter, 1)
+    with pytest.raises(RuntimeError, match="this client is closed"):
+        await limiter.wait(0)
+
+
+async def test_close_from_another_thread_wakes_waiters_in_their_loop() -> None:
+    """close() called from a thread hands the wake-up to the waiters' loop."""
+    limiter = Limiter(None)
+    limiter.close_gate(30.0)
+    waiter = asyncio.create_task(take(limiter))
+    await asyncio.sleep(0)
+    await asyncio.to_thread(limiter.close)
+    with pytest.raises(RuntimeError, match="this client is closed"):
+        await asyncio.wait_for(waiter, 1)
+
+
+async def test_a_refund_lets_the_head_waiter_go_sooner() -> None:
+    """A waiter held by a big reservation goes as soon as it is refunded, not at its old turn."""
+    limiter = Limiter(RateLimit(tokens_per_minute=60 * 100))  # 100 tokens/s
+    assert limiter.try_take(100)  # a second of schedule
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiter = asyncio.create_task(take(limiter, 1))
+    await asyncio.sleep(0.01)
+    limiter.adjust(0, -100)
+    await asyncio.wait_for(waiter, 2)
+    assert loop.time() - started < 0.5
