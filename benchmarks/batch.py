@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import re
 import resource
@@ -117,7 +116,9 @@ def speed(count: int, concurrency: int, runs: int) -> list[str]:
             for run in range(runs):
                 order = list(rates) if run % 2 == 0 else list(reversed(rates))
                 for which in order:
-                    rates[which].append(asyncio.run(_speed_once(base_url, which, count, concurrency, workdir)))
+                    rates[which].append(
+                        asyncio.run(_speed_once(base_url, which, count, concurrency, workdir))
+                    )
     finally:
         server.terminate()
         server.wait()
@@ -130,7 +131,8 @@ def speed(count: int, concurrency: int, runs: int) -> list[str]:
     ]
     for which, values in rates.items():
         spread = ", ".join(f"{v:,.0f}" for v in values)
-        lines.append(f"| {which} | {statistics.median(values):,.0f} | {spread} | {statistics.median(values) / base:.2f}× |")
+        median = statistics.median(values)
+        lines.append(f"| {which} | {median:,.0f} | {spread} | {median / base:.2f}× |")
     return [*lines, ""]
 
 
@@ -187,7 +189,8 @@ def peak_rss(lines: int, send: int, concurrency: int) -> list[str]:
         elapsed = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         summary = json.loads(run.stdout)
-    assert summary["succeeded"] == send and summary["total"] == lines, summary
+    assert summary["succeeded"] == send, summary
+    assert summary["total"] == lines, summary
     rss_mib = max(before, after) / 1024  # ru_maxrss is in KiB on Linux
     return [
         f"### Peak RSS: {lines:,}-line input, {lines - send:,} ids already in the output, {send:,} sent",
@@ -208,7 +211,13 @@ def main(argv: list[str] | None = None) -> None:
         sizes = {"count": 500, "kills": 2, "kill_count": 1000, "rss_lines": 20_000, "rss_send": 200}
         args.runs = 1
     else:
-        sizes = {"count": 20_000, "kills": 10, "kill_count": 10_000, "rss_lines": 1_000_000, "rss_send": 2_000}
+        sizes = {
+            "count": 20_000,
+            "kills": 10,
+            "kill_count": 10_000,
+            "rss_lines": 1_000_000,
+            "rss_send": 2_000,
+        }
     out = [f"## Batch runner (`python -m benchmarks.batch{' --quick' if args.quick else ''}`)", ""]
     out += speed(sizes["count"], 64, args.runs)
     out += kill_test(sizes["kill_count"], sizes["kills"], 64, args.seed)

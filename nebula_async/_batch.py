@@ -200,6 +200,9 @@ class _Pool:
                 self._failure = None
                 self.cancel()
                 raise failure
+            if self._closed:
+                self._forget()
+                raise StopAsyncIteration
             if self._ready:
                 outcome = self._ready.popleft()
                 self._delivered += 1
@@ -209,7 +212,7 @@ class _Pool:
                         waiter.set_result(None)
                         break
                 return outcome
-            if self._running == 0 or self._closed:
+            if self._running == 0:
                 self._forget()
                 raise StopAsyncIteration
             self._consumer = asyncio.get_running_loop().create_future()

@@ -19,18 +19,26 @@ An id is a non-empty string or an integer, kept as given; without one, the 1-bas
 
 from __future__ import annotations
 
-import difflib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import attrs
 
 from ._doneset import IdSet
 from ._models import GenerateRequest
-from ._records import BatchId, is_batch_id, loads
+from ._parse import loads
+from ._records import BatchId, is_batch_id
 
-__all__ = ["MAX_PROBLEMS", "BatchInputError", "Defaults", "InputScan", "iter_requests", "parse_line", "scan_input"]
+__all__ = [
+    "MAX_PROBLEMS",
+    "BatchInputError",
+    "Defaults",
+    "InputScan",
+    "iter_requests",
+    "parse_line",
+    "scan_input",
+]
 
 MAX_PROBLEMS = 20
 """How many problems BatchInputError lists; ``count`` has them all."""
@@ -134,7 +142,9 @@ def _openai_fields(value: dict[str, Any]) -> dict[str, Any]:
     elif url == COMPLETIONS_URL:
         prompt = body.get("prompt")
         if prompt is not None and not isinstance(prompt, str):
-            raise ValueError(f'"body.prompt" must be one string (one prompt per line), got {_json_type(prompt)}')
+            raise ValueError(
+                f'"body.prompt" must be one string (one prompt per line), got {_json_type(prompt)}'
+            )
     else:
         raise ValueError(f'"url" must be "{CHAT_URL}" or "{COMPLETIONS_URL}", got {url!r}')
     tokens = body.get("max_completion_tokens")
@@ -158,9 +168,15 @@ def _chat_prompt(messages: object) -> str:
         if isinstance(content, list):
             parts = []
             for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                if (
+                    not isinstance(part, dict)
+                    or part.get("type") != "text"
+                    or not isinstance(part.get("text"), str)
+                ):
                     kind = part.get("type") if isinstance(part, dict) else _json_type(part)
-                    raise ValueError(f"body.messages[{i}] has a part that is not text ({kind!r}): only text is sent")
+                    raise ValueError(
+                        f"body.messages[{i}] has a part that is not text ({kind!r}): only text is sent"
+                    )
                 parts.append(part["text"])
             content = "".join(parts)
         if not isinstance(content, str):
@@ -170,6 +186,8 @@ def _chat_prompt(messages: object) -> str:
 
 
 def _unknown_key(key: str, known: tuple[str, ...]) -> str:
+    import difflib  # only for a line with a mistake: not at import
+
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"expected {', '.join(known)}"
     return f"unknown key {key!r} ({hint})"
@@ -182,7 +200,9 @@ def _json_type(value: object) -> str:
     return names.get(type(value), "a number" if isinstance(value, int) else type(value).__name__)
 
 
-def iter_requests(path: str | os.PathLike[str], defaults: Defaults) -> Iterator[tuple[BatchId, GenerateRequest]]:
+def iter_requests(
+    path: str | os.PathLike[str], defaults: Defaults
+) -> Generator[tuple[BatchId, GenerateRequest], None, None]:
     """Yield each line's id and request; for a file that scan_input found valid (ValueError otherwise)."""
     with open(path, "rb") as file:
         for number, raw in enumerate(file, 1):
@@ -199,7 +219,9 @@ class InputScan:
     collided: bool
 
 
-def scan_input(path: str | os.PathLike[str], defaults: Defaults, digest: Callable[[BatchId], int]) -> InputScan:
+def scan_input(
+    path: str | os.PathLike[str], defaults: Defaults, digest: Callable[[BatchId], int]
+) -> InputScan:
     """Read the whole input once; BatchInputError listing every problem, or the ids' digests.
 
     Repeated digests are checked exactly by reading their lines again: the same id twice is a

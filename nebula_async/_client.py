@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias, overload
 import attrs
 
 from ._batch import Completions, ItemSource
-from ._calls import CallPath
 from ._batchfile import Defaults
+from ._calls import CallPath
 from ._checks import check_int, check_number
 from ._config import (
     DEFAULT_BASE_URL,
@@ -263,7 +263,9 @@ class AsyncNebulaClient:
         in outcomes: ...``: leaving the block early cancels the calls in flight.
         """
         check_int("concurrency", concurrency, 1)
-        return Completions(ItemSource(requests), self._generate_item, concurrency=concurrency, calls=self._calls)
+        return Completions(
+            ItemSource(requests), self._generate_item, concurrency=concurrency, calls=self._calls
+        )
 
     async def run_batch(
         self,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -129,7 +129,9 @@ class _Plan:
     digest: IdDigester
 
 
-def _prepare(input: str | os.PathLike[str], output: str | os.PathLike[str], defaults: Defaults, retry_failed: bool) -> _Plan:
+def _prepare(
+    input: str | os.PathLike[str], output: str | os.PathLike[str], defaults: Defaults, retry_failed: bool
+) -> _Plan:
     # In a worker thread: a million-line file takes seconds to read, and the loop may serve others.
     for _ in range(5):
         digest = IdDigester()
@@ -147,7 +149,7 @@ def _prepare(input: str | os.PathLike[str], output: str | os.PathLike[str], defa
 class _Jobs:
     """The Source of the sending pass: the input's (id, request) pairs not yet done, until stop()."""
 
-    def __init__(self, lines: Iterator[tuple[BatchId, GenerateRequest]], plan: _Plan) -> None:
+    def __init__(self, lines: Generator[tuple[BatchId, GenerateRequest], None, None], plan: _Plan) -> None:
         self._lines = lines
         self._done = plan.done
         self._digest = plan.digest
