@@ -19,7 +19,7 @@ from tests.integration.test_generate_many import Counting
 
 def pool_tasks() -> set[asyncio.Task[Any]]:
     """The running tasks that are as_completed's workers (the fake server's own tasks share the loop)."""
-    return {t for t in asyncio.all_tasks() if "_Pool._work" in t.get_coro().__qualname__}  # type: ignore[union-attr]  # a task's coroutine
+    return {t for t in asyncio.all_tasks() if "_Pool._work" in getattr(t.get_coro(), "__qualname__", "")}
 
 
 async def test_outcomes_come_in_completion_order_with_their_index(server: LocalServer) -> None:
@@ -70,7 +70,7 @@ async def test_errors_are_outcomes_and_the_rest_go_on(fake: FakeNebulaServer) ->
 
 
 async def test_breaking_out_cancels_what_is_in_flight(server: LocalServer) -> None:
-    """Leaving the block after the first outcome cancels the calls in flight: no task is left, nothing more is sent."""
+    """Leaving the block after the first outcome cancels the calls in flight: nothing left or sent."""
     server.handler = Counting(delay=0.02)
     items = ({"model": "m", "prompt": f"p{i}"} for i in range(1000))
     async with make_client(server.base_url) as client:

@@ -1,4 +1,4 @@
-"""run_batch over the fake server: fresh runs, resume, torn lines, retry_failed, stops, progress, input shapes."""
+"""run_batch over the fake server: fresh runs, resume, torn lines, retry_failed, stops, progress, input."""
 
 from __future__ import annotations
 
@@ -99,7 +99,10 @@ async def test_a_torn_last_line_is_cut_and_its_id_run_again(
 ) -> None:
     """A last line without its newline (a kill mid-write) is cut; its id is sent again, once."""
     source, output = write_input(files[0], 3), files[1]
-    whole = '{"id":1,"text":"t","usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2},"request_id":null,"retries":0}\n'
+    whole = (
+        '{"id":1,"text":"t","usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2},'
+        '"request_id":null,"retries":0}\n'
+    )
     output.write_text(whole + whole.replace('"id":1', '"id":2')[:40])
     async with make_client(fake.base_url) as client:
         summary = await client.run_batch(source, output, model="m")
@@ -127,7 +130,7 @@ async def test_an_output_line_that_is_not_a_record_stops_the_run(
 async def test_retry_failed_runs_the_failures_again_and_leaves_one_line_per_id(
     fake: FakeNebulaServer, files: tuple[Path, Path]
 ) -> None:
-    """Failed ids are written as errors; a rerun with retry_failed replaces them, through an atomic rewrite."""
+    """Failed ids are written as errors; a rerun with retry_failed replaces them through an atomic rewrite."""
     source, output = write_input(files[0], 8), files[1]
     fake.fail_next(3, status=500)
     async with make_client(fake.base_url, retry=RetryPolicy(max_retries=0)) as client:
@@ -151,7 +154,12 @@ async def test_fsync_syncs_the_output(
     """With fsync=True the output is fsync'ed (at the end at least); without it, never."""
     synced: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
     source, output = write_input(files[0], 5), files[1]
     async with make_client(fake.base_url) as client:
         await client.run_batch(source, output, model="m")
@@ -163,7 +171,7 @@ async def test_fsync_syncs_the_output(
 
 
 async def test_insufficient_quota_stops_the_batch_and_a_rerun_resumes(files: tuple[Path, Path]) -> None:
-    """Out of quota: nothing more is sent, the failing item is not written, the summary says why; a rerun finishes."""
+    """Out of quota: nothing more is sent, the failing item is not written, the summary says why; rerun."""
     source, output = write_input(files[0], 40), files[1]
     async with FakeNebulaServer(models=["m"], token_quota=100) as fake:
         async with make_client(fake.base_url, retry=RetryPolicy(max_retries=0)) as client:
@@ -209,7 +217,7 @@ async def test_errors_that_are_not_api_answers_get_a_record(files: tuple[Path, P
 async def test_stop_event_stops_new_requests_and_lets_the_in_flight_finish(
     fake: FakeNebulaServer, files: tuple[Path, Path]
 ) -> None:
-    """Once stop_event is set no request starts; those in flight finish within the grace period and are written."""
+    """Once stop_event is set no request starts; those in flight finish within the grace period, written."""
     source, output = write_input(files[0], 200), files[1]
     fake.time_to_first_token = 0.01
     stop = threading.Event()

@@ -19,7 +19,8 @@ Arm = Callable[[Callable[[], bool]], None]
 
 
 async def _pool_tasks() -> int:
-    return sum(1 for t in asyncio.all_tasks() if "_Pool._work" in t.get_coro().__qualname__)  # type: ignore[union-attr]  # a task's coroutine
+    coroutines = [t.get_coro() for t in asyncio.all_tasks()]
+    return sum(1 for coro in coroutines if "_Pool._work" in getattr(coro, "__qualname__", ""))
 
 
 def pool_tasks(client: NebulaClient) -> int:

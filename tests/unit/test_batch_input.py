@@ -54,7 +54,7 @@ def test_ids_are_kept_as_given_and_default_to_the_line_number() -> None:
 
 
 def test_openai_chat_lines_join_the_messages_text() -> None:
-    """A chat body's prompt is each message's text joined by a blank line; max_completion_tokens is max_tokens."""
+    """A chat prompt is its messages' text joined by a blank line; max_completion_tokens is max_tokens."""
     line = {
         "custom_id": "r1",
         "method": "POST",
@@ -80,7 +80,7 @@ def test_openai_chat_lines_join_the_messages_text() -> None:
 
 
 def test_openai_completion_lines_take_the_prompt() -> None:
-    """A /v1/completions body gives its prompt, max_tokens and stop as they are; the model may come from options."""
+    """A /v1/completions body gives its prompt, max_tokens and stop as is; the model may be a default."""
     line = {
         "custom_id": "r2",
         "url": "/v1/completions",

@@ -46,7 +46,7 @@ def test_orjson_and_the_stdlib_write_the_same_bytes() -> None:
 @pytest.mark.parametrize(
     ("error", "code", "status", "request_id"),
     [
-        (ContextLengthExceededError("too long", code="context_length_exceeded", status_code=400, request_id="r"),
+        (ContextLengthExceededError("long", code="context_length_exceeded", status_code=400, request_id="r"),
          "context_length_exceeded", 400, "r"),
         (ServerError("bad gateway", status_code=502), "api_error", 502, None),
         (APITimeoutError("timed out waiting for the API"), "timeout", None, None),
@@ -58,7 +58,7 @@ def test_orjson_and_the_stdlib_write_the_same_bytes() -> None:
 def test_each_kind_of_error_gets_a_stable_code(
     error: Exception, code: str, status: int | None, request_id: str | None
 ) -> None:
-    """API errors keep the API's code; the others get timeout, connection_error, sdk_error or invalid_request."""
+    """API errors keep the API's code; others get timeout, connection_error, sdk_error or invalid_request."""
     record = json.loads(error_record(1, error))
     assert record == {
         "id": 1,
@@ -98,7 +98,8 @@ def test_an_id_set_holds_each_digest_once_and_reports_repeats() -> None:
     """freeze() sorts, drops repeats and returns them; membership is exact on the digests."""
     digest = IdDigester(b"k" * 16)
     ids = IdSet()
-    for batch_id in ["a", "b", 1, "a", "1"]:
+    added: list[str | int] = ["a", "b", 1, "a", "1"]
+    for batch_id in added:
         ids.add(digest(batch_id))
     assert ids.freeze() == {digest("a")}
     assert len(ids) == 4
