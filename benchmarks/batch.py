@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import re
 import resource
@@ -132,9 +131,8 @@ def speed(count: int, concurrency: int, runs: int) -> list[str]:
     ]
     for which, values in rates.items():
         spread = ", ".join(f"{v:,.0f}" for v in values)
-        lines.append(
-            f"| {which} | {statistics.median(values):,.0f} | {spread} | {statistics.median(values) / base:.2f}× |"
-        )
+        median = statistics.median(values)
+        lines.append(f"| {which} | {median:,.0f} | {spread} | {median / base:.2f}× |")
     return [*lines, ""]
 
 
@@ -191,7 +189,8 @@ def peak_rss(lines: int, send: int, concurrency: int) -> list[str]:
         elapsed = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         summary = json.loads(run.stdout)
-    assert summary["succeeded"] == send and summary["total"] == lines, summary
+    assert summary["succeeded"] == send, summary
+    assert summary["total"] == lines, summary
     rss_mib = max(before, after) / 1024  # ru_maxrss is in KiB on Linux
     return [
         f"### Peak RSS: {lines:,}-line input, {lines - send:,} ids already in the output, {send:,} sent",

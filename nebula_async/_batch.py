@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
+from ._calls import CLOSED_DURING_CALL
 from ._errors import NebulaError
 from ._models import TextGeneration
 
@@ -106,7 +107,8 @@ class Completions:
     ``aclose()``) cancels the calls in flight and waits for them to end. An item's BATCH_ERRORS
     become its Outcome; anything else (a bug, a stray CancelledError, the input's own exception)
     cancels the rest and is raised by the iteration. An iterator dropped without being closed has
-    its calls cancelled when it is collected, or when the client is closed.
+    its calls cancelled when it is collected; closing the client cancels them too, and the iteration
+    then raises RuntimeError.
     """
 
     def __init__(
@@ -189,7 +191,7 @@ class _Pool:
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
         if self._calls is not None:
-            self._calls.track(self, self.cancel)  # the client's aclose() cancels us too
+            self._calls.track(self, self.client_closed)
 
     async def next(self) -> Outcome:
         if not self._started and not self._closed:
@@ -200,6 +202,9 @@ class _Pool:
                 self._failure = None
                 self.cancel()
                 raise failure
+            if self._closed:
+                self._forget()
+                raise StopAsyncIteration
             if self._ready:
                 outcome = self._ready.popleft()
                 self._delivered += 1
@@ -209,7 +214,7 @@ class _Pool:
                         waiter.set_result(None)
                         break
                 return outcome
-            if self._running == 0 or self._closed:
+            if self._running == 0:
                 self._forget()
                 raise StopAsyncIteration
             self._consumer = asyncio.get_running_loop().create_future()
@@ -260,6 +265,12 @@ class _Pool:
         if self._failure is None and not self._closed:
             self._failure = exc
         self._wake()
+
+    def client_closed(self) -> None:
+        """At the client's aclose(): cancel the workers (one may wait for a lost consumer); fail next()."""
+        if not self._closed and self._failure is None:
+            self._failure = RuntimeError(CLOSED_DURING_CALL)
+        self.cancel()
 
     def cancel(self) -> None:
         if self._closed:

@@ -19,16 +19,16 @@ An id is a non-empty string or an integer, kept as given; without one, the 1-bas
 
 from __future__ import annotations
 
-import difflib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import attrs
 
 from ._doneset import IdSet
 from ._models import GenerateRequest
-from ._records import BatchId, is_batch_id, loads
+from ._parse import loads
+from ._records import BatchId, is_batch_id
 
 __all__ = [
     "MAX_PROBLEMS",
@@ -186,6 +186,8 @@ def _chat_prompt(messages: object) -> str:
 
 
 def _unknown_key(key: str, known: tuple[str, ...]) -> str:
+    import difflib  # only for a line with a mistake: not at import
+
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"expected {', '.join(known)}"
     return f"unknown key {key!r} ({hint})"
@@ -200,7 +202,7 @@ def _json_type(value: object) -> str:
 
 def iter_requests(
     path: str | os.PathLike[str], defaults: Defaults
-) -> Iterator[tuple[BatchId, GenerateRequest]]:
+) -> Generator[tuple[BatchId, GenerateRequest], None, None]:
     """Yield each line's id and request; for a file that scan_input found valid (ValueError otherwise)."""
     with open(path, "rb") as file:
         for number, raw in enumerate(file, 1):

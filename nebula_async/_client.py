@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias, overload
 import attrs
 
 from ._batch import Completions, ItemSource
-from ._calls import CallPath
 from ._batchfile import Defaults
+from ._calls import CallPath
 from ._checks import check_int, check_number
 from ._config import (
     DEFAULT_BASE_URL,

@@ -18,6 +18,7 @@ import hashlib
 import os
 from array import array
 from bisect import bisect_left
+
 from ._records import BatchId
 
 __all__ = ["IdDigester", "IdSet"]
@@ -71,7 +72,7 @@ class IdSet:
     def __contains__(self, digest: object) -> bool:
         digests = self._digests
         i = bisect_left(digests, digest)  # type: ignore[call-overload]  # array is a sequence of ints
-        return i < len(digests) and digests[i] == digest
+        return i < len(digests) and bool(digests[i] == digest)
 
     def count_in(self, other: IdSet) -> int:
         """Return how many digests of ``other`` are in this set."""

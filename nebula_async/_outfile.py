@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -79,6 +78,8 @@ def prepare_output(path: str | os.PathLike[str], scan: OutputScan, *, retry_fail
     output (atomic), then the directory is fsync'ed: a crash leaves the old file or the new one.
     """
     if retry_failed and scan.failed:
+        import tempfile  # only for a rewrite: not at import
+
         directory = os.path.dirname(os.path.abspath(path))
         fd, temporary = tempfile.mkstemp(dir=directory, prefix=".nebula-batch-", suffix=".tmp")
         try:
@@ -114,7 +115,7 @@ def _fsync_directory(directory: str) -> None:
 
 
 class RecordWriter:
-    """Append whole lines to the output, each with one write(); with ``fsync``, fsync at most once a second."""
+    """Append whole lines to the output, one write() each; with ``fsync``, fsync at most once a second."""
 
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool) -> None:
         self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by close()

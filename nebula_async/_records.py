@@ -21,6 +21,7 @@ from typing import Any
 
 from ._errors import APIConnectionError, APIError, APITimeoutError, NebulaError
 from ._models import TextGeneration
+from ._parse import loads
 
 __all__ = [
     "BatchId",
@@ -37,24 +38,29 @@ __all__ = [
 BatchId = str | int
 """An input line's id: a string, or an int (the 1-based line number by default)."""
 
-dumps: Callable[[Any], bytes]
-loads: Callable[[bytes], Any]
-try:
-    import orjson
-except ImportError:  # pragma: no cover - the checks install [speed]; test_records compares both
-    orjson = None
-
 
 def _json_dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-if orjson is not None:
-    dumps = orjson.dumps
-    loads = orjson.loads
-else:  # pragma: no cover - see above
-    dumps = _json_dumps
-    loads = json.loads
+def _first_dumps(value: Any) -> bytes:
+    """Look for orjson on the first record, not at import (it costs a tenth of the package's import)."""
+    global _dumps
+    try:
+        from orjson import dumps as found
+    except ImportError:  # pragma: no cover - the checks install [speed]; test_records compares both
+        _dumps = _json_dumps
+    else:
+        _dumps = found
+    return _dumps(value)
+
+
+_dumps: Callable[[Any], bytes] = _first_dumps
+
+
+def dumps(value: Any) -> bytes:
+    """Encode a record's dict: orjson when installed, else json with the same bytes (up to key order)."""
+    return _dumps(value)
 
 
 def is_batch_id(value: object) -> bool:
@@ -130,7 +136,7 @@ def parse_record(line: bytes) -> ParsedRecord:
     if not isinstance(value, dict):
         raise ValueError(f"not a JSON object but {type(value).__name__}")
     batch_id = value.get("id")
-    if not is_batch_id(batch_id):
+    if not isinstance(batch_id, (str, int)) or not is_batch_id(batch_id):
         raise ValueError("no valid id (a non-empty string or an integer)")
     if "error" in value:
         if not isinstance(value["error"], dict):

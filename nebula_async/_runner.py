@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -149,13 +149,23 @@ def _prepare(
 class _Jobs:
     """The Source of the sending pass: the input's (id, request) pairs not yet done, until stop()."""
 
-    def __init__(self, lines: Iterator[tuple[BatchId, GenerateRequest]], plan: _Plan) -> None:
+    def __init__(
+        self,
+        lines: Generator[tuple[BatchId, GenerateRequest], None, None],
+        plan: _Plan,
+        stop_event: threading.Event | None,
+        interrupted: Callable[[], None],
+    ) -> None:
         self._lines = lines
         self._done = plan.done
         self._digest = plan.digest
+        self._stop_event = stop_event
+        self._interrupted = interrupted
         self._stopped = False
 
     async def next(self) -> tuple[tuple[BatchId, GenerateRequest]] | None:
+        if self._stop_event is not None and self._stop_event.is_set():  # looked at before each request
+            self._interrupted()
         skips = 0
         while not self._stopped:
             job = next(self._lines, None)
@@ -192,7 +202,7 @@ async def run_batch(
     plan = await asyncio.to_thread(_prepare, input, output, defaults, retry_failed)
     counts = _Counts(plan.total, plan.skipped)
     lines = iter_requests(input, defaults)
-    jobs = _Jobs(lines, plan)
+    jobs = _Jobs(lines, plan, stop_event, lambda: stop("interrupted"))
 
     async def send(job: tuple[BatchId, GenerateRequest]) -> TextGeneration:
         return await generate(job[1])
@@ -212,8 +222,6 @@ async def run_batch(
         if progress is not None:
             progress(counts.progress(loop.time() - started, completions.in_flight, calls.paused_for()))
 
-    if stop_event is not None and stop_event.is_set():
-        stop("interrupted")
     ticker = loop.create_task(_tick(stop_event, stop, report))
     writer = RecordWriter(output, fsync=fsync)
     try:

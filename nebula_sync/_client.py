@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
-from nebula_async import AsyncNebulaClient, RateLimit, RetryPolicy, TextGeneration, Timeout
+from nebula_async import (
+    AsyncNebulaClient,
+    BatchProgress,
+    BatchSummary,
+    RateLimit,
+    RetryPolicy,
+    TextGeneration,
+    Timeout,
+)
 from nebula_async._client import BatchInput
 from nebula_async._config import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RETRIES
 
+from ._completed import CompletedIterator
 from ._runtime import LoopThread
 from ._sources import CallerFedRequests, ExitCarrier, exits_reraised
 from ._stream import TextStream
@@ -207,3 +218,55 @@ class NebulaClient:
             serve=True,
         )
         return results
+
+    def as_completed(self, requests: BatchInput, *, concurrency: int = 16) -> CompletedIterator:
+        """Run many generations concurrently; iterate over each Outcome as it completes.
+
+        See AsyncNebulaClient.as_completed. A plain iterable is read in your thread as the
+        iteration goes; use ``with client.as_completed(...) as outcomes: for outcome in
+        outcomes: ...``: leaving the block early, or Ctrl-C, cancels the calls in flight.
+        """
+        return CompletedIterator(self._runtime, self._async, requests, concurrency)
+
+    def run_batch(
+        self,
+        input: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] | None = None,
+        concurrency: int = 16,
+        retry_failed: bool = False,
+        fsync: bool = False,
+        progress: Callable[[BatchProgress], None] | None = None,
+        stop_event: threading.Event | None = None,
+        grace_period: float = 10.0,
+    ) -> BatchSummary:
+        """Run a JSONL batch file; see AsyncNebulaClient.run_batch.
+
+        The first Ctrl-C stops it as ``stop_event`` does (no new request; the ones in flight get
+        ``grace_period`` seconds), a second one cancels those; KeyboardInterrupt is then raised.
+        ``progress`` is called in the client's event-loop thread.
+        """
+        event = stop_event if stop_event is not None else threading.Event()
+        summary: BatchSummary = self._runtime.run(
+            self._async.run_batch,
+            input,
+            output,
+            on_interrupt=event.set,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            concurrency=concurrency,
+            retry_failed=retry_failed,
+            fsync=fsync,
+            progress=progress,
+            stop_event=event,
+            grace_period=grace_period,
+        )
+        return summary

@@ -127,12 +127,22 @@ class LoopThread:
         with contextlib.suppress(RuntimeError):  # the loop is closed
             self._core.loop.call_soon_threadsafe(self._core.start_soon, fn, args, context=self._core.context)
 
-    def run(self, fn: Callable[..., Awaitable[T]], /, *args: Any, serve: bool = False, **kwargs: Any) -> T:
+    def run(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        serve: bool = False,
+        on_interrupt: Callable[[], object] | None = None,
+        **kwargs: Any,
+    ) -> T:
         """Run ``fn(*args, **kwargs)`` in the loop and wait for its result, from any other thread.
 
-        With ``serve``, the waiting thread answers the call's ``call_in_caller()`` meanwhile. Raises
-        RuntimeError if the LoopThread is closed, was closed during the call, or belongs to the
-        parent of a fork.
+        With ``serve``, the waiting thread answers the call's ``call_in_caller()`` meanwhile. With
+        ``on_interrupt``, the first Ctrl-C calls it (say, to ask the call to wind down) and the
+        wait goes on; KeyboardInterrupt is raised once the call has ended, and a second Ctrl-C
+        cancels the call as usual. Raises RuntimeError if the LoopThread is closed, was closed
+        during the call, or belongs to the parent of a fork.
         """
         if not self._finalizer.alive:
             self._refuse()
@@ -156,7 +166,14 @@ class LoopThread:
         try:
             if inbox is not None:
                 _answer(inbox, future)
-            return future.result()
+            if on_interrupt is None:
+                return future.result()
+            try:
+                return future.result()
+            except KeyboardInterrupt:
+                on_interrupt()
+            future.result()  # a second Ctrl-C lands in the handler below, which cancels the call
+            raise KeyboardInterrupt
         except concurrent.futures.CancelledError:
             if not self.closed:
                 raise

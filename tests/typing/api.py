@@ -7,6 +7,7 @@ A change that alters what a user's type checker sees (a return type, a keyword, 
 from __future__ import annotations
 
 import ssl
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,11 @@ from nebula_async import (
     APIConnectionError,
     APIError,
     AsyncNebulaClient,
+    BatchInputError,
+    BatchProgress,
+    BatchSummary,
     GenerateRequest,
+    Outcome,
     RateLimit,
     RateLimitError,
     RetryPolicy,
@@ -179,6 +184,43 @@ async def async_api() -> None:
         yield {"model": "m", "prompt": "p"}
 
     assert_type(await client.generate_many(prompts(), concurrency=2), list[TextGeneration])
+
+    async with client.as_completed(prompts(), concurrency=2) as outcomes:
+        async for outcome in outcomes:
+            assert_type(outcome, Outcome)
+            assert_type(outcome.index, int)
+            assert_type(outcome.result, TextGeneration | None)
+            assert_type(outcome.error, Exception | None)
+            assert_type(outcome.ok, bool)
+    assert_type(await anext(client.as_completed(inputs)), Outcome)
+
+    def show(progress: BatchProgress) -> None:
+        assert_type(progress.eta, float | None)
+        assert_type(progress.paused_for, float)
+
+    summary = await client.run_batch(
+        "in.jsonl",
+        Path("out.jsonl"),
+        model="m",
+        max_tokens=5,
+        temperature=0.5,
+        top_p=1.0,
+        stop=["."],
+        concurrency=64,
+        retry_failed=True,
+        fsync=True,
+        progress=show,
+        stop_event=threading.Event(),
+        grace_period=5.0,
+    )
+    assert_type(summary, BatchSummary)
+    assert_type(summary.stopped, str | None)
+    assert_type(summary.error, Exception | None)
+    try:
+        await client.run_batch("in.jsonl", "out.jsonl")
+    except BatchInputError as bad:
+        assert_type(bad.problems, list[tuple[int, str]])
+        assert_type(bad.count, int)
     await client.aclose()
 
 
@@ -220,6 +262,14 @@ def sync_api() -> None:
     assert_type(
         client.generate_many([request], concurrency=8, return_exceptions=True),
         list[TextGeneration | Exception],
+    )
+
+    with client.as_completed(prompts(), concurrency=2) as outcomes:
+        for outcome in outcomes:
+            assert_type(outcome, Outcome)
+    assert_type(next(client.as_completed([request])), Outcome)
+    assert_type(
+        client.run_batch("in.jsonl", "out.jsonl", model="m", stop_event=threading.Event()), BatchSummary
     )
     client.close()
 

@@ -21,11 +21,22 @@ import nebula_sync
 from tests.helpers import KEY
 
 PACKAGES = [nebula_async, nebula_sync]
-MIRRORED_METHODS = ["__init__", "generate_text", "stream_text", "generate_many"]
+MIRRORED_METHODS = ["__init__", "generate_text", "stream_text", "generate_many", "as_completed", "run_batch"]
 UNREACHABLE = "http://127.0.0.1:9/v1"  # the discard port: nothing answers, nothing leaves the machine
 
 # What each exported name is: the documented surface, by kind.
-MODELS = {"GenerateRequest", "TextChunk", "TextGeneration", "Usage", "RetryPolicy", "Timeout", "RateLimit"}
+MODELS = {
+    "GenerateRequest",
+    "TextChunk",
+    "TextGeneration",
+    "Usage",
+    "RetryPolicy",
+    "Timeout",
+    "RateLimit",
+    "Outcome",
+    "BatchProgress",
+    "BatchSummary",
+}
 ERRORS = {
     "NebulaError",
     "APIError",
@@ -53,7 +64,9 @@ def test_all_is_sorted_and_unique(package: ModuleType) -> None:
 
 def test_async_exports_are_the_documented_objects() -> None:
     """nebula_async exports the client, the stream, frozen attrs models and the error classes, all its own."""
-    assert set(nebula_async.__all__) == MODELS | ERRORS | {"AsyncNebulaClient", "TextStream", "__version__"}
+    others = {"AsyncNebulaClient", "TextStream", "BatchInputError", "__version__"}
+    assert set(nebula_async.__all__) == MODELS | ERRORS | others
+    assert issubclass(nebula_async.BatchInputError, ValueError)  # bad input, like the argument checks
     for name in MODELS:
         model = getattr(nebula_async, name)
         assert attrs.has(model), name
@@ -195,9 +208,10 @@ def test_constructing_a_client_does_not_import_aiohttp() -> None:
 
 
 def test_pure_modules_do_not_import_aiohttp() -> None:
-    """The pure modules (errors, retry, models, SSE, parsing, config) work without aiohttp loaded."""
+    """The pure modules (errors, retry, models, SSE, parsing, config, batch files) work without aiohttp."""
     loaded = _modules_loaded_after(
         "import nebula_async._errors, nebula_async._retry, nebula_async._models, "
-        "nebula_async._sse, nebula_async._parse, nebula_async._config"
+        "nebula_async._sse, nebula_async._parse, nebula_async._config, "
+        "nebula_async._records, nebula_async._doneset, nebula_async._batchfile"
     )
     assert "aiohttp" not in loaded
