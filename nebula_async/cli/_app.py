@@ -221,25 +221,23 @@ _register_more()
 
 def exit_code_for(error: BaseException) -> int:
     """Return the documented exit code for an exception that ended a command."""
-    from .._errors import APIConnectionError, APIError
+    from .._errors import APIConnectionError, APIError, NebulaError
 
     if isinstance(error, (APIError, APIConnectionError)):
         return EXIT_API_ERROR
     if isinstance(error, (KeyboardInterrupt, click.Abort)):
         return EXIT_INTERRUPTED
-    if isinstance(error, OSError):  # the input or output file: a message says which
-        return EXIT_API_ERROR
-    return EXIT_USAGE  # a bad argument (ValueError, TypeError) or setting (no API key)
+    if isinstance(error, (NebulaError, ValueError, TypeError)):
+        return EXIT_USAGE  # a bad argument, input line or setting (no API key)
+    return EXIT_API_ERROR  # the output file could not be written (OSError), or a bug: not the user's usage
 
 
 def _describe(error: BaseException) -> str:
     from .._errors import NebulaError
 
-    if isinstance(error, (NebulaError, OSError)):
+    if isinstance(error, (NebulaError, OSError, ValueError, TypeError)):
         return str(error)
-    if isinstance(error, (ValueError, TypeError)):
-        return f"{error}"
-    return f"{type(error).__name__}: {error}"
+    return f"{type(error).__name__}: {error}"  # a bug: its type is the first clue
 
 
 def run(argv: Sequence[str] | None = None, *, prog_name: str | None = None) -> int:

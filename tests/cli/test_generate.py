@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 
 from nebula_async.cli._app import DEFAULT_MODEL
 from nebula_async.testing import FakeNebulaServer
-from tests.cli._support import OnTerminal, nebula
+from tests.cli._support import NEBULA, WAIT, OnTerminal, nebula
 from tests.cli.conftest import KEY
+from tests.helpers import ROOT
 
 
 def test_generate_prints_the_text_on_stdout_only(api: FakeNebulaServer, env: dict[str, str]) -> None:
@@ -145,3 +149,18 @@ def test_unreachable_api_is_exit_1_and_verbose_shows_the_traceback(env: dict[str
     assert loud.returncode == 1
     assert "Traceback (most recent call last)" in loud.stderr
     assert "WARNING nebula_async: retrying in" in loud.stderr
+
+
+def test_ctrl_c_during_a_call_exits_130_without_a_traceback(
+    api: FakeNebulaServer, env: dict[str, str]
+) -> None:
+    """SIGINT while waiting for the answer ends `nebula generate` with exit 130 and one line."""
+    api.delay_next(1, seconds=20)
+    proc = subprocess.Popen([*NEBULA, "generate", "hi"], env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + WAIT
+    while not api.requests:  # the call is in flight once the server has it
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=WAIT)
+    assert (proc.returncode, stderr.strip()) == (130, "nebula: interrupted")  # after click's blank line
