@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from nebula_async._version import __version__
 from tests.cli._support import cli_env, nebula
 from tests.helpers import ROOT
@@ -54,10 +56,11 @@ def test_the_sdk_imports_neither_click_nor_rich() -> None:
     assert (proc.returncode, proc.stdout) == (0, "[]\n"), proc.stderr
 
 
-def test_without_click_main_prints_the_install_hint_and_exits_2() -> None:
-    """With click missing (a None entry in sys.modules), main() says which extra to install and returns 2."""
+@pytest.mark.parametrize("missing", ["click", "rich"])
+def test_without_the_extra_main_prints_the_install_hint_and_exits_2(missing: str) -> None:
+    """With click or rich missing (a None in sys.modules), main() says which extra to install; exit 2."""
     proc = _python(
-        "import sys\nsys.modules['click'] = None\n"
+        f"import sys\nsys.modules[{missing!r}] = None\n"
         "from nebula_async.cli import main\nsys.exit(main(['--help']))"
     )
     assert proc.returncode == 2
