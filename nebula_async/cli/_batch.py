@@ -18,7 +18,7 @@ from ._app import EXIT_API_ERROR, EXIT_INTERRUPTED, EXIT_OK, Settings, model_opt
 if TYPE_CHECKING:  # rich is imported when a batch runs: `nebula --help` stays quick
     from rich.console import Console
 
-    from .. import BatchSummary
+    from .. import BatchSummary, RateLimit
     from ._progress import BatchDisplay
 
 __all__ = ["GRACE_PERIOD", "batch", "resume_command", "run_batch_command"]
@@ -70,7 +70,7 @@ def batch(
         "retry_failed": retry_failed,
         "fsync": fsync,
     }
-    rate_limit = None
+    rate_limit: RateLimit | None = None
     if rpm is not None or tpm is not None:
         from .. import RateLimit
 
@@ -147,7 +147,7 @@ async def run_batch_command(
     output_path: str,
     options: dict[str, Any],
     *,
-    rate_limit: Any,
+    rate_limit: RateLimit | None,
     console: Console,
     resume: str,
     retry: str,
