@@ -168,3 +168,35 @@ async def test_a_refund_lets_the_head_waiter_go_sooner() -> None:
     limiter.adjust(0, -100)
     await asyncio.wait_for(waiter, 2)
     assert loop.time() - started < 0.5
+
+
+async def test_a_waiter_cancelled_just_as_its_turn_came_gives_the_turn_back() -> None:
+    """A waiter admitted and cancelled before it resumed returns its request: the next call goes at once."""
+    limiter = Limiter(RateLimit(requests_per_minute=60))  # a turn a second
+    assert limiter.try_take(0)
+    waiter = asyncio.create_task(take(limiter))
+    await asyncio.sleep(0)
+    limiter.adjust(-1, 0)  # the first call is refunded: the waiter's turn is now, and it is admitted
+    waiter.cancel()  # ... but cancelled before it could run
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert limiter.try_take(0)
+
+
+async def test_a_cancelled_waiter_behind_the_head_leaves_the_timer_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelling a waiter that is not the head arms no timer; it is skipped, and close() passes it over."""
+    limiter = Limiter(RateLimit(requests_per_minute=60))
+    assert limiter.try_take(0)
+    timers = count_timers(monkeypatch)
+    head = asyncio.create_task(take(limiter))
+    behind = asyncio.create_task(take(limiter))
+    await asyncio.sleep(0)
+    behind.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await behind
+    assert len(timers) == 1
+    limiter.close()
+    with pytest.raises(RuntimeError, match="this client is closed"):
+        await head
