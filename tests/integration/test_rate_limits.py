@@ -55,7 +55,7 @@ async def test_requests_are_spaced_at_the_limit_without_a_429() -> None:
     statuses = [r.status for r in server.requests]
     assert statuses.count(429) <= 1, statuses
     assert elapsed >= 119 / 60 * 0.95  # never faster than the limit
-    assert elapsed < 119 / 60 * 1.5
+    assert elapsed < 119 / 60 * 3  # loose: only a stall (a long pause after a 429, say) fails this
 
 
 async def test_tokens_are_paced_to_the_token_limit() -> None:
