@@ -13,9 +13,11 @@ Contenders, side by side in the same run:
   429 sleeps the Retry-After and acquires again: what a careful user writes around it;
 - a re-implementation (not a copy) of the pacing of OpenAI's cookbook parallel processor,
   https://github.com/openai/openai-cookbook/blob/main/examples/api_request_parallel_processor.py :
-  request and token capacities that start full at the per-minute limit and refill continuously,
-  checked every millisecond; no concurrency limit; after a rate-limit error every new send pauses
-  15 s from that error; Retry-After is ignored; a failed request is retried up to 5 attempts in all.
+  request and token capacities that start full at the per-minute limit and refill continuously;
+  one request sent per turn of its loop, which sleeps 1 ms; no concurrency limit; after a rate-limit
+  error (here: a 429; the script looks for "rate limit" in OpenAI's message) every send pauses 15 s
+  from that error, Retry-After ignored; a failed request is retried, up to 5 attempts in all. A
+  request's tokens: ceil(len(prompt) / 4) plus max_tokens (the script counts the prompt with tiktoken).
   It is stopped after ``--cookbook-cap`` seconds, and its row then says how far it got.
 
 The server's windows are one second long so that a run takes seconds, and every client is told the
@@ -176,17 +178,16 @@ async def cookbook(base_url: str, key: str, count: int, per_minute: float, token
             elapsed, last_update = now - last_update, now
             request_capacity = min(request_capacity + requests_per_minute * elapsed / 60, requests_per_minute)
             token_capacity = min(token_capacity + tokens_per_minute * elapsed / 60, tokens_per_minute)
-            while queue or retries:
+            if queue or retries:  # one request per turn of the loop, as the script does
                 i, attempt = retries[0] if retries else queue[0]
                 cost = estimate(prompt(i))
-                if request_capacity < 1 or token_capacity < cost:
-                    break
-                (retries if retries else queue).pop(0)
-                request_capacity -= 1
-                token_capacity -= cost
-                task = asyncio.create_task(call(i, attempt))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
+                if request_capacity >= 1 and token_capacity >= cost:
+                    (retries if retries else queue).pop(0)
+                    request_capacity -= 1
+                    token_capacity -= cost
+                    task = asyncio.create_task(call(i, attempt))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
             await asyncio.sleep(COOKBOOK_TICK)
             pause = last_rate_limit_error + COOKBOOK_PAUSE - time.monotonic()
             if pause > 0:

@@ -55,7 +55,7 @@ async def test_requests_are_spaced_at_the_limit_without_a_429() -> None:
     statuses = [r.status for r in server.requests]
     assert statuses.count(429) <= 1, statuses
     assert elapsed >= 119 / 60 * 0.95  # never faster than the limit
-    assert elapsed < 119 / 60 * 1.5
+    assert elapsed < 119 / 60 * 3  # loose: only a stall (a long pause after a 429, say) fails this
 
 
 async def test_tokens_are_paced_to_the_token_limit() -> None:
@@ -117,6 +117,21 @@ async def test_an_under_estimate_is_charged_as_debt(fake: FakeNebulaServer, stre
             else:
                 await client.generate_text(model="m", prompt=prompt, max_tokens=1)
     assert gaps(fake)[0] >= 0.4
+
+
+async def test_a_big_call_goes_in_its_turn_before_smaller_ones_queued_after_it(
+    fake: FakeNebulaServer,
+) -> None:
+    """A call reserving 0.5 s of tokens, queued before five small ones, is sent before them; none is stuck."""
+    limit = RateLimit(tokens_per_minute=60 * 1000, token_counter=lambda p: 1)  # 1,000 tokens/s, no burst
+    async with make_client(fake.base_url, rate_limit=limit) as client:
+        first = asyncio.create_task(client.generate_text(model="m", prompt="first", max_tokens=200))
+        await asyncio.sleep(0)
+        big = asyncio.create_task(client.generate_text(model="m", prompt="big", max_tokens=499))
+        await asyncio.sleep(0)
+        small = [client.generate_text(model="m", prompt=f"small {i}", max_tokens=1) for i in range(5)]
+        await asyncio.wait_for(asyncio.gather(first, big, *small), 5)
+    assert [r.json["prompt"] for r in fake.requests] == ["first", "big", *(f"small {i}" for i in range(5))]
 
 
 async def test_an_error_answer_costs_no_tokens(fake: FakeNebulaServer) -> None:
