@@ -179,3 +179,22 @@ def test_import_rows_give_the_ratio_to_aiohttp_and_check_the_targets() -> None:
     assert "| aiohttp | 100 | 1.00× |" in report
     assert "| import | nebula_async ≤ 0.4 × aiohttp | 0.40× | met |" in report
     assert "| import | nebula_sync ≤ 0.5 × aiohttp | 0.60× | **not met** |" in report
+
+
+@pytest.mark.timeout(90)
+def test_the_batch_benchmark_runs_and_reports_its_three_parts() -> None:
+    """python -m benchmarks.batch --quick prints the speed ratios, the kill test and the peak RSS."""
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.batch", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=85,
+    )
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert out.startswith("## Batch runner")
+    assert re.search(r"^\| run_batch \| [\d,]+ \| .* \| \d\.\d\d× \|$", out, re.M), out
+    assert re.search(r"^\| as_completed \| [\d,]+ \|", out, re.M), out
+    assert "every id exactly once: **yes** (1,000 lines, 1,000 distinct ids)" in out
+    assert re.search(r"peak RSS of the run_batch process: \*\*[\d.]+ MiB\*\*", out), out
