@@ -199,3 +199,22 @@ def test_pacing_benchmark_runs_every_contender_in_seconds() -> None:
         assert len(re.findall(rf"^\| .*{re.escape(name)}.* \| \d+ \| 40 of 40 \|", out, re.M)) == 2, name
     assert len(re.findall(r"^\| aiolimiter AsyncLimiter \+ aiohttp \| ", out, re.M)) == 2
     assert re.search(r"^\| rate_limit=None \(the 429 gate only\) \| [\d.]+ \|$", out, re.M), out
+
+
+@pytest.mark.timeout(90)
+def test_the_batch_benchmark_runs_and_reports_its_three_parts() -> None:
+    """python -m benchmarks.batch --quick prints the speed ratios, the kill test and the peak RSS."""
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.batch", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=85,
+    )
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert out.startswith("## Batch runner")
+    assert re.search(r"^\| run_batch \| [\d,]+ \| .* \| \d\.\d\d× \|$", out, re.M), out
+    assert re.search(r"^\| as_completed \| [\d,]+ \|", out, re.M), out
+    assert "every id exactly once: **yes** (1,000 lines, 1,000 distinct ids)" in out
+    assert re.search(r"peak RSS of the run_batch process: \*\*[\d.]+ MiB\*\*", out), out

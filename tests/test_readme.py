@@ -62,9 +62,15 @@ async def _run_awaiting(code: Any, namespace: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(("line", "source"), _python_blocks())
 def test_readme_python_example_runs_against_the_fake_server(
-    line: int, source: str, api: FakeNebulaServer, capsys: pytest.CaptureFixture[str]
+    line: int,
+    source: str,
+    api: FakeNebulaServer,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each python example of README.md runs unchanged against a FakeNebulaServer with its default models."""
+    monkeypatch.chdir(tmp_path)  # the batch examples write their files in the current directory
     # Regression: the quick start's model="gpt-4" got model_not_found from the fake server's defaults.
     code = compile(source, f"README.md:{line}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     namespace: dict[str, Any] = {"__name__": "__readme__", "prompts": PROMPTS}
