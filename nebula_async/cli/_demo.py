@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,7 +58,8 @@ class _Narrator(logging.Handler):
         self._out = out
 
     def emit(self, record: logging.LogRecord) -> None:
-        self._out.print(f"   [dim]log: {record.levelname} {record.getMessage()}[/]", markup=True)
+        # markup=False: a message may hold square brackets, which rich would take for styles.
+        self._out.print(f"   log: {record.levelname} {record.getMessage()}", style="dim", markup=False)
 
 
 def _write_prompts(path: Path) -> None:
@@ -98,8 +98,11 @@ async def run_demo(out: Console, err: Console) -> int:
             _heading(out, "1. generate", f'nebula generate "{_PROMPT}"')
             result = await client.generate_text(model=_MODEL, prompt=_PROMPT, max_tokens=100)
             out.print(result.text, markup=False)
-            out.print(f"   [dim]usage: {result.usage.prompt_tokens} prompt + "
-                      f"{result.usage.completion_tokens} completion tokens[/]")  # fmt: skip
+            usage = result.usage
+            out.print(
+                f"   usage: {usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens",
+                style="dim",
+            )
 
             _heading(out, "2. a stream, arriving live", f'nebula generate --stream "{_STREAM_PROMPT}"')
             server.token_delay = _TOKEN_DELAY
@@ -168,5 +171,5 @@ async def run_demo(out: Console, err: Console) -> int:
                 f"   the API answered 429 to {limited} of the batch's {BATCH_SIZE} requests", markup=False
             )
     out.print(f"\ndone in {time.monotonic() - started:.1f} s. Next: nebula --help, nebula models")
-    sys.stdout.flush()
+    out.file.flush()
     return EXIT_OK
