@@ -133,9 +133,12 @@ class RecordWriter:
                 view = view[written:]
         if self._fsync:
             self._dirty = True
-            now = time.monotonic()
-            if now - self._synced_at >= 1.0:
-                self.sync()
+            self.sync_if_due()
+
+    def sync_if_due(self) -> None:
+        """With ``fsync``: fsync if a second has passed since the last one (and something was written)."""
+        if self._dirty and time.monotonic() - self._synced_at >= 1.0:
+            self.sync()
 
     def sync(self) -> None:
         """fsync the file if anything was written since the last fsync."""

@@ -218,12 +218,14 @@ async def run_batch(
         if deadline is None:
             deadline = loop.call_later(grace_period, completions.cancel)
 
+    writer = RecordWriter(output, fsync=fsync)
+
     def report() -> None:
+        writer.sync_if_due()  # lines written just before a quiet spell are not left unsynced for long
         if progress is not None:
             progress(counts.progress(loop.time() - started, completions.in_flight, calls.paused_for()))
 
     ticker = loop.create_task(_tick(stop_event, stop, report))
-    writer = RecordWriter(output, fsync=fsync)
     try:
         async with completions:
             async for outcome in completions:
