@@ -161,10 +161,9 @@ class CallPath:
                     if tokens and isinstance(result, TextGeneration):
                         limiter.adjust(0, result.usage.total_tokens - tokens)
                     return result
-            if isinstance(error, RateLimitError):
-                self.rate_limited(error, policy)
+            gated = isinstance(error, RateLimitError) and self.rate_limited(error, policy)
             # Outside the except clause: a cancellation while we wait must not chain the error.
-            await self.before_retry(policy, number, error)
+            await self.before_retry(policy, number, error, gated=gated)
 
     async def _wait_turn(self, tokens: int, error: NebulaError | None) -> None:
         try:
@@ -182,18 +181,19 @@ class CallPath:
         if reserved and used is not None:
             self._limiter.adjust(0, used - reserved)
 
-    def rate_limited(self, error: RateLimitError, policy: RetryPolicy) -> None:
+    def rate_limited(self, error: RateLimitError, policy: RetryPolicy) -> bool:
         """Close the client-wide gate after a ``rate_limit_exceeded``: every call waits it out.
 
         The wait is the server's Retry-After, or the policy's ``initial_delay`` when it gave none
         (an error event in a stream has no headers of its own), capped at ``max_retry_after``. One
-        WARNING per closing, not one per task that got the 429.
+        WARNING per closing, not one per task that got the 429. Returns False when there is nothing
+        to wait (a delay of 0), True when the gate closed or stays closed for this error.
         """
         retry_after = error.retry_after
         delay = policy.initial_delay if retry_after is None else retry_after
         delay = min(delay, policy.max_retry_after)
         if delay <= 0:
-            return
+            return False
         if self._limiter.close_gate(delay):
             logger.warning(
                 "rate limited by the API (%s): every call of this client waits %.3f s before it is sent",
@@ -201,29 +201,33 @@ class CallPath:
             )  # fmt: skip
         else:
             logger.debug("rate limited again (%s): the gate stays closed %.3f s", error, self.paused_for())
+        return True
 
     def paused_for(self) -> float:
         """Return the seconds until the client-wide 429 gate opens; 0.0 when it is open."""
         return self._limiter.paused_for()
 
-    async def before_retry(self, policy: RetryPolicy, attempt: int, error: NebulaError) -> None:
+    async def before_retry(
+        self, policy: RetryPolicy, attempt: int, error: NebulaError, *, gated: bool = False
+    ) -> None:
         """Wait before retry ``attempt`` (1-based), or raise ``error`` when it is not to be retried.
 
-        After a 429 with Retry-After, which closed the client-wide gate for that long, the retry
-        does not sleep here: it waits at the gate, so the two never add up.
+        ``gated``: the error closed (or held closed) the client-wide gate, whose WARNING spoke for
+        it. After a 429 with Retry-After the retry does not sleep here: it waits at the gate, so the
+        two never add up.
         """
         delay = retry_delay(policy, attempt, error)
         if delay is None:
             raise error
         if self._closed:  # the retry can't be sent, and closing is likely what broke the call
             raise RuntimeError(CLOSED_DURING_CALL) from error
-        if isinstance(error, RateLimitError) and self._limiter.paused_for() > 0:
+        if gated:
             # The gate's one WARNING spoke for every task; this task's retry is a detail.
             logger.debug(
                 "retrying after the rate-limit gate opens (retry %d of %d): %s",
                 attempt, policy.max_retries, error,
             )  # fmt: skip
-            if error.retry_after is not None:
+            if isinstance(error, RateLimitError) and error.retry_after is not None:
                 return  # the gate holds the next attempt until then: sleeping too would wait twice
         else:
             logger.warning(

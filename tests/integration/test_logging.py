@@ -85,6 +85,8 @@ async def test_stream_attempts_are_logged(fake: FakeNebulaServer, caplog: pytest
 
     The WARNING is the client-wide gate's (it speaks for every task); the retry itself is at DEBUG.
     """
+    # Regression: on a loaded machine the 1 ms gate had opened again before the retry asked whether it
+    # was closed, and the retry logged a second WARNING; whether the error closed the gate now decides.
     caplog.set_level(logging.DEBUG, logger="nebula_async")
     fake.error_event_after(events=0, code="rate_limit_exceeded")
     fake.replies["p"] = "ok"
