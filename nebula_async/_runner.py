@@ -226,6 +226,16 @@ async def run_batch(
             progress(counts.progress(loop.time() - started, completions.in_flight, calls.paused_for()))
 
     ticker = loop.create_task(_tick(stop_event, stop, report))
+    hook_failed: list[BaseException] = []
+
+    def ticker_done(task: asyncio.Task[None]) -> None:
+        # The progress hook raised between two results: end the run with that error, as it would
+        # have ended had it raised after a result.
+        if not task.cancelled() and task.exception() is not None:
+            hook_failed.append(task.exception())  # type: ignore[arg-type]  # checked just above
+            completions.cancel()
+
+    ticker.add_done_callback(ticker_done)
     try:
         async with completions:
             async for outcome in completions:
@@ -251,6 +261,8 @@ async def run_batch(
             deadline.cancel()
         lines.close()
         writer.close()
+    if hook_failed:
+        raise hook_failed[0]
     elapsed = loop.time() - started
     report()
     done = counts.succeeded + counts.failed
