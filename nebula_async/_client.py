@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias, overload
 import attrs
 
 from ._batch import Completions, ItemSource
-from ._batchfile import Defaults
 from ._calls import CallPath
-from ._checks import check_int, check_number
+from ._checks import check_int
 from ._config import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_CONNECTIONS,
@@ -30,7 +29,7 @@ from ._config import (
 from ._limit import RateLimit
 from ._models import GenerateRequest, TextGeneration, encode_request
 from ._parse import parse_generation
-from ._runner import BatchProgress, BatchSummary, run_batch
+from ._runner import BatchProgress, BatchSummary, check_batch_options, run_batch
 from ._stream import TextStream
 
 if TYPE_CHECKING:
@@ -324,18 +323,19 @@ class AsyncNebulaClient:
         ``fsync`` fsyncs the output at most once a second and at the end. The input and record
         formats are in the README's "Batch jobs" section.
         """
-        check_int("concurrency", concurrency, 1)
-        check_number("grace_period", grace_period, unit=" of seconds")
-        for name, flag in (("retry_failed", retry_failed), ("fsync", fsync)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, got {type(flag).__name__}")
-        if progress is not None and not callable(progress):
-            raise TypeError(f"progress must be a callable or None, got {type(progress).__name__}")
-        if stop_event is not None and not callable(getattr(stop_event, "is_set", None)):
-            raise TypeError(f"stop_event must be a threading.Event or None, got {type(stop_event).__name__}")
-        # The options go through the request's own checks, with the same messages.
-        options = GenerateRequest(model or "-", "-", max_tokens, temperature, top_p, stop)
-        defaults = Defaults(model, max_tokens, temperature, top_p, options.stop)
+        defaults = check_batch_options(
+            model,
+            max_tokens,
+            temperature,
+            top_p,
+            stop,
+            concurrency,
+            retry_failed,
+            fsync,
+            progress,
+            stop_event,
+            grace_period,
+        )
         return await run_batch(
             self._calls,
             self._generate_item,

@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._batch import Completions
 from ._batchfile import Defaults, iter_requests, scan_input
+from ._checks import check_int, check_number
 from ._doneset import IdDigester, IdSet
 from ._errors import AuthenticationError, InsufficientQuotaError, PermissionDeniedError
 from ._models import GenerateRequest, TextGeneration
@@ -34,7 +35,7 @@ from ._records import BatchId, error_record, success_record
 if TYPE_CHECKING:
     from ._calls import CallPath
 
-__all__ = ["JOB_WIDE_ERRORS", "BatchProgress", "BatchSummary", "run_batch"]
+__all__ = ["JOB_WIDE_ERRORS", "BatchProgress", "BatchSummary", "check_batch_options", "run_batch"]
 
 JOB_WIDE_ERRORS: dict[type[Exception], str] = {
     InsufficientQuotaError: "insufficient_quota",
@@ -127,6 +128,34 @@ class _Plan:
     skipped: int
     done: IdSet
     digest: IdDigester
+
+
+def check_batch_options(
+    model: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    stop: Sequence[str] | None,
+    concurrency: int,
+    retry_failed: bool,
+    fsync: bool,
+    progress: Callable[[BatchProgress], None] | None,
+    stop_event: threading.Event | None,
+    grace_period: float,
+) -> Defaults:
+    """Check run_batch's options (TypeError or ValueError naming the option); return the lines' defaults."""
+    check_int("concurrency", concurrency, 1)
+    check_number("grace_period", grace_period, unit=" of seconds")
+    for name, flag in (("retry_failed", retry_failed), ("fsync", fsync)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {type(flag).__name__}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable or None, got {type(progress).__name__}")
+    if stop_event is not None and not callable(getattr(stop_event, "is_set", None)):
+        raise TypeError(f"stop_event must be a threading.Event or None, got {type(stop_event).__name__}")
+    # The options go through the request's own checks, with the same messages.
+    options = GenerateRequest(model or "-", "-", max_tokens, temperature, top_p, stop)
+    return Defaults(model, max_tokens, temperature, top_p, options.stop)
 
 
 def _prepare(
@@ -226,6 +255,16 @@ async def run_batch(
             progress(counts.progress(loop.time() - started, completions.in_flight, calls.paused_for()))
 
     ticker = loop.create_task(_tick(stop_event, stop, report))
+    hook_failed: list[BaseException] = []
+
+    def ticker_done(task: asyncio.Task[None]) -> None:
+        # The progress hook raised between two results: end the run with that error, as it would
+        # have ended had it raised after a result.
+        if not task.cancelled() and task.exception() is not None:
+            hook_failed.append(task.exception())  # type: ignore[arg-type]  # checked just above
+            completions.cancel()
+
+    ticker.add_done_callback(ticker_done)
     try:
         async with completions:
             async for outcome in completions:
@@ -251,6 +290,8 @@ async def run_batch(
             deadline.cancel()
         lines.close()
         writer.close()
+    if hook_failed:
+        raise hook_failed[0]
     elapsed = loop.time() - started
     report()
     done = counts.succeeded + counts.failed

@@ -263,6 +263,22 @@ async def test_the_grace_period_ends_by_cancelling_what_is_still_in_flight(
     assert seen[0].in_flight == 3
 
 
+async def test_a_progress_hook_that_raises_ends_the_run_with_its_error(
+    fake: FakeNebulaServer, files: tuple[Path, Path]
+) -> None:
+    """A hook raising while nothing completes (a timer call) ends the run with that error; nothing is lost."""
+    source, output = write_input(files[0], 10), files[1]
+    fake.time_to_first_token = 5.0
+
+    def progress(p: BatchProgress) -> None:
+        raise LookupError("the progress bar broke")
+
+    async with make_client(fake.base_url) as client:
+        with pytest.raises(LookupError, match="progress bar"):
+            await client.run_batch(source, output, model="m", concurrency=2, progress=progress)
+    assert output.read_text() == ""
+
+
 async def test_progress_reports_what_this_run_did(fake: FakeNebulaServer, files: tuple[Path, Path]) -> None:
     """The hook sees done grow by one per line written, skipped ids apart, and coherent totals and rates."""
     source, output = write_input(files[0], 12), files[1]

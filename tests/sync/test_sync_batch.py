@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
 import time
@@ -148,3 +149,17 @@ def test_a_second_ctrl_c_cancels_the_calls_in_flight(
     assert time.monotonic() - started < 10
     assert output.read_text() == ""
     assert wait_for(lambda: threaded_server.cancelled == 4)
+
+
+def test_an_abandoned_iterator_is_closed_when_collected(
+    fake_thread: FakeNebulaServer, fake_client: NebulaClient
+) -> None:
+    """A sync iterator dropped mid-way, never closed, has its calls cancelled once it is collected."""
+    fake_thread.time_to_first_token = 0.05
+    outcomes = fake_client.as_completed(
+        ({"model": "m", "prompt": f"p{i}"} for i in range(1000)), concurrency=4
+    )
+    next(outcomes)
+    del outcomes
+    gc.collect()
+    assert wait_for(lambda: pool_tasks(fake_client) == 0)
