@@ -19,7 +19,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import attrs
 
@@ -29,7 +29,7 @@ from ._checks import check_int, check_number
 from ._doneset import IdDigester, IdSet
 from ._errors import AuthenticationError, InsufficientQuotaError, PermissionDeniedError
 from ._models import GenerateRequest, TextGeneration
-from ._outfile import RecordWriter, prepare_output, scan_output
+from ._outfile import RecordWriter, open_output, prepare_output, scan_output
 from ._records import BatchId, error_record, success_record
 
 if TYPE_CHECKING:
@@ -128,6 +128,7 @@ class _Plan:
     skipped: int
     done: IdSet
     digest: IdDigester
+    output: BinaryIO  # open for appending, and locked
 
 
 def check_batch_options(
@@ -169,10 +170,15 @@ def _prepare(
             break
     else:  # pragma: no cover - each try fails with a probability below 2**-24 for 1,000,000 ids
         raise RuntimeError("the input's ids could not be told apart by their digests")
-    out = scan_output(output, digest, retry_failed=retry_failed)
-    skipped = scan.ids.count_in(out.done)
-    prepare_output(output, out, retry_failed=retry_failed)
-    return _Plan(scan.total, skipped, out.done, digest)
+    file = open_output(output)  # locked before it is read: no other run writes to it until we end
+    try:
+        out = scan_output(output, digest, retry_failed=retry_failed)
+        skipped = scan.ids.count_in(out.done)
+        file = prepare_output(file, output, out, retry_failed=retry_failed)
+    except BaseException:
+        file.close()
+        raise
+    return _Plan(scan.total, skipped, out.done, digest, file)
 
 
 class _Jobs:
@@ -229,6 +235,7 @@ async def run_batch(
     loop = asyncio.get_running_loop()
     started = loop.time()
     plan = await asyncio.to_thread(_prepare, input, output, defaults, retry_failed)
+    writer = RecordWriter(plan.output, fsync=fsync)
     counts = _Counts(plan.total, plan.skipped)
     lines = iter_requests(input, defaults)
     jobs = _Jobs(lines, plan, stop_event, lambda: stop("interrupted"))
@@ -246,8 +253,6 @@ async def run_batch(
         jobs.stop()
         if deadline is None:
             deadline = loop.call_later(grace_period, completions.cancel)
-
-    writer = RecordWriter(output, fsync=fsync)
 
     def report() -> None:
         writer.sync_if_due()  # lines written just before a quiet spell are not left unsynced for long

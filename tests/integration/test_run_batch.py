@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -326,6 +327,43 @@ async def test_openai_batch_files_run_unchanged(fake: FakeNebulaServer, files: t
         ("Hi", 5),
         ("Yo", None),
     ]
+
+
+async def _wait_for_requests(fake: FakeNebulaServer, count: int) -> None:
+    for _ in range(500):
+        if len(fake.requests) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"fewer than {count} requests arrived")
+
+
+@pytest.mark.parametrize("retry_failed", [False, True])
+async def test_a_second_run_on_the_same_output_fails_while_the_first_runs(
+    retry_failed: bool, fake: FakeNebulaServer, files: tuple[Path, Path]
+) -> None:
+    """A run started on an output another run is writing raises BlockingIOError and sends nothing."""
+    # Broke: two runs of one command on one output both sent every id and wrote each line twice;
+    # with retry_failed the first run renames a new file over the output, which must be locked too.
+    source, output = write_input(files[0], 20), files[1]
+    async with make_client(fake.base_url, retry=RetryPolicy(max_retries=0)) as client:
+        if retry_failed:
+            fake.fail_next(3, status=500)
+            await client.run_batch(source, output, model="m", concurrency=1)
+        sent = len(fake.requests)
+        fake.time_to_first_token = 0.05
+        first = asyncio.create_task(
+            client.run_batch(source, output, model="m", concurrency=1, retry_failed=retry_failed)
+        )
+        await _wait_for_requests(fake, sent + 1)
+        with pytest.raises(BlockingIOError, match="another run_batch is writing to this output"):
+            await client.run_batch(source, output, model="m")
+        summary = await first
+        assert len(fake.requests) == 20 + (3 if retry_failed else 0)
+        assert summary.not_run == 0
+        again = await client.run_batch(source, output, model="m")  # the lock went with the first run
+    assert again.skipped == 20
+    assert ids(output) == list(range(1, 21))
+    assert sorted(os.listdir(output.parent)) == ["in.jsonl", "out.jsonl"]
 
 
 async def test_bad_input_is_reported_before_anything_is_sent(
