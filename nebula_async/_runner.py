@@ -16,6 +16,7 @@ not written: a rerun does it), then are cancelled and not written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Awaitable, Callable, Generator, Sequence
@@ -163,6 +164,11 @@ def _prepare(
     input: str | os.PathLike[str], output: str | os.PathLike[str], defaults: Defaults, retry_failed: bool
 ) -> _Plan:
     # In a worker thread: a million-line file takes seconds to read, and the loop may serve others.
+    same = False
+    with contextlib.suppress(OSError):  # either missing: not the same file
+        same = os.path.samefile(input, output)
+    if same:  # its lines would be read as records: a confusing list of problems
+        raise ValueError(f"the output must not be the input file: {os.fspath(output)}")
     for _ in range(5):
         digest = IdDigester()
         scan = scan_input(input, defaults, digest)

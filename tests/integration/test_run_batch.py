@@ -366,6 +366,18 @@ async def test_a_second_run_on_the_same_output_fails_while_the_first_runs(
     assert sorted(os.listdir(output.parent)) == ["in.jsonl", "out.jsonl"]
 
 
+async def test_the_output_must_not_be_the_input(fake: FakeNebulaServer, files: tuple[Path, Path]) -> None:
+    """The input file given as the output raises a clear ValueError and is left untouched."""
+    # Broke: every input line was reported as "not a record of run_batch".
+    source = write_input(files[0], 3)
+    before = source.read_bytes()
+    async with make_client(fake.base_url) as client:
+        with pytest.raises(ValueError, match="the output must not be the input file"):
+            await client.run_batch(source, source.parent / "." / source.name, model="m")
+    assert source.read_bytes() == before
+    assert fake.requests == []
+
+
 async def test_bad_input_is_reported_before_anything_is_sent(
     fake: FakeNebulaServer, files: tuple[Path, Path]
 ) -> None:
