@@ -26,9 +26,9 @@ from typing import Any
 import attrs
 
 from ._doneset import IdSet
-from ._models import GenerateRequest
+from ._models import GenerateRequest, encode_request
 from ._parse import loads
-from ._records import BatchId, is_batch_id
+from ._records import BatchId, is_batch_id, is_text
 
 __all__ = [
     "MAX_PROBLEMS",
@@ -97,6 +97,8 @@ def parse_line(raw: bytes, number: int, defaults: Defaults) -> tuple[BatchId, Ge
     batch_id = fields.pop("id")
     if batch_id is None:
         batch_id = number
+    elif isinstance(batch_id, str) and not is_text(batch_id):
+        raise ValueError("the id is not valid text: it holds a lone surrogate")
     elif not is_batch_id(batch_id):
         raise ValueError(f"the id must be a non-empty string or an integer, got {_json_type(batch_id)}")
     if fields.get("prompt") is None:
@@ -110,9 +112,12 @@ def parse_line(raw: bytes, number: int, defaults: Defaults) -> tuple[BatchId, Ge
         if fields.get(name) is None:
             fields[name] = getattr(defaults, name)
     try:
-        return batch_id, GenerateRequest(**fields)
+        request = GenerateRequest(**fields)
+        if b"\\ud" in raw or b"\\uD" in raw:  # an escaped surrogate: a lone one could never be sent
+            encode_request(request, None, stream=False)  # ValueError naming the field
     except (TypeError, ValueError) as exc:
         raise ValueError(str(exc)) from None
+    return batch_id, request
 
 
 def _our_fields(value: dict[str, Any]) -> dict[str, Any]:

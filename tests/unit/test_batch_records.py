@@ -78,6 +78,8 @@ def test_each_kind_of_error_gets_a_stable_code(
         (b"{torn", "not valid JSON"),
         (b"[1]\n", "not a JSON object but list"),
         (b'{"text": "t"}\n', "no valid id"),
+        # Broke: a lone surrogate id raised UnicodeEncodeError when its digest was taken.
+        (b'{"id": "a\\ud800", "text": "t"}\n', "no valid id"),
         (b'{"id": 1, "error": "x"}\n', "its error is not an object"),
         (b'{"id": 1, "note": "x"}\n', 'neither a "text" string nor an "error" object'),
     ],
