@@ -3,7 +3,8 @@
 ``as_completed``, ``generate_many`` and ``run_batch`` all run on it. Workers (``concurrency`` tasks)
 take the next item from a Source only when they are free, so the input is read lazily; finished
 outcomes wait in a queue of at most ``concurrency`` entries, so a slow consumer holds back the
-workers instead of piling up results. Memory is bounded by the concurrency, not by the input.
+workers instead of piling up results. Memory is bounded by the concurrency, not by the input; and
+workers start as items are taken, so a concurrency far above the input's size costs nothing.
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ class _Pool:
         self._concurrency = concurrency
         self._calls = calls
         self._workers: set[asyncio.Task[None]] = set()
-        self._running = 0
+        self._running = 0  # workers not yet ended
+        self._spawned = 0
         self._started = False
         self._closed = False
         self._taken = 0  # items taken from the source: the next one's index
@@ -184,14 +186,18 @@ class _Pool:
 
     def _start(self) -> None:
         self._started = True
-        loop = asyncio.get_running_loop()
-        self._running = self._concurrency
-        for _ in range(self._concurrency):
-            task = loop.create_task(self._work())
-            self._workers.add(task)
-            task.add_done_callback(self._workers.discard)
+        self._spawn()
         if self._calls is not None:
             self._calls.track(self, self.client_closed)
+
+    def _spawn(self) -> None:
+        # Workers start one per item taken, up to ``concurrency``: never more workers than items
+        # (plus one), so concurrency=1_000_000 for three items makes four tasks, not a million.
+        task = asyncio.get_running_loop().create_task(self._work())
+        self._spawned += 1
+        self._running += 1
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
 
     async def next(self) -> Outcome:
         if not self._started and not self._closed:
@@ -235,6 +241,8 @@ class _Pool:
                     return
                 index = self._taken  # no await since the item was taken: indexes follow input order
                 self._taken += 1
+                if self._spawned < self._concurrency and not self._closed:
+                    self._spawn()  # the next item is taken while this one is sent
                 item = taken[0]
                 try:
                     outcome = Outcome(index, item, await self._call(item))
