@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import attrs
 
-from ._batchfile import MAX_PROBLEMS, BatchInputError
+from ._batchfile import CHECK_EVERY, MAX_PROBLEMS, BatchInputError
 from ._doneset import IdSet
 from ._records import BatchId, parse_record
 
@@ -38,10 +38,15 @@ class OutputScan:
 
 
 def scan_output(
-    path: str | os.PathLike[str], digest: Callable[[BatchId], int], *, retry_failed: bool
+    path: str | os.PathLike[str],
+    digest: Callable[[BatchId], int],
+    *,
+    retry_failed: bool,
+    check: Callable[[], None] | None = None,
 ) -> OutputScan:
     """Read a previous run's output (if any); BatchInputError if a complete line is not a record.
 
+    ``check`` is called every CHECK_EVERY lines (it may raise to end the scan).
     Nothing is changed here: prepare_output() cuts or rewrites, once the input is known to be good.
     """
     done = IdSet()
@@ -57,6 +62,8 @@ def scan_output(
         return OutputScan(done, 0, None)
     with file:
         for number, raw in enumerate(file, 1):
+            if check is not None and number % CHECK_EVERY == 0:
+                check()
             if not raw.endswith(b"\n"):  # killed mid-write: the rerun cuts it
                 torn_at = offset
                 break

@@ -79,10 +79,11 @@ class BatchProgress:
 class BatchSummary:
     """How a batch run ended.
 
-    ``not_run`` counts the input's ids with no line in the output yet (a rerun does them).
-    ``stopped`` is None when the run went to the end, else why it stopped: ``"interrupted"``
-    (stop_event, Ctrl-C), ``"insufficient_quota"``, ``"authentication"`` or
-    ``"permission_denied"``; ``error`` is then the job-wide error that stopped it.
+    ``not_run`` counts the input's ids with no line in the output yet (a rerun does them); a stop
+    that came while the files were being read leaves every count at 0. ``stopped`` is None when
+    the run went to the end, else why it stopped: ``"interrupted"`` (stop_event, Ctrl-C),
+    ``"insufficient_quota"``, ``"authentication"`` or ``"permission_denied"``; ``error`` is then
+    the job-wide error that stopped it.
     """
 
     total: int
@@ -160,8 +161,16 @@ def check_batch_options(
     return Defaults(model, max_tokens, temperature, top_p, options.stop)
 
 
+class _StoppedEarly(Exception):
+    """Raised by the check in the preparing thread: a stop came before the files were read."""
+
+
 def _prepare(
-    input: str | os.PathLike[str], output: str | os.PathLike[str], defaults: Defaults, retry_failed: bool
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    defaults: Defaults,
+    retry_failed: bool,
+    check: Callable[[], None],
 ) -> _Plan:
     # In a worker thread: a million-line file takes seconds to read, and the loop may serve others.
     same = False
@@ -171,14 +180,14 @@ def _prepare(
         raise ValueError(f"the output must not be the input file: {os.fspath(output)}")
     for _ in range(5):
         digest = IdDigester()
-        scan = scan_input(input, defaults, digest)
+        scan = scan_input(input, defaults, digest, check)
         if not scan.collided:  # else two ids of the input share a digest: try another key
             break
     else:  # pragma: no cover - each try fails with a probability below 2**-24 for 1,000,000 ids
         raise RuntimeError("the input's ids could not be told apart by their digests")
     file = open_output(output)  # locked before it is read: no other run writes to it until we end
     try:
-        out = scan_output(output, digest, retry_failed=retry_failed)
+        out = scan_output(output, digest, retry_failed=retry_failed, check=check)
         skipped = scan.ids.count_in(out.done)
         file = prepare_output(file, output, out, retry_failed=retry_failed)
     except BaseException:
@@ -240,7 +249,24 @@ async def run_batch(
     """Run the batch; see AsyncNebulaClient.run_batch (the arguments are checked there)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    plan = await asyncio.to_thread(_prepare, input, output, defaults, retry_failed)
+    abandoned = threading.Event()
+
+    def check() -> None:  # in the preparing thread, every few thousand lines
+        if abandoned.is_set() or (stop_event is not None and stop_event.is_set()):
+            raise _StoppedEarly
+
+    # Reading a million-line input takes seconds: a stop (Ctrl-C) or a cancel must not wait for it.
+    # The thread can't be cancelled; the check ends it, and what it opened is closed.
+    preparing = loop.run_in_executor(None, _prepare, input, output, defaults, retry_failed, check)
+    try:
+        plan = await asyncio.shield(preparing)
+    except asyncio.CancelledError:
+        abandoned.set()
+        preparing.add_done_callback(_close_abandoned)
+        raise
+    except _StoppedEarly:
+        elapsed = loop.time() - started
+        return BatchSummary(0, 0, 0, 0, 0, elapsed, 0.0, 0, 0, "interrupted", None, os.fspath(output))
     writer = RecordWriter(plan.output, fsync=fsync)
     counts = _Counts(plan.total, plan.skipped)
     lines = iter_requests(input, defaults)
@@ -311,6 +337,11 @@ async def run_batch(
         elapsed, done / elapsed if elapsed > 0 else 0.0, counts.prompt_tokens, counts.completion_tokens,
         counts.stopped, counts.error, os.fspath(output),
     )  # fmt: skip
+
+
+def _close_abandoned(preparing: asyncio.Future[_Plan]) -> None:
+    if not preparing.cancelled() and preparing.exception() is None:  # it ended before its next check
+        preparing.result().output.close()
 
 
 def _job_wide(error: Exception) -> str | None:

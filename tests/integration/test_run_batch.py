@@ -18,6 +18,7 @@ from nebula_async import (
     InsufficientQuotaError,
     RetryPolicy,
 )
+from nebula_async._batchfile import CHECK_EVERY
 from nebula_async.testing import FakeNebulaServer
 from tests.integration._support import echo, make_client
 
@@ -237,6 +238,23 @@ async def test_stop_event_stops_new_requests_and_lets_the_in_flight_finish(
     assert len(fake.requests) == summary.succeeded  # every request sent was written
     assert summary.not_run == 200 - summary.succeeded
     assert len(records(output)) == summary.succeeded
+
+
+async def test_stop_event_ends_the_reading_of_a_large_input(
+    fake: FakeNebulaServer, files: tuple[Path, Path]
+) -> None:
+    """A stop during the validation pass ends it within a few thousand lines: nothing sent, counts 0."""
+    # Broke: the whole input was read first (a million lines: ~20 s after Ctrl-C), and a cancel
+    # left the reading thread running, so even a second Ctrl-C waited for it at the loop's exit.
+    source, output = write_input(files[0], 3 * CHECK_EVERY), files[1]
+    stop = threading.Event()
+    stop.set()
+    async with make_client(fake.base_url) as client:
+        summary = await client.run_batch(source, output, model="m", stop_event=stop)
+    assert summary.stopped == "interrupted"
+    assert (summary.total, summary.succeeded, summary.not_run) == (0, 0, 0)
+    assert fake.requests == []
+    assert not output.exists()
 
 
 async def test_the_grace_period_ends_by_cancelling_what_is_still_in_flight(
