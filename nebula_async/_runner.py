@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import threading
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -178,6 +179,11 @@ def _prepare(
         same = os.path.samefile(input, output)
     if same:  # its lines would be read as records: a confusing list of problems
         raise ValueError(f"the output must not be the input file: {os.fspath(output)}")
+    with contextlib.suppress(FileNotFoundError):  # a first run creates it
+        if not stat.S_ISREG(os.stat(output).st_mode):  # /dev/stdout, a pipe: reading it back would hang
+            raise ValueError(
+                f"the output must be a regular file (it is read back to resume), got {os.fspath(output)}"
+            )
     for _ in range(5):
         digest = IdDigester()
         scan = scan_input(input, defaults, digest, check)

@@ -396,6 +396,20 @@ async def test_the_output_must_not_be_the_input(fake: FakeNebulaServer, files: t
     assert fake.requests == []
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+async def test_an_output_that_is_not_a_regular_file_is_refused(
+    fake: FakeNebulaServer, files: tuple[Path, Path]
+) -> None:
+    """A pipe as the output (or /dev/stdout) raises ValueError instead of hanging while read back."""
+    # Broke: the run opened the output to read what a previous run left, and waited on it forever.
+    source, output = write_input(files[0], 2), files[1]
+    os.mkfifo(output)
+    async with make_client(fake.base_url) as client:
+        with pytest.raises(ValueError, match="the output must be a regular file"):
+            await asyncio.wait_for(client.run_batch(source, output, model="m"), 10)
+    assert fake.requests == []
+
+
 async def test_bad_input_is_reported_before_anything_is_sent(
     fake: FakeNebulaServer, files: tuple[Path, Path]
 ) -> None:
