@@ -136,11 +136,13 @@ def prepare_output(
     the same directory, fsync'ed and locked, renamed over the output (atomic), then the directory
     is fsync'ed: a crash leaves the old file or the new one, and no other run slips in between.
     """
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}.nebula-batch-"
+    _remove_stale_copies(directory, prefix)
     if retry_failed and scan.failed:
         import tempfile  # only for a rewrite: not at import
 
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".nebula-batch-", suffix=".tmp")
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
         new: BinaryIO | None = None
         try:
             with os.fdopen(fd, "wb") as out, open(path, "rb") as old:
@@ -167,6 +169,17 @@ def prepare_output(
         file.truncate(scan.torn_at)
         os.fsync(file.fileno())
     return file
+
+
+def _remove_stale_copies(directory: str, prefix: str) -> None:
+    # A run killed during its rewrite leaves its temporary copy (as large as the output). Named
+    # after the output, one can only be stale here: we hold the output's lock, so no other run on
+    # it is rewriting (runs on other outputs in the directory use other names).
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix) and entry.name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 def _fsync_directory(directory: str) -> None:

@@ -347,6 +347,21 @@ async def test_openai_batch_files_run_unchanged(fake: FakeNebulaServer, files: t
     ]
 
 
+async def test_a_copy_left_by_a_rewrite_killed_midway_is_removed(
+    fake: FakeNebulaServer, files: tuple[Path, Path]
+) -> None:
+    """The temporary copy a retry_failed rewrite leaves when killed goes at the next run; others stay."""
+    # Broke: each kill during a rewrite left a copy as large as the output, forever.
+    source, output = write_input(files[0], 2), files[1]
+    stale = output.parent / ".out.jsonl.nebula-batch-k1ll3d.tmp"
+    stale.write_text('{"id": 1, "text": "t"}\n')
+    other = output.parent / ".other.jsonl.nebula-batch-x.tmp"  # another output's: maybe in use
+    other.write_text("")
+    async with make_client(fake.base_url) as client:
+        await client.run_batch(source, output, model="m")
+    assert sorted(os.listdir(output.parent)) == [other.name, "in.jsonl", "out.jsonl"]
+
+
 async def _wait_for_requests(fake: FakeNebulaServer, count: int) -> None:
     for _ in range(500):
         if len(fake.requests) >= count:
