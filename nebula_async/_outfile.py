@@ -152,6 +152,8 @@ def prepare_output(
                     if not parse_record(raw)[1]:
                         out.write(raw)
                 out.flush()
+                # mkstemp's file is 0600: the output keeps its own permissions (a shared 0644 one too)
+                os.chmod(temporary, os.fstat(old.fileno()).st_mode & 0o7777)
                 os.fsync(out.fileno())
             new = open(temporary, "ab", buffering=0)  # noqa: SIM115 - returned, or closed below
             _lock(new, temporary)  # before the rename: the new output is never unlocked

@@ -347,6 +347,20 @@ async def test_openai_batch_files_run_unchanged(fake: FakeNebulaServer, files: t
     ]
 
 
+async def test_the_retry_failed_rewrite_keeps_the_outputs_permissions(
+    fake: FakeNebulaServer, files: tuple[Path, Path]
+) -> None:
+    """The rewritten output has the old file's mode, not the temporary file's 0600."""
+    # Broke: a shared 0644 output became 0600 after a retry_failed run.
+    source, output = write_input(files[0], 2), files[1]
+    output.write_text('{"id": 1, "error": {"code": "server_error"}}\n')
+    output.chmod(0o644)
+    async with make_client(fake.base_url) as client:
+        summary = await client.run_batch(source, output, model="m", retry_failed=True)
+    assert summary.succeeded == 2
+    assert output.stat().st_mode & 0o777 == 0o644
+
+
 async def test_a_copy_left_by_a_rewrite_killed_midway_is_removed(
     fake: FakeNebulaServer, files: tuple[Path, Path]
 ) -> None:
