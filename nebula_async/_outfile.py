@@ -136,7 +136,8 @@ def prepare_output(
     the same directory, fsync'ed and locked, renamed over the output (atomic), then the directory
     is fsync'ed: a crash leaves the old file or the new one, and no other run slips in between.
     """
-    directory = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)  # through a symlink: the rewrite replaces its target, not the link
+    directory = os.path.dirname(path)
     prefix = f".{os.path.basename(path)}.nebula-batch-"
     _remove_stale_copies(directory, prefix)
     if retry_failed and scan.failed:

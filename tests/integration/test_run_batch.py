@@ -361,6 +361,24 @@ async def test_the_retry_failed_rewrite_keeps_the_outputs_permissions(
     assert output.stat().st_mode & 0o777 == 0o644
 
 
+async def test_the_retry_failed_rewrite_goes_through_a_symlinked_output(
+    fake: FakeNebulaServer, files: tuple[Path, Path]
+) -> None:
+    """An output that is a symlink stays one: the rewrite replaces the file it points to."""
+    # Broke: the rewrite renamed a new file over the link, leaving the old target behind, stale.
+    source, link = write_input(files[0], 2), files[1]
+    target = link.parent / "elsewhere" / "real.jsonl"
+    target.parent.mkdir()
+    target.write_text('{"id": 1, "error": {"code": "server_error"}}\n')
+    link.symlink_to(target)
+    async with make_client(fake.base_url) as client:
+        summary = await client.run_batch(source, link, model="m", retry_failed=True)
+    assert summary.succeeded == 2
+    assert link.is_symlink()
+    assert ids(target) == [1, 2]
+    assert sorted(os.listdir(target.parent)) == ["real.jsonl"]
+
+
 async def test_a_copy_left_by_a_rewrite_killed_midway_is_removed(
     fake: FakeNebulaServer, files: tuple[Path, Path]
 ) -> None:
