@@ -144,6 +144,15 @@ class Completions:
         """How many items were taken from the input and have no outcome yet."""
         return self._pool.in_flight
 
+    @property
+    def ready(self) -> int:
+        """How many outcomes are finished and not yet taken; a hint that another thread may read."""
+        return self._pool.ready
+
+    def start(self) -> None:
+        """Start taking items and sending them now, not at the first ``__anext__``; idempotent."""
+        self._pool.start()
+
     def cancel(self) -> None:
         """Cancel the calls in flight without waiting for them; the iteration then ends."""
         self._pool.cancel()
@@ -184,6 +193,10 @@ class _Pool:
     def in_flight(self) -> int:
         return self._taken - self._delivered - len(self._ready)
 
+    @property
+    def ready(self) -> int:
+        return len(self._ready)  # one atomic read: safe from another thread
+
     def _start(self) -> None:
         self._started = True
         self._spawn()
@@ -199,9 +212,12 @@ class _Pool:
         self._workers.add(task)
         task.add_done_callback(self._workers.discard)
 
-    async def next(self) -> Outcome:
+    def start(self) -> None:
         if not self._started and not self._closed:
             self._start()
+
+    async def next(self) -> Outcome:
+        self.start()
         while True:
             failure = self._failure
             if failure is not None:
