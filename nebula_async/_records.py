@@ -60,8 +60,15 @@ _dumps: Callable[[Any], bytes] = _first_dumps
 
 
 def dumps(value: Any) -> bytes:
-    """Encode a record's dict: orjson when installed, else json with the same bytes (up to key order)."""
-    return _dumps(value)
+    """Encode a record's dict: orjson when installed, else json with the same bytes (up to key order).
+
+    A lone surrogate (in a text the API sent as ``"\\ud800"``) can't be written as UTF-8: that
+    record is written with every non-ASCII character escaped, which reads back as the same text.
+    """
+    try:
+        return _dumps(value)
+    except (TypeError, ValueError):  # orjson's JSONEncodeError is a TypeError; encode() raises a ValueError
+        return json.dumps(value, separators=(",", ":")).encode()  # a real bug raises here again
 
 
 def is_batch_id(value: object) -> bool:
