@@ -3,7 +3,8 @@
 ``as_completed``, ``generate_many`` and ``run_batch`` all run on it. Workers (``concurrency`` tasks)
 take the next item from a Source only when they are free, so the input is read lazily; finished
 outcomes wait in a queue of at most ``concurrency`` entries, so a slow consumer holds back the
-workers instead of piling up results. Memory is bounded by the concurrency, not by the input.
+workers instead of piling up results. Memory is bounded by the concurrency, not by the input; and
+workers start as items are taken, so a concurrency far above the input's size costs nothing.
 """
 
 from __future__ import annotations
@@ -143,6 +144,15 @@ class Completions:
         """How many items were taken from the input and have no outcome yet."""
         return self._pool.in_flight
 
+    @property
+    def ready(self) -> int:
+        """How many outcomes are finished and not yet taken; a hint that another thread may read."""
+        return self._pool.ready
+
+    def start(self) -> None:
+        """Start taking items and sending them now, not at the first ``__anext__``; idempotent."""
+        self._pool.start()
+
     def cancel(self) -> None:
         """Cancel the calls in flight without waiting for them; the iteration then ends."""
         self._pool.cancel()
@@ -168,7 +178,8 @@ class _Pool:
         self._concurrency = concurrency
         self._calls = calls
         self._workers: set[asyncio.Task[None]] = set()
-        self._running = 0
+        self._running = 0  # workers not yet ended
+        self._spawned = 0
         self._started = False
         self._closed = False
         self._taken = 0  # items taken from the source: the next one's index
@@ -182,20 +193,31 @@ class _Pool:
     def in_flight(self) -> int:
         return self._taken - self._delivered - len(self._ready)
 
+    @property
+    def ready(self) -> int:
+        return len(self._ready)  # one atomic read: safe from another thread
+
     def _start(self) -> None:
         self._started = True
-        loop = asyncio.get_running_loop()
-        self._running = self._concurrency
-        for _ in range(self._concurrency):
-            task = loop.create_task(self._work())
-            self._workers.add(task)
-            task.add_done_callback(self._workers.discard)
+        self._spawn()
         if self._calls is not None:
             self._calls.track(self, self.client_closed)
 
-    async def next(self) -> Outcome:
+    def _spawn(self) -> None:
+        # Workers start one per item taken, up to ``concurrency``: never more workers than items
+        # (plus one), so concurrency=1_000_000 for three items makes four tasks, not a million.
+        task = asyncio.get_running_loop().create_task(self._work())
+        self._spawned += 1
+        self._running += 1
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
+
+    def start(self) -> None:
         if not self._started and not self._closed:
             self._start()
+
+    async def next(self) -> Outcome:
+        self.start()
         while True:
             failure = self._failure
             if failure is not None:
@@ -235,6 +257,8 @@ class _Pool:
                     return
                 index = self._taken  # no await since the item was taken: indexes follow input order
                 self._taken += 1
+                if self._spawned < self._concurrency and not self._closed:
+                    self._spawn()  # the next item is taken while this one is sent
                 item = taken[0]
                 try:
                     outcome = Outcome(index, item, await self._call(item))

@@ -26,11 +26,12 @@ from typing import Any
 import attrs
 
 from ._doneset import IdSet
-from ._models import GenerateRequest
+from ._models import GenerateRequest, encode_request
 from ._parse import loads
-from ._records import BatchId, is_batch_id
+from ._records import BatchId, is_batch_id, is_text
 
 __all__ = [
+    "CHECK_EVERY",
     "MAX_PROBLEMS",
     "BatchInputError",
     "Defaults",
@@ -97,6 +98,8 @@ def parse_line(raw: bytes, number: int, defaults: Defaults) -> tuple[BatchId, Ge
     batch_id = fields.pop("id")
     if batch_id is None:
         batch_id = number
+    elif isinstance(batch_id, str) and not is_text(batch_id):
+        raise ValueError("the id is not valid text: it holds a lone surrogate")
     elif not is_batch_id(batch_id):
         raise ValueError(f"the id must be a non-empty string or an integer, got {_json_type(batch_id)}")
     if fields.get("prompt") is None:
@@ -110,9 +113,12 @@ def parse_line(raw: bytes, number: int, defaults: Defaults) -> tuple[BatchId, Ge
         if fields.get(name) is None:
             fields[name] = getattr(defaults, name)
     try:
-        return batch_id, GenerateRequest(**fields)
+        request = GenerateRequest(**fields)
+        if b"\\ud" in raw or b"\\uD" in raw:  # an escaped surrogate: a lone one could never be sent
+            encode_request(request, None, stream=False)  # ValueError naming the field
     except (TypeError, ValueError) as exc:
         raise ValueError(str(exc)) from None
+    return batch_id, request
 
 
 def _our_fields(value: dict[str, Any]) -> dict[str, Any]:
@@ -219,13 +225,21 @@ class InputScan:
     collided: bool
 
 
+CHECK_EVERY = 4096
+"""The scans call their ``check`` every so many lines: a stop asked for mid-scan ends it soon."""
+
+
 def scan_input(
-    path: str | os.PathLike[str], defaults: Defaults, digest: Callable[[BatchId], int]
+    path: str | os.PathLike[str],
+    defaults: Defaults,
+    digest: Callable[[BatchId], int],
+    check: Callable[[], None] | None = None,
 ) -> InputScan:
     """Read the whole input once; BatchInputError listing every problem, or the ids' digests.
 
     Repeated digests are checked exactly by reading their lines again: the same id twice is a
-    problem (naming both lines); two different ids sharing a digest set ``collided``.
+    problem (naming both lines); two different ids sharing a digest set ``collided``. ``check``
+    is called every CHECK_EVERY lines (it may raise to end the scan).
     """
     problems: list[tuple[int, str]] = []
     count = 0
@@ -233,6 +247,8 @@ def scan_input(
     total = 0
     with open(path, "rb") as file:
         for number, raw in enumerate(file, 1):
+            if check is not None and number % CHECK_EVERY == 0:
+                check()
             if not raw.strip():
                 continue
             try:
@@ -247,7 +263,7 @@ def scan_input(
     repeated = ids.freeze()
     collided = False
     if repeated:
-        duplicates, collided = _find_duplicates(path, defaults, digest, repeated)
+        duplicates, collided = _find_duplicates(path, defaults, digest, repeated, check)
         count += len(duplicates)
         problems = sorted(problems + duplicates[:MAX_PROBLEMS])[:MAX_PROBLEMS]
     if count:
@@ -256,13 +272,19 @@ def scan_input(
 
 
 def _find_duplicates(
-    path: str | os.PathLike[str], defaults: Defaults, digest: Callable[[BatchId], int], repeated: set[int]
+    path: str | os.PathLike[str],
+    defaults: Defaults,
+    digest: Callable[[BatchId], int],
+    repeated: set[int],
+    check: Callable[[], None] | None,
 ) -> tuple[list[tuple[int, str]], bool]:
     first_line: dict[tuple[type, BatchId], int] = {}
     seen_digests: dict[int, set[tuple[type, BatchId]]] = {}
     duplicates = []
     with open(path, "rb") as file:
         for number, raw in enumerate(file, 1):
+            if check is not None and number % CHECK_EVERY == 0:
+                check()
             if not raw.strip():
                 continue
             try:

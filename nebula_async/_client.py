@@ -320,8 +320,10 @@ class AsyncNebulaClient:
         (keep it quick). Once ``stop_event`` is set, or a job-wide error (InsufficientQuotaError,
         AuthenticationError, PermissionDeniedError) arrives, no new request starts and the ones
         in flight get ``grace_period`` seconds to finish; BatchSummary.stopped says why.
-        ``fsync`` fsyncs the output at most once a second and at the end. The input and record
-        formats are in the README's "Batch jobs" section.
+        ``fsync`` fsyncs the output at most once a second and at the end. The output must be a
+        regular file other than the input (ValueError); a run holds a lock on it, so another run
+        on it meanwhile raises BlockingIOError. The input and record formats are in the README's
+        "Batch jobs" section.
         """
         defaults = check_batch_options(
             model,

@@ -2,22 +2,30 @@
 
 Every record is one ``write()`` of a whole line on a file opened for appending without a buffer,
 so a kill leaves at most the last line torn: a rerun cuts anything after the last newline.
+
+A run holds an exclusive lock on the output (``flock``, released when the process dies, even by
+``kill -9``) from before it reads it until it ends: a second run on the same output, started by
+mistake, fails at once instead of sending every id again and writing each one twice. (Windows has
+no such advisory lock: there nothing stops two runs.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import sys
 import time
 from collections.abc import Callable
+from typing import BinaryIO
 
 import attrs
 
-from ._batchfile import MAX_PROBLEMS, BatchInputError
+from ._batchfile import CHECK_EVERY, MAX_PROBLEMS, BatchInputError
 from ._doneset import IdSet
 from ._records import BatchId, parse_record
 
-__all__ = ["OutputScan", "RecordWriter", "prepare_output", "scan_output"]
+__all__ = ["OutputScan", "RecordWriter", "open_output", "prepare_output", "scan_output"]
 
 
 @attrs.frozen
@@ -30,10 +38,15 @@ class OutputScan:
 
 
 def scan_output(
-    path: str | os.PathLike[str], digest: Callable[[BatchId], int], *, retry_failed: bool
+    path: str | os.PathLike[str],
+    digest: Callable[[BatchId], int],
+    *,
+    retry_failed: bool,
+    check: Callable[[], None] | None = None,
 ) -> OutputScan:
     """Read a previous run's output (if any); BatchInputError if a complete line is not a record.
 
+    ``check`` is called every CHECK_EVERY lines (it may raise to end the scan).
     Nothing is changed here: prepare_output() cuts or rewrites, once the input is known to be good.
     """
     done = IdSet()
@@ -49,6 +62,8 @@ def scan_output(
         return OutputScan(done, 0, None)
     with file:
         for number, raw in enumerate(file, 1):
+            if check is not None and number % CHECK_EVERY == 0:
+                check()
             if not raw.endswith(b"\n"):  # killed mid-write: the rerun cuts it
                 torn_at = offset
                 break
@@ -71,17 +86,65 @@ def scan_output(
     return OutputScan(done, failed, torn_at)
 
 
-def prepare_output(path: str | os.PathLike[str], scan: OutputScan, *, retry_failed: bool) -> None:
+if sys.platform == "win32":  # pragma: no cover - no flock there
+
+    def _lock(file: BinaryIO, path: str | os.PathLike[str]) -> None:
+        pass
+
+else:
+    import fcntl
+
+    def _lock(file: BinaryIO, path: str | os.PathLike[str]) -> None:
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BlockingIOError(
+                errno.EWOULDBLOCK,
+                "another run_batch is writing to this output (it holds the file's lock); wait for it to end",
+                os.fspath(path),
+            ) from None
+
+
+def open_output(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open the output for appending (creating it) and lock it; BlockingIOError if another run holds it."""
+    while True:
+        file = open(path, "ab", buffering=0)  # noqa: SIM115 - returned, or closed below
+        try:
+            _lock(file, path)
+            opened = os.fstat(file.fileno())
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+        except BaseException:
+            file.close()
+            raise
+        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
+            return file
+        # Another run's retry_failed rewrite renamed a new file over this one between our open and
+        # our lock: the lock we hold is on a file that is no longer the output. Open the new one.
+        file.close()
+
+
+def prepare_output(
+    file: BinaryIO, path: str | os.PathLike[str], scan: OutputScan, *, retry_failed: bool
+) -> BinaryIO:
     """Cut a torn last line; with ``retry_failed``, rewrite the file without its failure lines.
 
-    The rewrite goes through a temporary file in the same directory, fsync'ed, renamed over the
-    output (atomic), then the directory is fsync'ed: a crash leaves the old file or the new one.
+    ``file`` is the locked output from open_output(); return the locked file to append to (after
+    a rewrite, the new one: ``file`` is then closed). The rewrite goes through a temporary file in
+    the same directory, fsync'ed and locked, renamed over the output (atomic), then the directory
+    is fsync'ed: a crash leaves the old file or the new one, and no other run slips in between.
     """
+    path = os.path.realpath(path)  # through a symlink: the rewrite replaces its target, not the link
+    directory = os.path.dirname(path)
+    prefix = f".{os.path.basename(path)}.nebula-batch-"
+    _remove_stale_copies(directory, prefix)
     if retry_failed and scan.failed:
         import tempfile  # only for a rewrite: not at import
 
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".nebula-batch-", suffix=".tmp")
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
+        new: BinaryIO | None = None
         try:
             with os.fdopen(fd, "wb") as out, open(path, "rb") as old:
                 for raw in old:
@@ -90,17 +153,36 @@ def prepare_output(path: str | os.PathLike[str], scan: OutputScan, *, retry_fail
                     if not parse_record(raw)[1]:
                         out.write(raw)
                 out.flush()
+                # mkstemp's file is 0600: the output keeps its own permissions (a shared 0644 one too)
+                os.chmod(temporary, os.fstat(old.fileno()).st_mode & 0o7777)
                 os.fsync(out.fileno())
+            new = open(temporary, "ab", buffering=0)  # noqa: SIM115 - returned, or closed below
+            _lock(new, temporary)  # before the rename: the new output is never unlocked
             os.replace(temporary, path)
         except BaseException:
+            if new is not None:
+                new.close()
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
+        file.close()
         _fsync_directory(directory)
-    elif scan.torn_at is not None:
-        with open(path, "r+b") as file:
-            file.truncate(scan.torn_at)
-            os.fsync(file.fileno())
+        return new
+    if scan.torn_at is not None:
+        file.truncate(scan.torn_at)
+        os.fsync(file.fileno())
+    return file
+
+
+def _remove_stale_copies(directory: str, prefix: str) -> None:
+    # A run killed during its rewrite leaves its temporary copy (as large as the output). Named
+    # after the output, one can only be stale here: we hold the output's lock, so no other run on
+    # it is rewriting (runs on other outputs in the directory use other names).
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix) and entry.name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 def _fsync_directory(directory: str) -> None:
@@ -115,10 +197,13 @@ def _fsync_directory(directory: str) -> None:
 
 
 class RecordWriter:
-    """Append whole lines to the output, one write() each; with ``fsync``, fsync at most once a second."""
+    """Append whole lines to the output, one write() each; with ``fsync``, fsync at most once a second.
 
-    def __init__(self, path: str | os.PathLike[str], *, fsync: bool) -> None:
-        self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
+    ``file`` is the locked output (open_output(), prepare_output()); close() closes it, releasing the lock.
+    """
+
+    def __init__(self, file: BinaryIO, *, fsync: bool) -> None:
+        self._file = file
         self._fsync = fsync
         self._synced_at = time.monotonic()
         self._dirty = False

@@ -30,6 +30,7 @@ __all__ = [
     "error_code",
     "error_record",
     "is_batch_id",
+    "is_text",
     "loads",
     "parse_record",
     "success_record",
@@ -59,15 +60,33 @@ _dumps: Callable[[Any], bytes] = _first_dumps
 
 
 def dumps(value: Any) -> bytes:
-    """Encode a record's dict: orjson when installed, else json with the same bytes (up to key order)."""
-    return _dumps(value)
+    """Encode a record's dict: orjson when installed, else json with the same bytes (up to key order).
+
+    A lone surrogate (in a text the API sent as ``"\\ud800"``) can't be written as UTF-8: that
+    record is written with every non-ASCII character escaped, which reads back as the same text.
+    """
+    try:
+        return _dumps(value)
+    except (TypeError, ValueError):  # orjson's JSONEncodeError is a TypeError; encode() raises a ValueError
+        return json.dumps(value, separators=(",", ":")).encode()  # a real bug raises here again
 
 
 def is_batch_id(value: object) -> bool:
-    """Say whether ``value`` can be an id: a non-empty string or an int (not a bool)."""
+    """Say whether ``value`` can be an id: a non-empty string (valid text) or an int (not a bool)."""
     if isinstance(value, str):
-        return bool(value)
+        return bool(value) and is_text(value)
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_text(value: str) -> bool:
+    """Say whether ``value`` can be written as UTF-8: no lone surrogate (JSON's ``"\\ud800"`` gives one)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def success_record(batch_id: BatchId, generation: TextGeneration) -> bytes:

@@ -16,10 +16,12 @@ not written: a rerun does it), then are cancelled and not written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import stat
 import threading
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import attrs
 
@@ -29,7 +31,7 @@ from ._checks import check_int, check_number
 from ._doneset import IdDigester, IdSet
 from ._errors import AuthenticationError, InsufficientQuotaError, PermissionDeniedError
 from ._models import GenerateRequest, TextGeneration
-from ._outfile import RecordWriter, prepare_output, scan_output
+from ._outfile import RecordWriter, open_output, prepare_output, scan_output
 from ._records import BatchId, error_record, success_record
 
 if TYPE_CHECKING:
@@ -78,10 +80,11 @@ class BatchProgress:
 class BatchSummary:
     """How a batch run ended.
 
-    ``not_run`` counts the input's ids with no line in the output yet (a rerun does them).
-    ``stopped`` is None when the run went to the end, else why it stopped: ``"interrupted"``
-    (stop_event, Ctrl-C), ``"insufficient_quota"``, ``"authentication"`` or
-    ``"permission_denied"``; ``error`` is then the job-wide error that stopped it.
+    ``not_run`` counts the input's ids with no line in the output yet (a rerun does them); a stop
+    that came while the files were being read leaves every count at 0. ``stopped`` is None when
+    the run went to the end, else why it stopped: ``"interrupted"`` (stop_event, Ctrl-C),
+    ``"insufficient_quota"``, ``"authentication"`` or ``"permission_denied"``; ``error`` is then
+    the job-wide error that stopped it.
     """
 
     total: int
@@ -128,6 +131,7 @@ class _Plan:
     skipped: int
     done: IdSet
     digest: IdDigester
+    output: BinaryIO  # open for appending, and locked
 
 
 def check_batch_options(
@@ -158,21 +162,44 @@ def check_batch_options(
     return Defaults(model, max_tokens, temperature, top_p, options.stop)
 
 
+class _StoppedEarly(Exception):
+    """Raised by the check in the preparing thread: a stop came before the files were read."""
+
+
 def _prepare(
-    input: str | os.PathLike[str], output: str | os.PathLike[str], defaults: Defaults, retry_failed: bool
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    defaults: Defaults,
+    retry_failed: bool,
+    check: Callable[[], None],
 ) -> _Plan:
     # In a worker thread: a million-line file takes seconds to read, and the loop may serve others.
+    same = False
+    with contextlib.suppress(OSError):  # either missing: not the same file
+        same = os.path.samefile(input, output)
+    if same:  # its lines would be read as records: a confusing list of problems
+        raise ValueError(f"the output must not be the input file: {os.fspath(output)}")
+    with contextlib.suppress(FileNotFoundError):  # a first run creates it
+        if not stat.S_ISREG(os.stat(output).st_mode):  # /dev/stdout, a pipe: reading it back would hang
+            raise ValueError(
+                f"the output must be a regular file (it is read back to resume), got {os.fspath(output)}"
+            )
     for _ in range(5):
         digest = IdDigester()
-        scan = scan_input(input, defaults, digest)
+        scan = scan_input(input, defaults, digest, check)
         if not scan.collided:  # else two ids of the input share a digest: try another key
             break
     else:  # pragma: no cover - each try fails with a probability below 2**-24 for 1,000,000 ids
         raise RuntimeError("the input's ids could not be told apart by their digests")
-    out = scan_output(output, digest, retry_failed=retry_failed)
-    skipped = scan.ids.count_in(out.done)
-    prepare_output(output, out, retry_failed=retry_failed)
-    return _Plan(scan.total, skipped, out.done, digest)
+    file = open_output(output)  # locked before it is read: no other run writes to it until we end
+    try:
+        out = scan_output(output, digest, retry_failed=retry_failed, check=check)
+        skipped = scan.ids.count_in(out.done)
+        file = prepare_output(file, output, out, retry_failed=retry_failed)
+    except BaseException:
+        file.close()
+        raise
+    return _Plan(scan.total, skipped, out.done, digest, file)
 
 
 class _Jobs:
@@ -228,7 +255,25 @@ async def run_batch(
     """Run the batch; see AsyncNebulaClient.run_batch (the arguments are checked there)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    plan = await asyncio.to_thread(_prepare, input, output, defaults, retry_failed)
+    abandoned = threading.Event()
+
+    def check() -> None:  # in the preparing thread, every few thousand lines
+        if abandoned.is_set() or (stop_event is not None and stop_event.is_set()):
+            raise _StoppedEarly
+
+    # Reading a million-line input takes seconds: a stop (Ctrl-C) or a cancel must not wait for it.
+    # The thread can't be cancelled; the check ends it, and what it opened is closed.
+    preparing = loop.run_in_executor(None, _prepare, input, output, defaults, retry_failed, check)
+    try:
+        plan = await asyncio.shield(preparing)
+    except asyncio.CancelledError:
+        abandoned.set()
+        preparing.add_done_callback(_close_abandoned)
+        raise
+    except _StoppedEarly:
+        elapsed = loop.time() - started
+        return BatchSummary(0, 0, 0, 0, 0, elapsed, 0.0, 0, 0, "interrupted", None, os.fspath(output))
+    writer = RecordWriter(plan.output, fsync=fsync)
     counts = _Counts(plan.total, plan.skipped)
     lines = iter_requests(input, defaults)
     jobs = _Jobs(lines, plan, stop_event, lambda: stop("interrupted"))
@@ -246,8 +291,6 @@ async def run_batch(
         jobs.stop()
         if deadline is None:
             deadline = loop.call_later(grace_period, completions.cancel)
-
-    writer = RecordWriter(output, fsync=fsync)
 
     def report() -> None:
         writer.sync_if_due()  # lines written just before a quiet spell are not left unsynced for long
@@ -300,6 +343,11 @@ async def run_batch(
         elapsed, done / elapsed if elapsed > 0 else 0.0, counts.prompt_tokens, counts.completion_tokens,
         counts.stopped, counts.error, os.fspath(output),
     )  # fmt: skip
+
+
+def _close_abandoned(preparing: asyncio.Future[_Plan]) -> None:
+    if not preparing.cancelled() and preparing.exception() is None:  # it ended before its next check
+        preparing.result().output.close()
 
 
 def _job_wide(error: Exception) -> str | None:

@@ -1,8 +1,9 @@
 """The sync client's as_completed: a plain iterator of Outcome, its input read in the caller's thread.
 
-The caller's thread reads the input (a plain iterable) itself, in ``__next__``, keeping the calls
-topped up to ``concurrency`` not yet handed back, and pushes what it read into the loop with the
-wait for the next outcome: one hop per outcome, and the caller's generator never runs in the
+The caller's thread reads the input (a plain iterable) itself, in ``__next__``: each item is
+handed to the loop as soon as it is read (no wait), until ``concurrency`` are out or an outcome is
+ready; then one hop takes the next outcome. So a slow generator's first item is sent at once and
+its first result comes back as soon as it is done, and the caller's generator never runs in the
 event loop every call shares. An async iterable runs in the loop, as generate_many's does.
 """
 
@@ -27,17 +28,24 @@ _END = object()
 
 
 class PushedItems:
-    """An async iterator fed from outside with push(); it waits for items, and ends once ended and drained."""
+    """An async iterator fed with add() and end(); it waits for items, and ends once ended and drained."""
 
     def __init__(self) -> None:
         self._items: deque[Any] = deque()
         self._ended = False
         self._waiter: asyncio.Future[None] | None = None
 
-    def push(self, items: list[Any], *, end: bool) -> None:
-        """Add ``items``; with ``end``, no more will come."""
-        self._items.extend(items)
-        self._ended = self._ended or end
+    def add(self, item: Any) -> None:
+        """Add ``item``."""
+        self._items.append(item)
+        self._wake()
+
+    def end(self) -> None:
+        """Say that no more items will come."""
+        self._ended = True
+        self._wake()
+
+    def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -96,7 +104,8 @@ class CompletedIterator:
             raise StopIteration
         try:
             with exits_reraised():
-                outcome = self._runtime.run(self._step, self._top_up())
+                self._top_up()
+                outcome = self._runtime.run(self._completions.__anext__)
         except StopAsyncIteration:
             self.close()
             raise StopIteration from None
@@ -106,25 +115,22 @@ class CompletedIterator:
         self._received += 1
         return outcome
 
-    def _top_up(self) -> tuple[list[Any], bool]:
-        """In the caller's thread: read items until ``concurrency`` are out; and whether the input ended."""
-        batch: list[Any] = []
-        if self._items is None:
-            return batch, False
-        while self._handed - self._received < self._concurrency:
+    def _top_up(self) -> None:
+        """Read items, each sent at once, till ``concurrency`` are out or one is done."""
+        if self._items is None or self._pushed is None:
+            return
+        if not self._handed:
+            self._runtime.run_soon(self._completions.start)  # its workers take each item as it comes
+        while self._handed - self._received < self._concurrency and not self._completions.ready:
             item = next(self._items, _END)
             if item is _END:
                 self._items = None
-                return batch, True
-            batch.append(item)
+                self._runtime.run_soon(self._pushed.end)
+                return
             self._handed += 1
-        return batch, False
-
-    async def _step(self, more: tuple[list[Any], bool]) -> Outcome:
-        batch, ended = more
-        if self._pushed is not None and (batch or ended):
-            self._pushed.push(batch, end=ended)
-        return await self._completions.__anext__()
+            # No wait for the loop: it sends the item while this thread reads the next one (a hop,
+            # run() below, comes after these in the loop's queue, so it sees every item pushed).
+            self._runtime.run_soon(self._pushed.add, item)
 
     def __enter__(self) -> CompletedIterator:
         return self

@@ -49,6 +49,33 @@ async def test_concurrency_bounds_the_calls_in_flight(server: LocalServer) -> No
     assert handler.highest == 3
 
 
+async def test_a_concurrency_far_above_the_input_size_starts_few_workers(fake: FakeNebulaServer) -> None:
+    """Workers start as items are taken: a concurrency of 10,000 for three items makes four of them."""
+    # Broke: every worker was started up front: concurrency=1_000_000 took 20 s and 1 GiB for three items.
+    fake.reply = echo
+    loop = asyncio.get_running_loop()
+    workers = 0
+
+    def count_workers(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        nonlocal workers
+        workers += "_Pool._work" in getattr(coro, "__qualname__", "")
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    items = [{"model": "gpt-4", "prompt": f"p{i}"} for i in range(3)]
+    loop.set_task_factory(count_workers)
+    try:
+        async with (
+            make_client(fake.base_url) as client,
+            client.as_completed(items, concurrency=10_000) as outcomes,
+        ):
+            got = [outcome async for outcome in outcomes]
+    finally:
+        loop.set_task_factory(None)
+    assert sorted(o.index for o in got) == [0, 1, 2]
+    assert all(o.ok for o in got)
+    assert workers == 4  # one per item, and the one that found the input exhausted
+
+
 async def test_errors_are_outcomes_and_the_rest_go_on(fake: FakeNebulaServer) -> None:
     """An API error and a bad item are Outcomes with ``error`` set; the other items still complete."""
     fake.reply = echo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -17,6 +18,7 @@ from nebula_async import (
     InsufficientQuotaError,
     RetryPolicy,
 )
+from nebula_async._batchfile import CHECK_EVERY
 from nebula_async.testing import FakeNebulaServer
 from tests.integration._support import echo, make_client
 
@@ -238,6 +240,23 @@ async def test_stop_event_stops_new_requests_and_lets_the_in_flight_finish(
     assert len(records(output)) == summary.succeeded
 
 
+async def test_stop_event_ends_the_reading_of_a_large_input(
+    fake: FakeNebulaServer, files: tuple[Path, Path]
+) -> None:
+    """A stop during the validation pass ends it within a few thousand lines: nothing sent, counts 0."""
+    # Broke: the whole input was read first (a million lines: ~20 s after Ctrl-C), and a cancel
+    # left the reading thread running, so even a second Ctrl-C waited for it at the loop's exit.
+    source, output = write_input(files[0], 3 * CHECK_EVERY), files[1]
+    stop = threading.Event()
+    stop.set()
+    async with make_client(fake.base_url) as client:
+        summary = await client.run_batch(source, output, model="m", stop_event=stop)
+    assert summary.stopped == "interrupted"
+    assert (summary.total, summary.succeeded, summary.not_run) == (0, 0, 0)
+    assert fake.requests == []
+    assert not output.exists()
+
+
 async def test_the_grace_period_ends_by_cancelling_what_is_still_in_flight(
     fake: FakeNebulaServer, files: tuple[Path, Path]
 ) -> None:
@@ -326,6 +345,116 @@ async def test_openai_batch_files_run_unchanged(fake: FakeNebulaServer, files: t
         ("Hi", 5),
         ("Yo", None),
     ]
+
+
+async def test_the_retry_failed_rewrite_keeps_the_outputs_permissions(
+    fake: FakeNebulaServer, files: tuple[Path, Path]
+) -> None:
+    """The rewritten output has the old file's mode, not the temporary file's 0600."""
+    # Broke: a shared 0644 output became 0600 after a retry_failed run.
+    source, output = write_input(files[0], 2), files[1]
+    output.write_text('{"id": 1, "error": {"code": "server_error"}}\n')
+    output.chmod(0o644)
+    async with make_client(fake.base_url) as client:
+        summary = await client.run_batch(source, output, model="m", retry_failed=True)
+    assert summary.succeeded == 2
+    assert output.stat().st_mode & 0o777 == 0o644
+
+
+async def test_the_retry_failed_rewrite_goes_through_a_symlinked_output(
+    fake: FakeNebulaServer, files: tuple[Path, Path]
+) -> None:
+    """An output that is a symlink stays one: the rewrite replaces the file it points to."""
+    # Broke: the rewrite renamed a new file over the link, leaving the old target behind, stale.
+    source, link = write_input(files[0], 2), files[1]
+    target = link.parent / "elsewhere" / "real.jsonl"
+    target.parent.mkdir()
+    target.write_text('{"id": 1, "error": {"code": "server_error"}}\n')
+    link.symlink_to(target)
+    async with make_client(fake.base_url) as client:
+        summary = await client.run_batch(source, link, model="m", retry_failed=True)
+    assert summary.succeeded == 2
+    assert link.is_symlink()
+    assert ids(target) == [1, 2]
+    assert sorted(os.listdir(target.parent)) == ["real.jsonl"]
+
+
+async def test_a_copy_left_by_a_rewrite_killed_midway_is_removed(
+    fake: FakeNebulaServer, files: tuple[Path, Path]
+) -> None:
+    """The temporary copy a retry_failed rewrite leaves when killed goes at the next run; others stay."""
+    # Broke: each kill during a rewrite left a copy as large as the output, forever.
+    source, output = write_input(files[0], 2), files[1]
+    stale = output.parent / ".out.jsonl.nebula-batch-k1ll3d.tmp"
+    stale.write_text('{"id": 1, "text": "t"}\n')
+    other = output.parent / ".other.jsonl.nebula-batch-x.tmp"  # another output's: maybe in use
+    other.write_text("")
+    async with make_client(fake.base_url) as client:
+        await client.run_batch(source, output, model="m")
+    assert sorted(os.listdir(output.parent)) == [other.name, "in.jsonl", "out.jsonl"]
+
+
+async def _wait_for_requests(fake: FakeNebulaServer, count: int) -> None:
+    for _ in range(500):
+        if len(fake.requests) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"fewer than {count} requests arrived")
+
+
+@pytest.mark.parametrize("retry_failed", [False, True])
+async def test_a_second_run_on_the_same_output_fails_while_the_first_runs(
+    retry_failed: bool, fake: FakeNebulaServer, files: tuple[Path, Path]
+) -> None:
+    """A run started on an output another run is writing raises BlockingIOError and sends nothing."""
+    # Broke: two runs of one command on one output both sent every id and wrote each line twice;
+    # with retry_failed the first run renames a new file over the output, which must be locked too.
+    source, output = write_input(files[0], 20), files[1]
+    async with make_client(fake.base_url, retry=RetryPolicy(max_retries=0)) as client:
+        if retry_failed:
+            fake.fail_next(3, status=500)
+            await client.run_batch(source, output, model="m", concurrency=1)
+        sent = len(fake.requests)
+        fake.time_to_first_token = 0.05
+        first = asyncio.create_task(
+            client.run_batch(source, output, model="m", concurrency=1, retry_failed=retry_failed)
+        )
+        await _wait_for_requests(fake, sent + 1)
+        with pytest.raises(BlockingIOError, match="another run_batch is writing to this output"):
+            await client.run_batch(source, output, model="m")
+        summary = await first
+        assert len(fake.requests) == 20 + (3 if retry_failed else 0)
+        assert summary.not_run == 0
+        again = await client.run_batch(source, output, model="m")  # the lock went with the first run
+    assert again.skipped == 20
+    assert ids(output) == list(range(1, 21))
+    assert sorted(os.listdir(output.parent)) == ["in.jsonl", "out.jsonl"]
+
+
+async def test_the_output_must_not_be_the_input(fake: FakeNebulaServer, files: tuple[Path, Path]) -> None:
+    """The input file given as the output raises a clear ValueError and is left untouched."""
+    # Broke: every input line was reported as "not a record of run_batch".
+    source = write_input(files[0], 3)
+    before = source.read_bytes()
+    async with make_client(fake.base_url) as client:
+        with pytest.raises(ValueError, match="the output must not be the input file"):
+            await client.run_batch(source, source.parent / "." / source.name, model="m")
+    assert source.read_bytes() == before
+    assert fake.requests == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+async def test_an_output_that_is_not_a_regular_file_is_refused(
+    fake: FakeNebulaServer, files: tuple[Path, Path]
+) -> None:
+    """A pipe as the output (or /dev/stdout) raises ValueError instead of hanging while read back."""
+    # Broke: the run opened the output to read what a previous run left, and waited on it forever.
+    source, output = write_input(files[0], 2), files[1]
+    os.mkfifo(output)
+    async with make_client(fake.base_url) as client:
+        with pytest.raises(ValueError, match="the output must be a regular file"):
+            await asyncio.wait_for(client.run_batch(source, output, model="m"), 10)
+    assert fake.requests == []
 
 
 async def test_bad_input_is_reported_before_anything_is_sent(

@@ -57,6 +57,34 @@ def test_a_plain_iterable_is_read_in_the_callers_thread(fake_client: NebulaClien
     assert all(o.result is not None and o.result.text == f"echo: p{o.index}" for o in got)
 
 
+def test_a_slow_generator_gets_each_result_without_waiting_for_more_items(
+    fake_thread: FakeNebulaServer,
+) -> None:
+    """Each item read is sent at once, and its outcome comes back before a slow input is read to the end."""
+    # Broke: concurrency items (or the whole input) were read before any was sent or any outcome
+    # came back: five items 0.3 s apart gave their first result after 1.5 s, all five at once.
+    yielded_at: list[float] = []  # time.time(), as the fake records each request's arrival
+
+    def slow_prompts() -> Iterator[dict[str, str]]:
+        for i in range(5):
+            yielded_at.append(time.time())
+            yield {"model": "m", "prompt": f"p{i}"}
+            time.sleep(0.3)
+
+    got_at: list[float] = []
+    with (
+        NebulaClient(KEY, base_url=fake_thread.base_url) as client,
+        client.as_completed(slow_prompts(), concurrency=16) as outcomes,
+    ):
+        for _ in outcomes:
+            got_at.append(time.time())
+    # How many items the generator had yielded when each request arrived: the first, one.
+    sent = [sum(at <= request.time for at in yielded_at) for request in fake_thread.requests]
+    assert sent[0] == 1, f"the first request waited until {sent[0]} items were read"
+    # The first outcome is taken while the generator still has items to give.
+    assert got_at[0] < yielded_at[-1], "the first outcome waited for the whole input"
+
+
 def test_an_async_iterable_runs_in_the_loop(fake_client: NebulaClient) -> None:
     """An async generator is accepted too, and its items complete."""
 

@@ -107,6 +107,17 @@ def test_openai_completion_lines_take_the_prompt() -> None:
         ({"prompt": "p", "id": ""}, "the id must be a non-empty string or an integer, got a string"),
         ({"prompt": "p", "id": True}, "the id must be a non-empty string or an integer, got a boolean"),
         ({"prompt": "p", "id": 1, "custom_id": 2}, 'both "id" and "custom_id"'),
+        # Broke: a lone surrogate (a "\\ud800" escape) in an id raised UnicodeEncodeError out of
+        # run_batch; in a prompt, stop or model it passed the check and failed each line once sent.
+        ({"prompt": "p", "id": "a\ud800"}, "the id is not valid text: it holds a lone surrogate"),
+        ({"prompt": "p\udfff"}, "prompt is not valid text: it holds a lone surrogate"),
+        ({"prompt": "p", "stop": ["\ud800"]}, "stop is not valid text: it holds a lone surrogate"),
+        ('{"prompt": "p\\uDBFF"}', "prompt is not valid text: it holds a lone surrogate"),
+        ({"prompt": "p", "model": "m\ud800"}, "model is not valid text: it holds a lone surrogate"),
+        (
+            {"url": "/v1/chat/completions", "body": {"messages": [{"content": "\ud83d"}]}},
+            "prompt is not valid text: it holds a lone surrogate",
+        ),
         ({"url": "/v1/embeddings", "body": {"input": "x"}}, '"url" must be "/v1/chat/completions" or'),
         ({"method": "GET", "url": "/v1/completions", "body": {}}, '"method" must be "POST", got \'GET\''),
         ({"url": "/v1/completions", "body": "text"}, '"body" must be a JSON object, got a string'),

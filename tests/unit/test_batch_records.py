@@ -15,6 +15,7 @@ from nebula_async import (
     TextGeneration,
     Usage,
 )
+from nebula_async import _records as records_module
 from nebula_async._doneset import IdDigester, IdSet
 from nebula_async._records import _json_dumps, dumps, error_record, parse_record, success_record
 
@@ -41,6 +42,25 @@ def test_orjson_and_the_stdlib_write_the_same_bytes() -> None:
     pytest.importorskip("orjson")
     value = json.loads(success_record(7, GENERATION))
     assert dumps(value) == _json_dumps(value)
+
+
+@pytest.mark.parametrize("encoder", ["orjson", "json"])
+def test_a_text_with_a_lone_surrogate_is_written_escaped(
+    encoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text with a lone surrogate (the API sent "\\ud800") is written as ASCII and reads back the same."""
+    # Broke: the record could not be encoded, run_batch crashed after the request, and every rerun
+    # sent it again and crashed again: the batch could never finish.
+    if encoder == "orjson":
+        pytest.importorskip("orjson")
+    else:
+        monkeypatch.setattr(records_module, "_dumps", _json_dumps)
+    generation = TextGeneration("bad \ud800 é", Usage(1, 1, 2), "req_1", 0)
+    line = success_record(1, generation)
+    line.decode("ascii")
+    assert line.endswith(b"\n")
+    assert json.loads(line)["text"] == generation.text
+    assert parse_record(line) == (1, False)
 
 
 @pytest.mark.parametrize(
@@ -78,6 +98,8 @@ def test_each_kind_of_error_gets_a_stable_code(
         (b"{torn", "not valid JSON"),
         (b"[1]\n", "not a JSON object but list"),
         (b'{"text": "t"}\n', "no valid id"),
+        # Broke: a lone surrogate id raised UnicodeEncodeError when its digest was taken.
+        (b'{"id": "a\\ud800", "text": "t"}\n', "no valid id"),
         (b'{"id": 1, "error": "x"}\n', "its error is not an object"),
         (b'{"id": 1, "note": "x"}\n', 'neither a "text" string nor an "error" object'),
     ],
