@@ -48,6 +48,7 @@ JOB_WIDE_ERRORS: dict[type[Exception], str] = {
 
 _TICK_SECONDS = 0.1  # how often stop_event is looked at
 _PROGRESS_TICKS = 5  # progress every 5 ticks, about twice a second, even when nothing completes
+_ETA_AFTER_SECONDS = 1.0  # of sending, before an ETA is given
 _SKIPS_PER_YIELD = 1000  # a resumed run skipping many done lines still lets the loop breathe
 
 
@@ -56,8 +57,9 @@ class BatchProgress:
     """Where a running batch stands; given to run_batch's ``progress`` hook.
 
     ``total`` counts the input's ids, ``skipped`` those already in the output when the run began,
-    ``done`` those written by this run (``succeeded`` + ``failed``). Rates and ``eta`` (seconds,
-    None until something is done) come from this run alone, so a resumed run's ETA is right.
+    ``done`` those written by this run (``succeeded`` + ``failed``). Rates and ``eta`` (seconds;
+    None during the first second of sending, and once stopped) come from this run's sending alone,
+    so a resumed run's ETA is right, and checking a large input first does not skew them.
     ``paused_for`` is the seconds until the client's shared 429 back-off ends (0.0 when none).
     """
 
@@ -112,16 +114,26 @@ class _Counts:
     stopped: str | None = None
     error: Exception | None = None
 
-    def progress(self, elapsed: float, in_flight: int, paused_for: float) -> BatchProgress:
+    def progress(self, elapsed: float, sending: float, in_flight: int, paused_for: float) -> BatchProgress:
+        """``sending``: seconds since the first request could start (reading the input comes before)."""
         done = self.succeeded + self.failed
-        rate = done / elapsed if elapsed > 0 else 0.0
+        # Rates count from the first send, not from the start: checking a large input first takes
+        # seconds in which nothing can complete, and would make the first rates (and ETA) far too low.
+        rate = done / sending if sending > 0 else 0.0
         left = self.total - self.skipped - done
-        eta = left / rate if rate > 0 and self.stopped is None else None
+        # A first result or two say little about the rate: no ETA before a second of sending.
+        measured = done > 0 and sending >= _ETA_AFTER_SECONDS
+        if self.stopped is not None:
+            eta = None
+        elif left == 0:
+            eta = 0.0
+        else:
+            eta = left / rate if measured else None
         tokens = self.prompt_tokens + self.completion_tokens
         return BatchProgress(
             self.total, self.skipped, done, self.succeeded, self.failed, in_flight,
             self.prompt_tokens, self.completion_tokens, elapsed, rate,
-            tokens / elapsed if elapsed > 0 else 0.0, eta, paused_for,
+            tokens / sending if sending > 0 else 0.0, eta, paused_for,
         )  # fmt: skip
 
 
@@ -274,6 +286,7 @@ async def run_batch(
         elapsed = loop.time() - started
         return BatchSummary(0, 0, 0, 0, 0, elapsed, 0.0, 0, 0, "interrupted", None, os.fspath(output))
     writer = RecordWriter(plan.output, fsync=fsync)
+    sending_from = loop.time()
     counts = _Counts(plan.total, plan.skipped)
     lines = iter_requests(input, defaults)
     jobs = _Jobs(lines, plan, stop_event, lambda: stop("interrupted"))
@@ -295,7 +308,9 @@ async def run_batch(
     def report() -> None:
         writer.sync_if_due()  # lines written just before a quiet spell are not left unsynced for long
         if progress is not None:
-            progress(counts.progress(loop.time() - started, completions.in_flight, calls.paused_for()))
+            now = loop.time()
+            in_flight, paused_for = completions.in_flight, calls.paused_for()
+            progress(counts.progress(now - started, now - sending_from, in_flight, paused_for))
 
     ticker = loop.create_task(_tick(stop_event, stop, report))
     hook_failed: list[BaseException] = []

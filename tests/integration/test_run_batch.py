@@ -316,7 +316,10 @@ async def test_progress_reports_what_this_run_did(fake: FakeNebulaServer, files:
     assert last.requests_per_second > 0
     assert last.tokens_per_second > 0
     assert all(p.in_flight <= 2 for p in seen)
-    assert all(p.eta is not None and p.eta >= 0 for p in seen)
+    assert all(p.eta is None or p.eta >= 0 for p in seen)
+    # A first result says little about the rate: no ETA before a second of sending (the first
+    # progress line of a 10,000-prompt run once said "ETA 1h02m" for a job of 6 s).
+    assert seen[0].eta is None or seen[0].elapsed >= 1.0
 
 
 async def test_openai_batch_files_run_unchanged(fake: FakeNebulaServer, files: tuple[Path, Path]) -> None:
