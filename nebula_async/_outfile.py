@@ -127,9 +127,17 @@ def open_output(path: str | os.PathLike[str]) -> BinaryIO:
 
 
 def prepare_output(
-    file: BinaryIO, path: str | os.PathLike[str], scan: OutputScan, *, retry_failed: bool
+    file: BinaryIO,
+    path: str | os.PathLike[str],
+    scan: OutputScan,
+    *,
+    retry_failed: bool,
+    rerun: Callable[[BatchId], bool] = lambda batch_id: True,
 ) -> BinaryIO:
-    """Cut a torn last line; with ``retry_failed``, rewrite the file without its failure lines.
+    """Cut a torn last line; with ``retry_failed``, rewrite the file without the failure lines to rerun.
+
+    ``rerun(id)`` says whether a failure's id will be run again (it is in the input): the others
+    stay, or an output left by a run of another input would lose them.
 
     ``file`` is the locked output from open_output(); return the locked file to append to (after
     a rewrite, the new one: ``file`` is then closed). The rewrite goes through a temporary file in
@@ -150,7 +158,8 @@ def prepare_output(
                 for raw in old:
                     if not raw.endswith(b"\n"):
                         break
-                    if not parse_record(raw)[1]:
+                    batch_id, is_failure = parse_record(raw)
+                    if not (is_failure and rerun(batch_id)):
                         out.write(raw)
                 out.flush()
                 # mkstemp's file is 0600: the output keeps its own permissions (a shared 0644 one too)

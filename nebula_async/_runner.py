@@ -207,7 +207,12 @@ def _prepare(
     try:
         out = scan_output(output, digest, retry_failed=retry_failed, check=check)
         skipped = scan.ids.count_in(out.done)
-        file = prepare_output(file, output, out, retry_failed=retry_failed)
+        ids = scan.ids
+
+        def rerun(batch_id: BatchId) -> bool:
+            return digest(batch_id) in ids
+
+        file = prepare_output(file, output, out, retry_failed=retry_failed, rerun=rerun)
     except BaseException:
         file.close()
         raise

@@ -364,6 +364,23 @@ async def test_the_retry_failed_rewrite_keeps_the_outputs_permissions(
     assert output.stat().st_mode & 0o777 == 0o644
 
 
+async def test_the_retry_failed_rewrite_keeps_failures_of_ids_not_in_the_input(
+    fake: FakeNebulaServer, files: tuple[Path, Path]
+) -> None:
+    """A failure line whose id the input no longer has stays: it would not be run again."""
+    # Broke: the rewrite dropped every failure line, so an output shared with an older input lost them.
+    source, output = write_input(files[0], 2), files[1]
+    output.write_text(
+        '{"id": 1, "error": {"code": "server_error"}}\n{"id": "gone", "error": {"code": "server_error"}}\n'
+    )
+    async with make_client(fake.base_url) as client:
+        summary = await client.run_batch(source, output, model="m", retry_failed=True)
+    assert (summary.succeeded, summary.failed) == (2, 0)
+    assert sorted(str(r["id"]) for r in records(output)) == ["1", "2", "gone"]
+    kept = [r for r in records(output) if r["id"] == "gone"]
+    assert kept == [{"id": "gone", "error": {"code": "server_error"}}]
+
+
 async def test_the_retry_failed_rewrite_goes_through_a_symlinked_output(
     fake: FakeNebulaServer, files: tuple[Path, Path]
 ) -> None:
