@@ -235,6 +235,25 @@ async def test_a_waiting_call_cancelled_sends_nothing(fake: FakeNebulaServer) ->
     assert gaps(fake)[0] < 0.3  # the third call took the cancelled one's turn (0.2 s after the first)
 
 
+async def test_closing_a_stream_waiting_for_its_turn_ends_the_wait_and_sends_nothing(
+    fake: FakeNebulaServer,
+) -> None:
+    """A stream closed by another task while its request waits for its turn stops waiting at once."""
+    # This broke: the reader waited out its turn (here 5 s), then sent the request anyway.
+    async with make_client(fake.base_url, rate_limit=RateLimit(requests_per_minute=12)) as client:
+        await client.generate_text(model="m", prompt="p")
+        stream = client.stream_text(model="m", prompt="p")
+        reader = asyncio.create_task(collect(stream))
+        await asyncio.sleep(0.05)
+        await stream.aclose()
+        with pytest.raises(RuntimeError, match="stream was closed while it was being read"):
+            await asyncio.wait_for(reader, 1)
+        started = time.monotonic()
+        await client.generate_text(model="m", prompt="p")  # the closed stream's turn was not taken
+        assert time.monotonic() - started < 5.5
+    assert len(fake.requests) == 2
+
+
 async def test_the_wait_for_a_turn_is_not_part_of_the_timeout(fake: FakeNebulaServer) -> None:
     """With 0.5 s between calls and a 0.3 s total timeout, the second call waits its turn and succeeds."""
     limit = RateLimit(requests_per_minute=120)
