@@ -40,8 +40,13 @@ _EPSILON = 1e-6
 
 
 def _limit_value(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None:
-        check_number(attribute.name, value, positive=True, unit=" per minute or None (no limit)")
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{attribute.name} must be a number per minute or None (no limit), got {type(value).__name__}"
+        )
+    check_number(attribute.name, value, positive=True, unit=" per minute")
 
 
 def _burst(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:

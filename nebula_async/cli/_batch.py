@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import shlex
 import signal
 import sys
@@ -26,6 +27,13 @@ __all__ = ["GRACE_PERIOD", "batch", "resume_command", "run_batch_command"]
 GRACE_PERIOD = 10.0  # seconds the requests in flight get to finish after the first Ctrl-C
 
 
+def _per_minute(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # Checked here, not by RateLimit: its message would name requests_per_minute, not --rpm.
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a finite number > 0, got {value:g}")
+    return value
+
+
 @click.command(short_help="Run a JSONL file of prompts; resumable.")
 @click.argument("input_path", metavar="IN.jsonl", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -36,8 +44,13 @@ GRACE_PERIOD = 10.0  # seconds the requests in flight get to finish after the fi
 @click.option(
     "--concurrency", type=int, default=16, show_default=True, metavar="N", help="requests in flight"
 )
-@click.option("--rpm", type=float, metavar="R", help="requests per minute to stay under")
-@click.option("--tpm", type=float, metavar="T", help="tokens per minute to stay under (prompt + max_tokens)")
+@click.option(
+    "--rpm", type=float, metavar="R", callback=_per_minute, help="requests per minute to stay under"
+)
+@click.option(
+    "--tpm", type=float, metavar="T", callback=_per_minute,
+    help="tokens per minute to stay under (prompt + max_tokens)",
+)  # fmt: skip
 @click.option("--max-tokens", type=int, metavar="N", help="for the lines that don't set max_tokens")
 @click.option("--retry-failed", is_flag=True, help="run again the ids whose output line is an error")
 @click.option("--fsync", is_flag=True, help="fsync the output once a second (machines that may lose power)")

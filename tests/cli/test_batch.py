@@ -146,8 +146,11 @@ def test_tpm_is_passed_to_the_rate_limit(api: FakeNebulaServer, env: dict[str, s
 
 
 def test_a_bad_rate_is_a_usage_error(env: dict[str, str], tmp_path: Path) -> None:
-    """--rpm 0 is refused with exit 2 before anything runs."""
+    """--rpm 0 or --tpm nan is refused with exit 2, naming the option, before anything runs."""
     prompts, out = write_prompts(tmp_path / "in.jsonl", 3), tmp_path / "out.jsonl"
-    proc = nebula("batch", str(prompts), "-o", str(out), "--rpm", "0", env=env)
-    assert proc.returncode == 2
-    assert "requests_per_minute" in proc.stderr
+    # This broke: the message named RateLimit's requests_per_minute, which is no option of the command.
+    for option, value in (("--rpm", "0"), ("--tpm", "nan")):
+        proc = nebula("batch", str(prompts), "-o", str(out), option, value, env=env)
+        assert proc.returncode == 2
+        assert f"Invalid value for '{option}': must be a finite number > 0, got {value}" in proc.stderr
+    assert not out.exists()
