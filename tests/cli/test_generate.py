@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
+
+import pytest
 
 from nebula_async.cli._app import DEFAULT_MODEL
 from nebula_async.testing import FakeNebulaServer
@@ -164,3 +167,37 @@ def test_ctrl_c_during_a_call_exits_130_without_a_traceback(
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=WAIT)
     assert (proc.returncode, stderr.strip()) == (130, "nebula: interrupted")  # after click's blank line
+
+
+@pytest.mark.parametrize(
+    ("args", "unbuffered"),
+    [
+        (("models",), False),
+        (("generate", "hi"), False),
+        (("generate", "--json", "hi"), False),
+        (("generate", "--stream", "hi"), True),
+        (("--help",), True),
+    ],
+)
+def test_a_reader_gone_away_ends_the_command_quietly_with_1(
+    env: dict[str, str], args: tuple[str, ...], unbuffered: bool
+) -> None:
+    """With stdout's pipe closed (`| head -c 10` done), the command exits 1 and says nothing."""
+    # This broke: Python flushed stdout at exit and printed "Exception ignored ... BrokenPipeError",
+    # exit status 120; written mid-command (unbuffered), the same pipe gave 1, silently.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [*NEBULA, *args],
+            env=dict(env, PYTHONUNBUFFERED="1") if unbuffered else env,
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=WAIT,
+            cwd=ROOT,
+        )
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (1, "")
