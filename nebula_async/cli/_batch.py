@@ -132,9 +132,9 @@ def _signals(display: BatchDisplay, stop_event: threading.Event) -> Iterator[lis
         received.append(1)
         if len(received) == 1:
             stop_event.set()
-            in_flight = display.last.in_flight if display.last is not None else 0
+            # No count: the last progress can be half a second old, or not have come yet ("0 in flight").
             display.note(
-                f"stopping: no new requests; {in_flight} in flight get up to {GRACE_PERIOD:.0f} s "
+                f"stopping: no new requests; those in flight get up to {GRACE_PERIOD:.0f} s "
                 "to finish (Ctrl-C again to cancel them)"
             )
         elif task is not None:
