@@ -140,11 +140,14 @@ class CallPath:
             number += 1
             if starting is not None:
                 starting(number)
+            # Another event loop's call fails now, not after waiting its turn (which it would take,
+            # and whose wake-up would come from the wrong loop's thread).
+            self.transport().check_loop()
             # Every attempt, the first and each retry, waits for its share and for the 429 gate.
             if not limiter.try_take(tokens) and not await self._wait_turn(tokens, error, abort):
                 assert abort is not None  # only an abort ends the wait without the turn
                 raise RuntimeError(abort.result())
-            transport = self.transport()
+            transport = self.transport()  # closed meanwhile?
             try:
                 client_timeout = transport.client_timeout(timeout, stream=stream)
                 response = await transport.post(body, stream=stream, timeout=client_timeout, attempt=number)
