@@ -27,6 +27,15 @@ __all__ = ["GRACE_PERIOD", "batch", "resume_command", "run_batch_command"]
 GRACE_PERIOD = 10.0  # seconds the requests in flight get to finish after the first Ctrl-C
 
 
+def _a_file(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    # "-" would read "File '-' does not exist": it is refused for what it is.
+    if value == "-":
+        raise click.BadParameter(
+            "a batch can't read stdin ('-'): it reads its input again to resume; save it to a file"
+        )
+    return value
+
+
 def _per_minute(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     # Checked here, not by RateLimit: its message would name requests_per_minute, not --rpm.
     if value is not None and not (math.isfinite(value) and value > 0):
@@ -35,7 +44,10 @@ def _per_minute(ctx: click.Context, param: click.Parameter, value: float | None)
 
 
 @click.command(short_help="Run a JSONL file of prompts; resumable.")
-@click.argument("input_path", metavar="IN.jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.argument(
+    "input_path", metavar="IN.jsonl", type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+    callback=_a_file,
+)  # fmt: skip
 @click.option(
     "-o", "--output", "output_path", metavar="OUT.jsonl", required=True, type=click.Path(dir_okay=False),
     help="results, one line per input id; ids already there are skipped (resume)",

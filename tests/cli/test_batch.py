@@ -87,6 +87,14 @@ def test_a_missing_input_file_is_a_usage_error(env: dict[str, str], tmp_path: Pa
     assert "nope.jsonl" in proc.stderr
 
 
+def test_stdin_as_the_input_is_refused_saying_why(env: dict[str, str], tmp_path: Path) -> None:
+    """IN.jsonl "-" is a usage error that says a batch reads its input again, not that "-" is missing."""
+    # This broke: "File '-' does not exist.", as if "-" were a file name the user mistyped.
+    proc = nebula("batch", "-", "-o", str(tmp_path / "out.jsonl"), env=env, stdin='{"prompt": "p"}\n')
+    assert proc.returncode == 2
+    assert "a batch can't read stdin ('-'): it reads its input again to resume" in proc.stderr
+
+
 def test_failed_rows_exit_1_and_retry_failed_runs_them_again(
     api: FakeNebulaServer, env: dict[str, str], tmp_path: Path
 ) -> None:
