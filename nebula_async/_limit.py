@@ -241,7 +241,9 @@ class Limiter:
                 self._wake()
             return False
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():  # its turn came just as it was cancelled
+            # exception(): an abort may have come too (it is then retrieved, not logged as lost).
+            if future.done() and not future.cancelled() and future.exception() is None:
+                # its turn came just as it was cancelled
                 self.pacing.adjust(-1, -tokens)
                 self._wake()
             elif waiters and waiters[0][0] is future:  # the head: the timer was armed for it

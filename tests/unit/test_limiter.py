@@ -229,3 +229,19 @@ async def test_a_wait_aborted_just_as_its_turn_came_gives_the_turn_back() -> Non
     abort.set_result("closed")  # ... and aborted before it could run
     assert await waiter is False
     assert limiter.try_take(0)
+
+
+async def test_a_wait_aborted_and_cancelled_at_once_refunds_nothing() -> None:
+    """Cancelled after its abort ended the wait (before it resumed): CancelledError, no turn given back."""
+    # This broke: a future failed by close() or an abort looked admitted to the cancellation, which
+    # "gave back" a turn never taken, letting the next call go early.
+    limiter = Limiter(RateLimit(requests_per_minute=60))
+    assert limiter.try_take(0)
+    abort: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    waiter = asyncio.create_task(limiter.wait(0, abort))
+    await asyncio.sleep(0)
+    abort.add_done_callback(lambda _: waiter.cancel())  # runs just after the limiter's own callback
+    abort.set_result("closed")
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not limiter.try_take(0)  # the first call's turn still holds the schedule
