@@ -141,6 +141,15 @@ def test_no_api_key_says_how_to_give_one() -> None:
     assert "no API key: pass --api-key KEY or set NEBULA_API_KEY" in proc.stderr
 
 
+def test_an_empty_api_key_option_says_so(env: dict[str, str]) -> None:
+    """--api-key "" (a script's unset variable) is exit 2 naming the option, even with NEBULA_API_KEY set."""
+    # This broke: "no API key: pass api_key=... or set the NEBULA_API_KEY environment variable",
+    # while NEBULA_API_KEY was set, in the SDK's words rather than the command's.
+    proc = nebula("--api-key", "", "generate", "hi", env=env)
+    assert proc.returncode == 2
+    assert "--api-key is empty: pass the key, or leave it out to use NEBULA_API_KEY" in proc.stderr
+
+
 def test_unreachable_api_is_exit_1_and_verbose_shows_the_traceback(env: dict[str, str]) -> None:
     """A refused connection is exit 1: one line; with -v the SDK's retry logs and the traceback."""
     env = {**env, "NEBULA_BASE_URL": "http://127.0.0.1:9/v1"}  # the discard port: nobody listens
