@@ -261,7 +261,7 @@ def _flush_stdout() -> bool:
         # click answers EPIPE by wrapping sys.stdout in a wrapper whose flush ignores it: the
         # stream underneath still holds what could not be written.
         for stream in (sys.stdout, sys.__stdout__):
-            if stream is not None:
+            if stream is not None and not stream.closed:
                 stream.flush()
     except BrokenPipeError:
         # Else Python flushes again at exit: "Exception ignored ... BrokenPipeError", status 120.
