@@ -113,6 +113,7 @@ class CallPath:
         starting: Callable[[int], None] | None = None,
         interrupted: Callable[[NebulaError], None] | None = None,
         tokens: int = 0,
+        abort: asyncio.Future[str] | None = None,
     ) -> T:
         """POST ``body`` and return ``finish(transport, response, attempt)``, retried as ``policy`` allows.
 
@@ -124,7 +125,9 @@ class CallPath:
         coroutine of the caller's: a call waiting for its answer holds one frame less.
 
         ``tokens`` is what each attempt reserves under a tokens-per-minute limit (0 without one).
-        The wait for the limit or the gate is not part of ``timeout``, and is cancellable at once.
+        The wait for the limit or the gate is not part of ``timeout``, and is cancellable at once;
+        once ``abort`` is done, the wait ends at once, nothing is sent, and the call raises
+        RuntimeError with ``abort``'s result as its message (a stream closed by another task).
         What an attempt costs: one request and ``tokens``, corrected from ``usage`` when a plain
         answer has it (a stream corrects itself, see :meth:`settle`); an attempt that never reached
         the server (the connection failed) costs nothing; an error answer costs one request and
@@ -137,10 +140,14 @@ class CallPath:
             number += 1
             if starting is not None:
                 starting(number)
+            # Another event loop's call fails now, not after waiting its turn (which it would take,
+            # and whose wake-up would come from the wrong loop's thread).
+            self.transport().check_loop()
             # Every attempt, the first and each retry, waits for its share and for the 429 gate.
-            if not limiter.try_take(tokens):
-                await self._wait_turn(tokens, error)
-            transport = self.transport()
+            if not limiter.try_take(tokens) and not await self._wait_turn(tokens, error, abort):
+                assert abort is not None  # only an abort ends the wait without the turn
+                raise RuntimeError(abort.result())
+            transport = self.transport()  # closed meanwhile?
             try:
                 client_timeout = transport.client_timeout(timeout, stream=stream)
                 response = await transport.post(body, stream=stream, timeout=client_timeout, attempt=number)
@@ -165,9 +172,11 @@ class CallPath:
             # Outside the except clause: a cancellation while we wait must not chain the error.
             await self.before_retry(policy, number, error, gated=gated)
 
-    async def _wait_turn(self, tokens: int, error: NebulaError | None) -> None:
+    async def _wait_turn(
+        self, tokens: int, error: NebulaError | None, abort: asyncio.Future[str] | None
+    ) -> bool:
         try:
-            await self._limiter.wait(tokens)
+            return await self._limiter.wait(tokens, abort)
         except RuntimeError:
             if error is not None and self._closed:  # a retry, cut short like the sleep before it
                 raise RuntimeError(CLOSED_DURING_CALL) from error

@@ -34,6 +34,19 @@ def check_number(
     if high is not None:
         if not (0 <= value <= high):  # NaN fails this too
             raise ValueError(f"{name} must be between 0 and {high:g}, got {value!r}")
-    elif not ((value > 0 if positive else value >= 0) and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number{unit} {'>' if positive else '>='} 0, got {value!r}")
+    elif not ((value > 0 if positive else value >= 0) and _finite(value)):
+        # A huge int's repr may be thousands of digits.
+        shown = (
+            f"an int of {value.bit_length()} bits"
+            if isinstance(value, int) and value > 2**64
+            else repr(value)
+        )
+        raise ValueError(f"{name} must be a finite number{unit} {'>' if positive else '>='} 0, got {shown}")
     return value
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float: no rate or duration is that big
+        return False

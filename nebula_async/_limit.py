@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 from collections import deque
 from collections.abc import Callable
@@ -39,8 +40,13 @@ _EPSILON = 1e-6
 
 
 def _limit_value(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None:
-        check_number(attribute.name, value, positive=True, unit=" per minute or None (no limit)")
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{attribute.name} must be a number per minute or None (no limit), got {type(value).__name__}"
+        )
+    check_number(attribute.name, value, positive=True, unit=" per minute")
 
 
 def _burst(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -175,6 +181,15 @@ class Pacing:
         return max(0.0, self.gate_until - now)
 
 
+class _Aborted(Exception):
+    """Ends a wait whose ``abort`` future is done: internal to Limiter.wait, never raised to a caller."""
+
+
+def _stop_waiting(future: asyncio.Future[None], abort: asyncio.Future[Any]) -> None:
+    if not future.done():  # its turn has not come yet
+        future.set_exception(_Aborted())
+
+
 class Limiter:
     """Pacing, waited for in one event loop: FIFO waiters, one timer for the head, a synchronous fast path."""
 
@@ -199,28 +214,49 @@ class Limiter:
         pacing.take(tokens, now)
         return True
 
-    async def wait(self, tokens: int) -> None:
+    async def wait(self, tokens: int, abort: asyncio.Future[Any] | None = None) -> bool:
         """Wait for the turn of a call reserving ``tokens``, behind every call already waiting.
 
-        Cancelling the wait takes nothing; closing the limiter raises RuntimeError (client closed).
+        Return True once it is taken, or False, having taken nothing, as soon as ``abort`` is done
+        (a stream closed by another task while its request waited). Cancelling the wait takes
+        nothing; closing the limiter raises RuntimeError (client closed).
         """
         if self._closed:
             raise RuntimeError(CLIENT_CLOSED)
+        if abort is not None and abort.done():
+            return False
         loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         waiters = self._waiters
         waiters.append((future, tokens))
         if len(waiters) == 1:
             self._wake()
+        stop = None if abort is None else functools.partial(_stop_waiting, future)
+        if abort is not None and stop is not None:
+            abort.add_done_callback(stop)
         try:
             await future
+        except _Aborted:  # took nothing
+            if waiters and waiters[0][0] is future:  # the head: the timer was armed for it
+                self._wake()
+            return False
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():  # its turn came just as it was cancelled
+            # exception(): an abort may have come too (it is then retrieved, not logged as lost).
+            if future.done() and not future.cancelled() and future.exception() is None:
+                # its turn came just as it was cancelled
                 self.pacing.adjust(-1, -tokens)
                 self._wake()
             elif waiters and waiters[0][0] is future:  # the head: the timer was armed for it
                 self._wake()
             raise
+        finally:
+            if abort is not None and stop is not None:
+                abort.remove_done_callback(stop)
+        if abort is not None and abort.done():  # aborted after its turn came, before it ran: give it back
+            self.pacing.adjust(-1, -tokens)
+            self._wake()
+            return False
+        return True
 
     def adjust(self, requests: int, tokens: int) -> None:
         """Correct what calls already started cost (a refund is negative); waiters may now go sooner."""

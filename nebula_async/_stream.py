@@ -66,6 +66,8 @@ class TextStream:
         self._error: NebulaError | None = None  # raised once the chunks read before it are delivered
         self._failure: BaseException | None = None  # what ended the stream early
         self._idle_deadline: float | None = None
+        # Done when the stream is closed while its request waits for its turn: the wait ends at once.
+        self._abort: asyncio.Future[str] | None = None
 
     @property
     def text(self) -> str:
@@ -154,6 +156,9 @@ class TextStream:
         if self._state in (_State.NEW, _State.OPEN) or (self._state is _State.ENDED and undelivered):
             self._state = _State.CLOSED
             self._discard()
+            abort = self._abort
+            if abort is not None and not abort.done():  # its request may be waiting for its turn
+                abort.set_result(_CLOSED_WHILE_READ)
 
     def _deliver(self, chunk: TextChunk) -> TextChunk:
         self._parts.append(chunk.text)
@@ -197,6 +202,7 @@ class TextStream:
     async def _start(self) -> None:
         """Send the request and read up to the first chunk, retrying as the policy allows."""
         self._state = _State.OPEN
+        self._abort = asyncio.get_running_loop().create_future()
         try:
             await self._calls.run(
                 self._policy,
@@ -207,6 +213,7 @@ class TextStream:
                 starting=self._starting,
                 interrupted=self._interrupted,
                 tokens=self._tokens,
+                abort=self._abort,
             )
         except BaseException as exc:
             if not self._was_closed():

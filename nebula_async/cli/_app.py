@@ -1,12 +1,14 @@
 """The click group: global options, the small commands, and the one place errors become exit codes.
 
-Exit codes: 0 done; 1 an API error (or a batch with failed rows, or stopped by an API error);
+Exit codes: 0 done; 1 an API error (or a batch with failed rows, or stopped by an API error, or
+stdout's reader gone away);
 2 bad usage or input; 130 interrupted. A traceback only with ``-v``. The API key is never printed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -70,6 +72,8 @@ class Settings:
         from .. import AsyncNebulaClient
         from .._config import ENV_API_KEY
 
+        if self.api_key == "":  # `--api-key "$KEY"` with KEY unset: the SDK's error would name api_key=
+            raise click.UsageError(f"--api-key is empty: pass the key, or leave it out to use {ENV_API_KEY}")
         if self.api_key is None and not os.environ.get(ENV_API_KEY):
             raise click.UsageError(f"no API key: pass --api-key KEY or set {ENV_API_KEY}")
         return AsyncNebulaClient(api_key=self.api_key, base_url=self.base_url, **options)
@@ -241,7 +245,35 @@ def _describe(error: BaseException) -> str:
 
 
 def run(argv: Sequence[str] | None = None, *, prog_name: str | None = None) -> int:
-    """Run the command line with ``argv`` and return its exit code; errors become one line on stderr."""
+    """Run the command line with ``argv`` and return its exit code; errors become one line on stderr.
+
+    A reader of stdout that went away (``nebula generate ... | head -c 10``) ends it quietly with 1.
+    """
+    code = _run(argv, prog_name)
+    if not _flush_stdout():
+        return code or EXIT_API_ERROR
+    return code
+
+
+def _flush_stdout() -> bool:
+    """Flush stdout now rather than at exit; return False if its reader has gone (a closed pipe)."""
+    try:
+        # click answers EPIPE by wrapping sys.stdout in a wrapper whose flush ignores it: the
+        # stream underneath still holds what could not be written.
+        for stream in (sys.stdout, sys.__stdout__):
+            if stream is not None and not stream.closed:
+                stream.flush()
+    except BrokenPipeError:
+        # Else Python flushes again at exit: "Exception ignored ... BrokenPipeError", status 120.
+        with contextlib.suppress(OSError, ValueError):  # not a real file (a test's capture)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return False
+    return True
+
+
+def _run(argv: Sequence[str] | None, prog_name: str | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = _verbose(args)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import shlex
 import signal
 import sys
@@ -26,8 +27,27 @@ __all__ = ["GRACE_PERIOD", "batch", "resume_command", "run_batch_command"]
 GRACE_PERIOD = 10.0  # seconds the requests in flight get to finish after the first Ctrl-C
 
 
+def _a_file(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    # "-" would read "File '-' does not exist": it is refused for what it is.
+    if value == "-":
+        raise click.BadParameter(
+            "a batch can't read stdin ('-'): it reads its input again to resume; save it to a file"
+        )
+    return value
+
+
+def _per_minute(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # Checked here, not by RateLimit: its message would name requests_per_minute, not --rpm.
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a finite number > 0, got {value:g}")
+    return value
+
+
 @click.command(short_help="Run a JSONL file of prompts; resumable.")
-@click.argument("input_path", metavar="IN.jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.argument(
+    "input_path", metavar="IN.jsonl", type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+    callback=_a_file,
+)  # fmt: skip
 @click.option(
     "-o", "--output", "output_path", metavar="OUT.jsonl", required=True, type=click.Path(dir_okay=False),
     help="results, one line per input id; ids already there are skipped (resume)",
@@ -36,8 +56,13 @@ GRACE_PERIOD = 10.0  # seconds the requests in flight get to finish after the fi
 @click.option(
     "--concurrency", type=int, default=16, show_default=True, metavar="N", help="requests in flight"
 )
-@click.option("--rpm", type=float, metavar="R", help="requests per minute to stay under")
-@click.option("--tpm", type=float, metavar="T", help="tokens per minute to stay under (prompt + max_tokens)")
+@click.option(
+    "--rpm", type=float, metavar="R", callback=_per_minute, help="requests per minute to stay under"
+)
+@click.option(
+    "--tpm", type=float, metavar="T", callback=_per_minute,
+    help="tokens per minute to stay under (prompt + max_tokens)",
+)  # fmt: skip
 @click.option("--max-tokens", type=int, metavar="N", help="for the lines that don't set max_tokens")
 @click.option("--retry-failed", is_flag=True, help="run again the ids whose output line is an error")
 @click.option("--fsync", is_flag=True, help="fsync the output once a second (machines that may lose power)")
@@ -119,9 +144,9 @@ def _signals(display: BatchDisplay, stop_event: threading.Event) -> Iterator[lis
         received.append(1)
         if len(received) == 1:
             stop_event.set()
-            in_flight = display.last.in_flight if display.last is not None else 0
+            # No count: the last progress can be half a second old, or not have come yet ("0 in flight").
             display.note(
-                f"stopping: no new requests; {in_flight} in flight get up to {GRACE_PERIOD:.0f} s "
+                f"stopping: no new requests; those in flight get up to {GRACE_PERIOD:.0f} s "
                 "to finish (Ctrl-C again to cancel them)"
             )
         elif task is not None:

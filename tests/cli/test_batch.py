@@ -87,6 +87,14 @@ def test_a_missing_input_file_is_a_usage_error(env: dict[str, str], tmp_path: Pa
     assert "nope.jsonl" in proc.stderr
 
 
+def test_stdin_as_the_input_is_refused_saying_why(env: dict[str, str], tmp_path: Path) -> None:
+    """IN.jsonl "-" is a usage error that says a batch reads its input again, not that "-" is missing."""
+    # This broke: "File '-' does not exist.", as if "-" were a file name the user mistyped.
+    proc = nebula("batch", "-", "-o", str(tmp_path / "out.jsonl"), env=env, stdin='{"prompt": "p"}\n')
+    assert proc.returncode == 2
+    assert "a batch can't read stdin ('-'): it reads its input again to resume" in proc.stderr
+
+
 def test_failed_rows_exit_1_and_retry_failed_runs_them_again(
     api: FakeNebulaServer, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -146,8 +154,11 @@ def test_tpm_is_passed_to_the_rate_limit(api: FakeNebulaServer, env: dict[str, s
 
 
 def test_a_bad_rate_is_a_usage_error(env: dict[str, str], tmp_path: Path) -> None:
-    """--rpm 0 is refused with exit 2 before anything runs."""
+    """--rpm 0 or --tpm nan is refused with exit 2, naming the option, before anything runs."""
     prompts, out = write_prompts(tmp_path / "in.jsonl", 3), tmp_path / "out.jsonl"
-    proc = nebula("batch", str(prompts), "-o", str(out), "--rpm", "0", env=env)
-    assert proc.returncode == 2
-    assert "requests_per_minute" in proc.stderr
+    # This broke: the message named RateLimit's requests_per_minute, which is no option of the command.
+    for option, value in (("--rpm", "0"), ("--tpm", "nan")):
+        proc = nebula("batch", str(prompts), "-o", str(out), option, value, env=env)
+        assert proc.returncode == 2
+        assert f"Invalid value for '{option}': must be a finite number > 0, got {value}" in proc.stderr
+    assert not out.exists()

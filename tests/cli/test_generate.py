@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
+
+import pytest
 
 from nebula_async.cli._app import DEFAULT_MODEL
 from nebula_async.testing import FakeNebulaServer
@@ -138,6 +141,15 @@ def test_no_api_key_says_how_to_give_one() -> None:
     assert "no API key: pass --api-key KEY or set NEBULA_API_KEY" in proc.stderr
 
 
+def test_an_empty_api_key_option_says_so(env: dict[str, str]) -> None:
+    """--api-key "" (a script's unset variable) is exit 2 naming the option, even with NEBULA_API_KEY set."""
+    # This broke: "no API key: pass api_key=... or set the NEBULA_API_KEY environment variable",
+    # while NEBULA_API_KEY was set, in the SDK's words rather than the command's.
+    proc = nebula("--api-key", "", "generate", "hi", env=env)
+    assert proc.returncode == 2
+    assert "--api-key is empty: pass the key, or leave it out to use NEBULA_API_KEY" in proc.stderr
+
+
 def test_unreachable_api_is_exit_1_and_verbose_shows_the_traceback(env: dict[str, str]) -> None:
     """A refused connection is exit 1: one line; with -v the SDK's retry logs and the traceback."""
     env = {**env, "NEBULA_BASE_URL": "http://127.0.0.1:9/v1"}  # the discard port: nobody listens
@@ -164,3 +176,37 @@ def test_ctrl_c_during_a_call_exits_130_without_a_traceback(
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=WAIT)
     assert (proc.returncode, stderr.strip()) == (130, "nebula: interrupted")  # after click's blank line
+
+
+@pytest.mark.parametrize(
+    ("args", "unbuffered"),
+    [
+        (("models",), False),
+        (("generate", "hi"), False),
+        (("generate", "--json", "hi"), False),
+        (("generate", "--stream", "hi"), True),
+        (("--help",), True),
+    ],
+)
+def test_a_reader_gone_away_ends_the_command_quietly_with_1(
+    env: dict[str, str], args: tuple[str, ...], unbuffered: bool
+) -> None:
+    """With stdout's pipe closed (`| head -c 10` done), the command exits 1 and says nothing."""
+    # This broke: Python flushed stdout at exit and printed "Exception ignored ... BrokenPipeError",
+    # exit status 120; written mid-command (unbuffered), the same pipe gave 1, silently.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [*NEBULA, *args],
+            env=dict(env, PYTHONUNBUFFERED="1") if unbuffered else env,
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=WAIT,
+            cwd=ROOT,
+        )
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (1, "")

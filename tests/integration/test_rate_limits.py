@@ -16,7 +16,7 @@ import pytest
 from nebula_async import RateLimit, RateLimitError, RetryPolicy, Timeout
 from nebula_async.testing import FakeNebulaServer, count_tokens
 from tests.conftest import LocalServer
-from tests.helpers import FAST_RETRY, error_body, success_body
+from tests.helpers import FAST_RETRY, SECRET_KEY, error_body, success_body
 from tests.integration._support import (
     collect,
     free_port,
@@ -233,6 +233,39 @@ async def test_a_waiting_call_cancelled_sends_nothing(fake: FakeNebulaServer) ->
         await client.generate_text(model="m", prompt="p")
     assert len(fake.requests) == 2
     assert gaps(fake)[0] < 0.3  # the third call took the cancelled one's turn (0.2 s after the first)
+
+
+async def test_closing_a_stream_waiting_for_its_turn_ends_the_wait_and_sends_nothing(
+    fake: FakeNebulaServer,
+) -> None:
+    """A stream closed by another task while its request waits for its turn stops waiting at once."""
+    # This broke: the reader waited out its turn (here 5 s), then sent the request anyway.
+    async with make_client(fake.base_url, rate_limit=RateLimit(requests_per_minute=12)) as client:
+        await client.generate_text(model="m", prompt="p")
+        stream = client.stream_text(model="m", prompt="p")
+        reader = asyncio.create_task(collect(stream))
+        await asyncio.sleep(0.05)
+        await stream.aclose()
+        with pytest.raises(RuntimeError, match="stream was closed while it was being read"):
+            await asyncio.wait_for(reader, 1)
+        started = time.monotonic()
+        await client.generate_text(model="m", prompt="p")  # the closed stream's turn was not taken
+        assert time.monotonic() - started < 5.5
+    assert len(fake.requests) == 2
+
+
+def test_a_call_from_another_event_loop_fails_before_waiting_its_turn() -> None:
+    """A paced client used again under another asyncio.run() fails at once, taking no turn."""
+    # This broke: the call waited its turn (a minute here) before the other-loop error, and the
+    # limiter's waiters of two loops were woken from either loop's thread.
+    with FakeNebulaServer(models=["m"], api_keys=[SECRET_KEY]).run_in_thread() as server:
+        client = make_client(server.base_url, rate_limit=RateLimit(requests_per_minute=1))
+        asyncio.run(client.generate_text(model="m", prompt="p"))
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="first used in another event loop"):
+            asyncio.run(client.generate_text(model="m", prompt="p"))
+        assert time.monotonic() - started < 5
+        assert len(server.requests) == 1
 
 
 async def test_the_wait_for_a_turn_is_not_part_of_the_timeout(fake: FakeNebulaServer) -> None:

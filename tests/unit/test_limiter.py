@@ -201,3 +201,47 @@ async def test_a_cancelled_waiter_behind_the_head_leaves_the_timer_alone(
     limiter.close()
     with pytest.raises(RuntimeError, match="this client is closed"):
         await head
+
+
+async def test_an_aborted_wait_takes_nothing_and_the_next_waiter_moves_up() -> None:
+    """A wait whose abort future is done returns False at once; the waiter behind it gets the turn."""
+    limiter = Limiter(RateLimit(requests_per_minute=60))  # a turn a second
+    assert limiter.try_take(0)
+    abort: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    head = asyncio.create_task(limiter.wait(0, abort))
+    behind = asyncio.create_task(take(limiter))
+    await asyncio.sleep(0)
+    abort.set_result("closed")
+    assert await asyncio.wait_for(head, 0.5) is False
+    limiter.adjust(-1, 0)  # the first call refunded: the turn is free now, and only `behind` wants it
+    await asyncio.wait_for(behind, 0.5)
+    assert await limiter.wait(0, abort) is False  # already aborted: no wait at all
+
+
+async def test_a_wait_aborted_just_as_its_turn_came_gives_the_turn_back() -> None:
+    """A waiter admitted, then aborted before it resumed, returns False and its request."""
+    limiter = Limiter(RateLimit(requests_per_minute=60))
+    assert limiter.try_take(0)
+    abort: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    waiter = asyncio.create_task(limiter.wait(0, abort))
+    await asyncio.sleep(0)
+    limiter.adjust(-1, 0)  # the waiter is admitted ...
+    abort.set_result("closed")  # ... and aborted before it could run
+    assert await waiter is False
+    assert limiter.try_take(0)
+
+
+async def test_a_wait_aborted_and_cancelled_at_once_refunds_nothing() -> None:
+    """Cancelled after its abort ended the wait (before it resumed): CancelledError, no turn given back."""
+    # This broke: a future failed by close() or an abort looked admitted to the cancellation, which
+    # "gave back" a turn never taken, letting the next call go early.
+    limiter = Limiter(RateLimit(requests_per_minute=60))
+    assert limiter.try_take(0)
+    abort: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    waiter = asyncio.create_task(limiter.wait(0, abort))
+    await asyncio.sleep(0)
+    abort.add_done_callback(lambda _: waiter.cancel())  # runs just after the limiter's own callback
+    abort.set_result("closed")
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not limiter.try_take(0)  # the first call's turn still holds the schedule

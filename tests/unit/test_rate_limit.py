@@ -14,10 +14,21 @@ from nebula_async._limit import Pacing
     ("kwargs", "error", "message"),
     [
         ({}, ValueError, "needs requests_per_minute, tokens_per_minute or both"),
-        ({"requests_per_minute": 0}, ValueError, "requests_per_minute must be a finite number per minute"),
+        (
+            {"requests_per_minute": 0},
+            ValueError,
+            "requests_per_minute must be a finite number per minute > 0, got 0$",
+        ),
+        # These broke: an int too large for a float raised OverflowError, not a ValueError naming it.
+        (
+            {"requests_per_minute": 10**400},
+            ValueError,
+            "requests_per_minute must be a finite .* int of 1329 bits",
+        ),
+        ({"tokens_per_minute": 60, "burst_seconds": 10**400}, ValueError, "burst_seconds must be a finite"),
         ({"tokens_per_minute": -5}, ValueError, "tokens_per_minute must be a finite number per minute"),
         ({"requests_per_minute": math.inf}, ValueError, "requests_per_minute must be a finite number"),
-        ({"requests_per_minute": "60"}, TypeError, "requests_per_minute must be a number per minute"),
+        ({"requests_per_minute": "60"}, TypeError, "must be a number per minute or None .no limit., got str"),
         ({"requests_per_minute": True}, TypeError, "requests_per_minute must be a number"),
         ({"requests_per_minute": 60, "burst_seconds": -1}, ValueError, "burst_seconds must be a finite"),
         ({"requests_per_minute": 60, "burst_seconds": None}, TypeError, "burst_seconds must be a number"),
