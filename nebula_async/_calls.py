@@ -188,7 +188,8 @@ class CallPath:
         ``used`` None (no usage came) keeps the reservation. For streams, which end after run().
         """
         if reserved and used is not None:
-            self._limiter.adjust(0, used - reserved)
+            # A negative count from a broken server refunds no more than was reserved.
+            self._limiter.adjust(0, max(used, 0) - reserved)
 
     def rate_limited(self, error: RateLimitError, policy: RetryPolicy) -> bool:
         """Close the client-wide gate after a ``rate_limit_exceeded``: every call waits it out.

@@ -168,7 +168,9 @@ class Pacing:
             schedule.tat += requests / schedule.rate
         schedule = self._tokens
         if schedule is not None and tokens:
-            schedule.tat += tokens / schedule.rate
+            # The server's usage is taken on trust, within reason: a bogus count of billions of
+            # tokens holds the schedule one minute at most, not for days.
+            schedule.tat += min(tokens, schedule.rate * 60.0) / schedule.rate
 
     def close_gate(self, until: float, now: float) -> bool:
         """Hold every call until ``until``; return True if the gate was open (a new closing)."""

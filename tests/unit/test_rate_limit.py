@@ -122,6 +122,14 @@ def test_adjust_refunds_and_charges_debt() -> None:
     assert pacing.ready_at(1) == pytest.approx(0.0)
 
 
+def test_a_bogus_debt_holds_the_schedule_one_minute_at_most() -> None:
+    """A usage of billions of tokens (a broken server) delays later calls by one minute, not for days."""
+    pacing = Pacing(RateLimit(tokens_per_minute=600))
+    pacing.take(100, now=0.0)  # until 10 s
+    pacing.adjust(0, 10**12)
+    assert pacing.ready_at(1) == pytest.approx(70.0)
+
+
 def test_the_gate_extends_never_shortens_and_reports_the_pause() -> None:
     """close_gate() says whether it closed an open gate; a later, shorter close does not shorten it."""
     pacing = Pacing(None)
