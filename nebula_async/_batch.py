@@ -252,6 +252,13 @@ class _Pool:
     async def _work(self) -> None:
         try:
             while True:
+                # Items taken but not yet handed to the consumer stay within ``concurrency``: a
+                # finished outcome holds its slot until taken, so a batch killed at any moment has
+                # at most ``concurrency`` requests sent and not written (which a rerun sends again).
+                while self._taken - self._delivered >= self._concurrency:
+                    room = asyncio.get_running_loop().create_future()
+                    self._room.append(room)
+                    await room
                 taken = await self._source.next()
                 if taken is None:
                     return
@@ -264,10 +271,6 @@ class _Pool:
                     outcome = Outcome(index, item, await self._call(item))
                 except BATCH_ERRORS as exc:
                     outcome = Outcome(index, item, None, exc)
-                while len(self._ready) >= self._concurrency:
-                    room = asyncio.get_running_loop().create_future()
-                    self._room.append(room)
-                    await room
                 self._ready.append(outcome)
                 self._wake()
                 if outcome.error is not None:

@@ -123,13 +123,15 @@ async def test_a_big_call_goes_in_its_turn_before_smaller_ones_queued_after_it(
     fake: FakeNebulaServer,
 ) -> None:
     """A call reserving 0.5 s of tokens, queued before five small ones, is sent before them; none is stuck."""
+    # The small calls are 50 ms apart: 1 ms apart, two of them could reach the server out of the
+    # order they were let go in (each opens its own connection), which once failed CI.
     limit = RateLimit(tokens_per_minute=60 * 1000, token_counter=lambda p: 1)  # 1,000 tokens/s, no burst
     async with make_client(fake.base_url, rate_limit=limit) as client:
         first = asyncio.create_task(client.generate_text(model="m", prompt="first", max_tokens=200))
         await asyncio.sleep(0)
         big = asyncio.create_task(client.generate_text(model="m", prompt="big", max_tokens=499))
         await asyncio.sleep(0)
-        small = [client.generate_text(model="m", prompt=f"small {i}", max_tokens=1) for i in range(5)]
+        small = [client.generate_text(model="m", prompt=f"small {i}", max_tokens=49) for i in range(5)]
         await asyncio.wait_for(asyncio.gather(first, big, *small), 5)
     assert [r.json["prompt"] for r in fake.requests] == ["first", "big", *(f"small {i}" for i in range(5))]
 
