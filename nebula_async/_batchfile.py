@@ -20,7 +20,7 @@ An id is a non-empty string or an integer, kept as given; without one, the 1-bas
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import attrs
@@ -245,21 +245,14 @@ def scan_input(
     count = 0
     ids = IdSet()
     total = 0
-    with open(path, "rb") as file:
-        for number, raw in enumerate(file, 1):
-            if check is not None and number % CHECK_EVERY == 0:
-                check()
-            if not raw.strip():
-                continue
-            try:
-                batch_id, _ = parse_line(raw, number, defaults)
-            except ValueError as exc:
-                count += 1
-                if len(problems) < MAX_PROBLEMS:
-                    problems.append((number, str(exc)))
-                continue
-            total += 1
-            ids.add(digest(batch_id))
+    for number, batch_id in _line_ids(path, defaults, check):
+        if isinstance(batch_id, ValueError):
+            count += 1
+            if len(problems) < MAX_PROBLEMS:
+                problems.append((number, str(batch_id)))
+            continue
+        total += 1
+        ids.add(digest(batch_id))
     repeated = ids.freeze()
     collided = False
     if repeated:
@@ -269,6 +262,24 @@ def scan_input(
     if count:
         raise BatchInputError(os.fspath(path), problems, count)
     return InputScan(total, ids, collided)
+
+
+def _line_ids(
+    path: str | os.PathLike[str], defaults: Defaults, check: Callable[[], None] | None
+) -> Iterator[tuple[int, BatchId | ValueError]]:
+    """Yield each non-blank line's number and id, or the ValueError that says what is wrong with it."""
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, 1):
+            if check is not None and number % CHECK_EVERY == 0:
+                check()
+            if not raw.strip():
+                continue
+            try:
+                batch_id, _ = parse_line(raw, number, defaults)
+            except ValueError as exc:
+                yield number, exc
+            else:
+                yield number, batch_id
 
 
 def _find_duplicates(
@@ -281,23 +292,16 @@ def _find_duplicates(
     first_line: dict[tuple[type, BatchId], int] = {}
     seen_digests: dict[int, set[tuple[type, BatchId]]] = {}
     duplicates = []
-    with open(path, "rb") as file:
-        for number, raw in enumerate(file, 1):
-            if check is not None and number % CHECK_EVERY == 0:
-                check()
-            if not raw.strip():
-                continue
-            try:
-                batch_id, _ = parse_line(raw, number, defaults)
-            except ValueError:
-                continue
-            key = digest(batch_id)
-            if key not in repeated:
-                continue
-            exact = (type(batch_id), batch_id)
-            seen_digests.setdefault(key, set()).add(exact)
-            if exact in first_line:
-                duplicates.append((number, f"duplicate id {batch_id!r}, first on line {first_line[exact]}"))
-            else:
-                first_line[exact] = number
+    for number, batch_id in _line_ids(path, defaults, check):
+        if isinstance(batch_id, ValueError):
+            continue
+        key = digest(batch_id)
+        if key not in repeated:
+            continue
+        exact = (type(batch_id), batch_id)
+        seen_digests.setdefault(key, set()).add(exact)
+        if exact in first_line:
+            duplicates.append((number, f"duplicate id {batch_id!r}, first on line {first_line[exact]}"))
+        else:
+            first_line[exact] = number
     return duplicates, any(len(exact_ids) > 1 for exact_ids in seen_digests.values())
