@@ -165,8 +165,8 @@ class CallPath:
                         limiter.adjust(0, -tokens)
                     error = err
                 else:
-                    if tokens and isinstance(result, TextGeneration):
-                        limiter.adjust(0, result.usage.total_tokens - tokens)
+                    if isinstance(result, TextGeneration):  # a stream settles at its end
+                        self.settle(tokens, result.usage.total_tokens)
                     return result
             gated = isinstance(error, RateLimitError) and self.rate_limited(error, policy)
             # Outside the except clause: a cancellation while we wait must not chain the error.
