@@ -6,19 +6,23 @@
      ├─ APIError (.code, .message, .details, .status_code, .request_id, .retry_after)
      │   ├─ InvalidRequestError            invalid_request, HTTP 400/422
      │   │   └─ ContextLengthExceededError context_length_exceeded
-     │   ├─ AuthenticationError            401
-     │   ├─ PermissionDeniedError          403
-     │   ├─ NotFoundError                  404
+     │   ├─ AuthenticationError            invalid_api_key, authentication_error, 401
+     │   ├─ PermissionDeniedError          permission_denied, 403
+     │   ├─ NotFoundError                  not_found, 404
      │   │   └─ ModelNotFoundError         model_not_found
      │   ├─ RateLimitError                 rate_limit_exceeded, 429
      │   ├─ InsufficientQuotaError         insufficient_quota, whatever the status; never retried
-     │   └─ ServerError                    5xx, or a body that is not the JSON envelope
+     │   └─ ServerError                    server_error, service_unavailable, 5xx, or a body that is
+     │                                     not the JSON envelope
      └─ APIConnectionError
          └─ APITimeoutError
 
 The envelope's ``error.code`` decides first, then the HTTP status. The same code gives the same
 class on every path: an HTTP error, a 200 whose envelope says ``"status": "error"``, and an error
-event in the middle of a stream.
+event in the middle of a stream. The known codes are the five the API documents, the ones it sends
+beside them (``server_error``, ``invalid_api_key``, ``not_found``) and the usual names of
+OpenAI-style APIs for the same failures. An unknown code keeps the status's class: in a 200 or a
+stream, plain APIError.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "ServerError",
+    "class_for_code",
     "error_from_response",
     "parse_retry_after",
 ]
@@ -114,15 +119,15 @@ class ContextLengthExceededError(InvalidRequestError):
 
 
 class AuthenticationError(APIError):
-    """The API key is missing, wrong or revoked (HTTP 401)."""
+    """The API key is missing, wrong or revoked (``invalid_api_key``, ``authentication_error``, HTTP 401)."""
 
 
 class PermissionDeniedError(APIError):
-    """The API key may not do this (HTTP 403)."""
+    """The API key may not do this (``permission_denied``, HTTP 403)."""
 
 
 class NotFoundError(APIError):
-    """The thing asked for does not exist (HTTP 404)."""
+    """The thing asked for does not exist (``not_found``, HTTP 404)."""
 
 
 class ModelNotFoundError(NotFoundError):
@@ -138,7 +143,7 @@ class InsufficientQuotaError(APIError):
 
 
 class ServerError(APIError):
-    """The API failed (HTTP 5xx), or answered with something that is not its JSON envelope."""
+    """The API failed (``server_error``, ``service_unavailable``, HTTP 5xx), or sent a malformed answer."""
 
 
 class APIConnectionError(NebulaError):
@@ -160,12 +165,22 @@ class APITimeoutError(APIConnectionError):
     """A connect, read, stream-idle or total timeout ran out."""
 
 
+# The one table of known codes: the retry decision follows it too (_retry.is_retryable).
 _BY_CODE: dict[str, type[APIError]] = {
+    # documented by the API
     "invalid_request": InvalidRequestError,
     "model_not_found": ModelNotFoundError,
     "context_length_exceeded": ContextLengthExceededError,
     "rate_limit_exceeded": RateLimitError,
     "insufficient_quota": InsufficientQuotaError,
+    # sent by the API beside them (its 500, 401 and 404 answers)
+    "server_error": ServerError,
+    "invalid_api_key": AuthenticationError,
+    "not_found": NotFoundError,
+    # what OpenAI-style APIs call the same failures
+    "authentication_error": AuthenticationError,
+    "permission_denied": PermissionDeniedError,
+    "service_unavailable": ServerError,
 }
 
 _BY_STATUS: dict[int, type[APIError]] = {
@@ -214,6 +229,11 @@ def error_from_response(status: int, body: object, headers: Mapping[str, str]) -
         request_id=request_id,
         retry_after=retry_after,
     )
+
+
+def class_for_code(code: str | None) -> type[APIError] | None:
+    """Return the class a known error ``code`` maps to on every path, or None for an unknown one."""
+    return _BY_CODE.get(code or "")
 
 
 def _fallback_class(status: int) -> type[APIError]:

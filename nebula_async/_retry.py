@@ -6,21 +6,24 @@ import random
 from collections.abc import Callable
 
 from ._config import RetryPolicy
-from ._errors import APIConnectionError, APIError, NebulaError
+from ._errors import (
+    APIConnectionError,
+    APIError,
+    NebulaError,
+    RateLimitError,
+    ServerError,
+    class_for_code,
+)
 
 __all__ = ["RETRYABLE_STATUS", "is_retryable", "retry_delay"]
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
-# Known codes decide before the status: a 429 saying insufficient_quota will not get better by
-# waiting, and a 500 saying invalid_request will not either.
-_CODE_RETRYABLE = {
-    "rate_limit_exceeded": True,
-    "insufficient_quota": False,
-    "invalid_request": False,
-    "model_not_found": False,
-    "context_length_exceeded": False,
-}
+# Known codes decide before the status, by their class (one class per code, so one decision per
+# code): a 429 saying insufficient_quota (not a RateLimitError) will not get better by waiting, a 500 saying
+# invalid_request will not either, and a server_error in a 200 (a stream's error event before its
+# first chunk) is worth another try like a 500.
+_RETRYABLE_CLASSES = (RateLimitError, ServerError)
 
 
 def is_retryable(error: NebulaError) -> bool:
@@ -28,9 +31,9 @@ def is_retryable(error: NebulaError) -> bool:
     if isinstance(error, APIConnectionError):
         return error.retryable
     if isinstance(error, APIError):
-        by_code = _CODE_RETRYABLE.get(error.code or "")
-        if by_code is not None:
-            return by_code
+        cls = class_for_code(error.code)
+        if cls is not None:
+            return issubclass(cls, _RETRYABLE_CLASSES)
         return error.status_code in RETRYABLE_STATUS
     return False
 

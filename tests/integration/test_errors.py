@@ -27,15 +27,23 @@ from nebula_async import (
 from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
 from tests.helpers import NO_RETRY, error_body, success_body
-from tests.integration._support import CALLS, Call, catch_all, collect, json_handler, make_client
+from tests.integration._support import CALLS, HELLO, Call, catch_all, collect, json_handler, make_client
 
-# (code, the HTTP status a server would send it with, the class it must raise)
-DOCUMENTED_CODES = [
+# (code, the HTTP status a server would send it with, the class it must raise): the five the API
+# documents, then those it sends beside them (server_error, invalid_api_key, not_found) and the names
+# OpenAI-style APIs give the same failures.
+KNOWN_CODES = [
     ("invalid_request", 400, InvalidRequestError),
     ("model_not_found", 404, ModelNotFoundError),
     ("context_length_exceeded", 400, ContextLengthExceededError),
     ("rate_limit_exceeded", 429, RateLimitError),
     ("insufficient_quota", 429, InsufficientQuotaError),
+    ("server_error", 500, ServerError),
+    ("service_unavailable", 503, ServerError),
+    ("invalid_api_key", 401, AuthenticationError),
+    ("authentication_error", 401, AuthenticationError),
+    ("permission_denied", 403, PermissionDeniedError),
+    ("not_found", 404, NotFoundError),
 ]
 
 
@@ -56,11 +64,11 @@ def _check(err: APIError, cls: type[APIError], code: str | None, status: int, re
         assert code in text
 
 
-@pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
-async def test_documented_code_over_http(
+@pytest.mark.parametrize(("code", "status", "cls"), KNOWN_CODES)
+async def test_known_code_over_http(
     fake: FakeNebulaServer, code: str, status: int, cls: type[APIError]
 ) -> None:
-    """An HTTP error with a documented code raises its class with code, message, details, status, id."""
+    """An HTTP error with a known code raises its class with code, message, details, status, id."""
     fake.fail_next(status=status, code=code, message="explained", details={"model": "gpt-9"})
     async with _client(fake) as client:
         with pytest.raises(cls) as info:
@@ -71,8 +79,8 @@ async def test_documented_code_over_http(
     assert "explained" in str(info.value)
 
 
-@pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
-async def test_documented_code_in_a_200_envelope(
+@pytest.mark.parametrize(("code", "status", "cls"), KNOWN_CODES)
+async def test_known_code_in_a_200_envelope(
     server: LocalServer, code: str, status: int, cls: type[APIError]
 ) -> None:
     """A 200 whose envelope says "status": "error" raises the same class as the HTTP error would."""
@@ -83,8 +91,8 @@ async def test_documented_code_in_a_200_envelope(
     _check(info.value, cls, code, 200, "req_e2")
 
 
-@pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
-async def test_documented_code_as_a_stream_event(
+@pytest.mark.parametrize(("code", "status", "cls"), KNOWN_CODES)
+async def test_known_code_as_a_stream_event(
     fake: FakeNebulaServer, code: str, status: int, cls: type[APIError]
 ) -> None:
     """An error envelope arriving as a stream event raises the same class as the HTTP error would."""
@@ -96,8 +104,8 @@ async def test_documented_code_as_a_stream_event(
     assert info.value.message == "mid-stream"
 
 
-@pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
-async def test_documented_code_after_some_chunks(
+@pytest.mark.parametrize(("code", "status", "cls"), KNOWN_CODES)
+async def test_known_code_after_some_chunks(
     fake: FakeNebulaServer, code: str, status: int, cls: type[APIError]
 ) -> None:
     """An error event after text has been delivered raises the mapped class, after that text."""
@@ -111,8 +119,8 @@ async def test_documented_code_after_some_chunks(
     assert len(fake.requests) == 1
 
 
-@pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
-async def test_documented_code_at_stream_open(
+@pytest.mark.parametrize(("code", "status", "cls"), KNOWN_CODES)
+async def test_known_code_at_stream_open(
     fake: FakeNebulaServer, code: str, status: int, cls: type[APIError]
 ) -> None:
     """An HTTP error answering a stream request raises the mapped class on entering the stream."""
@@ -125,8 +133,8 @@ async def test_documented_code_at_stream_open(
     _check(info.value, cls, code, status, fake.requests[0].request_id)
 
 
-@pytest.mark.parametrize(("code", "status", "cls"), DOCUMENTED_CODES)
-async def test_documented_code_in_a_200_envelope_at_stream_open(
+@pytest.mark.parametrize(("code", "status", "cls"), KNOWN_CODES)
+async def test_known_code_in_a_200_envelope_at_stream_open(
     server: LocalServer, code: str, status: int, cls: type[APIError]
 ) -> None:
     """A stream request answered by a 200 JSON error envelope raises the same class as the HTTP error."""
@@ -135,6 +143,30 @@ async def test_documented_code_in_a_200_envelope_at_stream_open(
         with pytest.raises(cls) as info:
             await collect(client.stream_text(model="m", prompt="p"))
     _check(info.value, cls, code, 200, "req_e5")
+
+
+async def test_server_error_event_before_the_first_chunk_is_retried(fake: FakeNebulaServer) -> None:
+    """A server_error event before any text is a ServerError, retried like a 500, and the retry succeeds."""
+    # Regression: it was a plain APIError (status 200, a code not in the table) and was never retried.
+    fake.error_event_after(events=0, code="server_error")
+    async with make_client(fake.base_url) as client:
+        received: list[str] = []
+        await collect(client.stream_text(model="m", prompt="p"), received, enter=True)
+    assert "".join(received) == HELLO
+    assert len(fake.requests) == 2
+
+
+@pytest.mark.parametrize("events", [0, 2])
+async def test_unknown_code_in_a_stream_is_a_plain_api_error(fake: FakeNebulaServer, events: int) -> None:
+    """An error event with an unknown code is a plain APIError, not retried, before or after text."""
+    fake.token_delay = 0.01  # each chunk in a write of its own
+    fake.error_event_after(events=events, code="brand_new_code")
+    async with make_client(fake.base_url) as client:
+        with pytest.raises(APIError) as info:
+            await collect(client.stream_text(model="m", prompt="p"), enter=True)
+    assert type(info.value) is APIError
+    assert info.value.code == "brand_new_code"
+    assert len(fake.requests) == 1
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,13 @@ CODES: dict[str, type[APIError]] = {
     "context_length_exceeded": ContextLengthExceededError,
     "rate_limit_exceeded": RateLimitError,
     "insufficient_quota": InsufficientQuotaError,
+    # not in the API's table, but sent by it or by OpenAI-style APIs
+    "server_error": ServerError,
+    "service_unavailable": ServerError,
+    "invalid_api_key": AuthenticationError,
+    "authentication_error": AuthenticationError,
+    "permission_denied": PermissionDeniedError,
+    "not_found": NotFoundError,
 }
 TYPICAL_STATUS = {
     "invalid_request": 400,
@@ -51,6 +58,12 @@ TYPICAL_STATUS = {
     "context_length_exceeded": 400,
     "rate_limit_exceeded": 429,
     "insufficient_quota": 429,
+    "server_error": 500,
+    "service_unavailable": 503,
+    "invalid_api_key": 401,
+    "authentication_error": 401,
+    "permission_denied": 403,
+    "not_found": 404,
 }
 STATUSES: dict[int, type[APIError]] = {
     400: InvalidRequestError,
