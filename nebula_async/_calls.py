@@ -16,10 +16,10 @@ import asyncio
 import functools
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from ._config import CLIENT_CLOSED, RetryPolicy, Timeout
+from ._config import CLIENT_CLOSED, Headers, RetryPolicy, Timeout
 from ._errors import APIError, NebulaError, RateLimitError
 from ._limit import Limiter, RateLimit
 from ._models import TextGeneration
@@ -51,7 +51,7 @@ class CallPath:
         self,
         *,
         url: str,
-        headers: Mapping[str, str],
+        headers: Headers,
         max_connections: int,
         session: aiohttp.ClientSession | None,
         proxy: Proxy | None = None,

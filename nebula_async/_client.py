@@ -25,11 +25,13 @@ from ._config import (
     build_headers,
     check_api_key,
     check_base_url,
+    cleartext_host,
 )
 from ._limit import RateLimit
 from ._models import GenerateRequest, TextGeneration, encode_request
 from ._parse import parse_generation
 from ._runner import BatchProgress, BatchSummary, check_batch_options, run_batch
+from ._secret import Secret
 from ._stream import TextStream
 
 if TYPE_CHECKING:
@@ -89,7 +91,15 @@ class AsyncNebulaClient:
         trust_env: bool = True,
         rate_limit: RateLimit | None = None,
     ) -> None:
-        key = check_api_key(api_key if api_key is not None else os.environ.get(ENV_API_KEY))
+        # First, before anything can raise: no frame of a traceback may hold the key as a str (error
+        # trackers record locals). A Secret passed in is the sync client's, already wrapped.
+        key = (
+            api_key
+            if isinstance(api_key, Secret)
+            else Secret(api_key if api_key is not None else os.environ.get(ENV_API_KEY))
+        )
+        del api_key
+        check_api_key(key)
         if base_url is not None:
             self._base_url = check_base_url(base_url, "base_url")
         elif os.environ.get(ENV_BASE_URL):
@@ -139,6 +149,13 @@ class AsyncNebulaClient:
             tls=ssl_setting,
             rate_limit=rate_limit,
         )
+        clear_host = cleartext_host(self._base_url)  # last: a client that failed to build sends nothing
+        if clear_host is not None:
+            logger.warning(
+                "the API key will travel unencrypted to %s: base_url is http://, not https://, and "
+                "anyone on the way can read it",
+                clear_host,
+            )
 
     @property
     def base_url(self) -> str:
@@ -161,7 +178,11 @@ class AsyncNebulaClient:
         return self._rate_limit
 
     def __repr__(self) -> str:
-        return f"AsyncNebulaClient(base_url={self._base_url!r}, max_retries={self._retry.max_retries})"
+        # getattr: a traceback printed with its locals shows the repr of a client whose __init__ raised.
+        base_url, retry = getattr(self, "_base_url", None), getattr(self, "_retry", None)
+        if base_url is None or retry is None:
+            return "<AsyncNebulaClient (not built: its construction failed)>"
+        return f"AsyncNebulaClient(base_url={base_url!r}, max_retries={retry.max_retries})"
 
     def __reduce__(self) -> NoReturn:
         # Without this, pickle fails deep inside with "cannot pickle 'weakref.ReferenceType' object".

@@ -11,6 +11,7 @@ import attrs
 
 from ._checks import check_int, check_number
 from ._errors import NebulaError
+from ._secret import Secret
 from ._version import __version__
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "build_headers",
     "check_api_key",
     "check_base_url",
+    "cleartext_host",
 ]
 
 DEFAULT_BASE_URL = "https://api.inference.nebulablock.com/v1"
@@ -115,15 +117,22 @@ class RetryPolicy:
             )
 
 
-def check_api_key(key: object) -> str:
-    """Return ``key`` if it can be sent as a Bearer token; the message never echoes it."""
-    if not key:
+def check_api_key(key: Secret) -> Secret:
+    """Return ``key`` if it can be sent as a Bearer token; the message never echoes it.
+
+    Checked on the Secret, so that no frame of a raised error holds the key as a str.
+    """
+    if key.kind == "NoneType" or (key.kind == "str" and not key):
         raise NebulaError(f"no API key: pass api_key=... or set the {ENV_API_KEY} environment variable")
-    if not isinstance(key, str):
-        raise TypeError(f"api_key must be a str, got {type(key).__name__}")
-    if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+    if key.kind != "str":
+        raise TypeError(f"api_key must be a str, got {key.kind}")
+    if not _token_like(key.reveal()):
         raise ValueError("api_key must be printable ASCII without spaces; check how it was read or pasted")
     return key
+
+
+def _token_like(key: str) -> bool:
+    return key.isascii() and key.isprintable() and not any(c.isspace() for c in key)
 
 
 def check_base_url(url: object, source: str) -> str:
@@ -148,26 +157,61 @@ def check_base_url(url: object, source: str) -> str:
     return url.rstrip("/")
 
 
+def cleartext_host(url: str) -> str | None:
+    """Return the host of a checked base URL whose requests would carry the key in clear text, or None.
+
+    That is an ``http://`` URL whose host is not this machine's loopback (127.0.0.0/8, ::1,
+    localhost): there, anyone on the way can read the Authorization header.
+    """
+    from urllib.parse import urlsplit  # here, not at import: only a client's construction needs it
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "http" or host.rstrip(".") == "localhost":
+        return None
+    import ipaddress
+
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a name, not an address
+        pass
+    return host
+
+
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RFC 9110 token)
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters; tab is allowed
 
 
 class Headers(dict[str, str]):
-    """Request headers whose repr hides the key: they sit in frames that tracebacks may print."""
+    """Request headers; Authorization is kept apart, as a Secret, until ``with_auth()`` reveals it."""
+
+    def __init__(self, headers: Mapping[str, str] | None = None, *, auth: Secret | None = None) -> None:
+        super().__init__(headers or {})
+        self.auth = auth  # the whole Authorization value ("Bearer <key>"), or None to send none
+
+    def with_auth(self) -> dict[str, str]:
+        """Return the headers to send, Authorization included: pass it straight to aiohttp, keep no copy."""
+        if self.auth is None:
+            return dict(self)
+        return {**self, "Authorization": self.auth.reveal()}
 
     def __repr__(self) -> str:
-        return repr({k: "<redacted>" if k.lower() == "authorization" else v for k, v in self.items()})
+        shown = {k: "<redacted>" if k.lower() == "authorization" else v for k, v in self.items()}
+        if self.auth is not None:
+            shown["Authorization"] = "<redacted>"
+        return repr(shown)
 
 
-def build_headers(api_key: str, default_headers: Mapping[str, str] | None) -> Headers:
+def build_headers(api_key: Secret, default_headers: Mapping[str, str] | None) -> Headers:
     """Return our headers with ``default_headers`` checked and merged over them (not Authorization)."""
     headers = Headers(
         {
-            "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
-        }
+        },
+        auth=api_key.prefixed("Bearer "),
     )
     if default_headers is None:
         return headers

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import ssl
 
     from ._proxy import Proxy
+    from ._secret import Secret
 
 __all__ = ["Transport"]
 
@@ -159,6 +160,22 @@ async def _read_to_end(response: aiohttp.ClientResponse) -> bool:
     return False  # more trailing data than we will read
 
 
+class _CallHeaders:
+    """The headers each call passes, by ``[stream]``: built per call when they hold the key."""
+
+    __slots__ = ("_auth", "_by_stream")
+
+    def __init__(self, headers: Mapping[str, str], auth: Secret | None) -> None:
+        self._by_stream = {False: dict(headers), True: {**headers, "Accept": "text/event-stream"}}
+        self._auth = auth
+
+    def __getitem__(self, stream: bool) -> Mapping[str, str] | None:
+        headers = self._by_stream[stream]
+        if self._auth is None:
+            return headers or None
+        return {**headers, "Authorization": self._auth.reveal()}
+
+
 class Transport:
     """One client's ClientSession: made lazily in the running loop, or the caller's, never closed by us."""
 
@@ -168,7 +185,7 @@ class Transport:
         url: str,
         max_connections: int,
         session: aiohttp.ClientSession | None,
-        headers: Mapping[str, str],
+        headers: Headers,
         proxy: Proxy | None = None,
         tls: ssl.SSLContext | bool = True,
     ) -> None:
@@ -187,16 +204,14 @@ class Transport:
         # in C, instead of merging a dict of them into every request. A caller's session gets them all.
         # Through a proxy, the key is passed per call: aiohttp builds the CONNECT request from the
         # session's defaults and sends an Authorization among them to the proxy, as Proxy-Authorization.
-        stream_headers = {**headers, "Accept": "text/event-stream"}
-        per_call = {k: v for k, v in headers.items() if k.lower() == "authorization"} if proxy else {}
-        self._headers = Headers({k: v for k, v in headers.items() if k not in per_call})
+        # The key stays a Secret in headers.auth here: it is revealed into what aiohttp is handed
+        # (the session's defaults, or each call's headers), never into a dict of ours.
+        session_auth = headers.auth if self._owned and proxy is None else None
+        self._headers = Headers(headers, auth=session_auth)
+        per_call: dict[str, str] = {} if self._owned else dict(headers)
         if self._http_proxy is not None and proxy_login is not None:
             per_call.update(proxy_login)
-        self._call_headers: dict[bool, Mapping[str, str] | None] = (
-            {False: Headers(per_call) or None, True: Headers({**per_call, "Accept": "text/event-stream"})}
-            if self._owned
-            else {False: headers, True: Headers(stream_headers)}
-        )
+        self._call_headers = _CallHeaders(per_call, None if session_auth is not None else headers.auth)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         # Set while our session is open: the loop closes it when the loop shuts down (see _watch_loop).
@@ -224,7 +239,7 @@ class Transport:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=None),
-                headers=self._headers,
+                headers=self._headers.with_auth(),
                 # Resolved once by the client: aiohttp's trust_env would re-read the environment per request.
                 # Without its credentials, which go in proxy_headers: aiohttp keeps the proxy URL in
                 # its connection keys, and so in the repr of its connection errors.

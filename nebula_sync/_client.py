@@ -6,7 +6,7 @@ import os
 import threading
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, cast, overload
 
 from nebula_async import (
     AsyncNebulaClient,
@@ -19,6 +19,7 @@ from nebula_async import (
 )
 from nebula_async._client import BatchInput
 from nebula_async._config import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RETRIES
+from nebula_async._secret import Secret
 
 from ._completed import CompletedIterator
 from ._runtime import LoopThread
@@ -64,6 +65,9 @@ class NebulaClient:
         trust_env: bool = True,
         rate_limit: RateLimit | None = None,
     ) -> None:
+        # First, before anything can raise: no frame of a traceback may hold the key as a str.
+        key = None if api_key is None else Secret(api_key)
+        del api_key
         if session is not None:
             raise TypeError(
                 "nebula_sync.NebulaClient runs its own event loop and can't use an aiohttp session; "
@@ -71,7 +75,7 @@ class NebulaClient:
             )
         # Built first, so bad arguments fail before a thread is started.
         self._async = AsyncNebulaClient(
-            api_key,
+            cast("str | None", key),  # a Secret: AsyncNebulaClient takes one as it takes a str
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
@@ -87,7 +91,11 @@ class NebulaClient:
         self._runtime = LoopThread(name="nebula-sync", on_close=self._async.aclose, noun="client")
 
     def __repr__(self) -> str:
-        return f"NebulaClient(base_url={self._async.base_url!r}, max_retries={self._async.retry.max_retries})"
+        # getattr: a traceback printed with its locals shows the repr of a client whose __init__ raised.
+        inner = getattr(self, "_async", None)
+        if inner is None:
+            return "<NebulaClient (not built: its construction failed)>"
+        return f"NebulaClient(base_url={inner.base_url!r}, max_retries={inner.retry.max_retries})"
 
     def __reduce__(self) -> NoReturn:
         # Without this, pickle fails deep inside with "cannot pickle 'weakref.ReferenceType' object".

@@ -18,8 +18,8 @@ async def test_real_server_round_trip(server: LocalServer) -> None:
 
 async def test_mock_api_round_trip(mock_api: MockAPI) -> None:
     """aioresponses answers on aiohttp 3.14 once given a compatible response class."""
-    mock_api.post("http://api.test/v1/text/generate", payload=success_body("hi"))
-    async with AsyncNebulaClient(KEY, base_url="http://api.test/v1", max_retries=0) as client:
+    mock_api.post("https://api.test/v1/text/generate", payload=success_body("hi"))
+    async with AsyncNebulaClient(KEY, base_url="https://api.test/v1", max_retries=0) as client:
         result = await client.generate_text(model="m", prompt="p")
     assert result.text == "hi"
     assert mock_api.sent()[0]["body"] == {"model": "m", "prompt": "p"}

@@ -7,7 +7,7 @@ from typing import Any
 from nebula_async import AsyncNebulaClient
 from tests.helpers import SECRET_KEY
 
-BASE_URL = "http://api.test/v1"
+BASE_URL = "https://api.test/v1"
 ENDPOINT = BASE_URL + "/text/generate"
 
 
