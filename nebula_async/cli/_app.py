@@ -15,11 +15,12 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import click
 
+from .._secret import Secret
 from .._version import __version__
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ DEFAULT_MODEL = MODELS[0][0]
 class Settings:
     """The global options, shared by every command through click's context."""
 
-    api_key: str | None = attrs.field(default=None, repr=False)
+    api_key: Secret | None = attrs.field(default=None, repr=False)  # never a str: tracebacks show locals
     base_url: str | None = None
     verbose: int = 0
     argv: tuple[str, ...] = attrs.field(default=(), repr=False)  # as given: the resume command repeats it
@@ -72,11 +73,13 @@ class Settings:
         from .. import AsyncNebulaClient
         from .._config import ENV_API_KEY
 
-        if self.api_key == "":  # `--api-key "$KEY"` with KEY unset: the SDK's error would name api_key=
+        if self.api_key is not None and not self.api_key:  # `--api-key "$KEY"` with KEY unset: the
+            # SDK's error would name api_key=
             raise click.UsageError(f"--api-key is empty: pass the key, or leave it out to use {ENV_API_KEY}")
         if self.api_key is None and not os.environ.get(ENV_API_KEY):
             raise click.UsageError(f"no API key: pass --api-key KEY or set {ENV_API_KEY}")
-        return AsyncNebulaClient(api_key=self.api_key, base_url=self.base_url, **options)
+        # A Secret: AsyncNebulaClient takes one as it takes a str.
+        return AsyncNebulaClient(api_key=cast("str | None", self.api_key), base_url=self.base_url, **options)
 
 
 model_option = click.option(  # generate's and batch's: each use makes an Option of its own
@@ -112,7 +115,8 @@ def cli(ctx: click.Context, api_key: str | None, base_url: str | None, verbose: 
     Exit codes: 0 done, 1 API error (or failed batch rows), 2 bad usage or input, 130 interrupted.
     """
     argv = ctx.obj if isinstance(ctx.obj, tuple) else tuple(sys.argv[1:])  # run() passes what it was given
-    ctx.obj = Settings(api_key=api_key, base_url=base_url, verbose=verbose, argv=argv)
+    key = None if api_key is None else Secret(api_key)
+    ctx.obj = Settings(api_key=key, base_url=base_url, verbose=verbose, argv=argv)
     if verbose:
         logging.basicConfig(
             level=logging.DEBUG if verbose > 1 else logging.INFO,
