@@ -21,7 +21,8 @@ class Secret:
     __slots__ = ("_masked", "_pad", "kind")
 
     def __init__(self, value: object) -> None:
-        self.kind = type(value).__name__  # "str", or what the caller passed instead
+        # "str" (a subclass too), or the type's name of what the caller passed instead, for the error.
+        self.kind = "str" if isinstance(value, str) else type(value).__name__
         raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else b""
         self._pad = os.urandom(len(raw))
         self._masked = bytes(a ^ b for a, b in zip(raw, self._pad, strict=True))

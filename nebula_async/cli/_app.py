@@ -73,8 +73,8 @@ class Settings:
         from .. import AsyncNebulaClient
         from .._config import ENV_API_KEY
 
-        if self.api_key is not None and not self.api_key:  # `--api-key "$KEY"` with KEY unset: the
-            # SDK's error would name api_key=
+        # `--api-key "$KEY"` with KEY unset: the SDK's error would name api_key=
+        if self.api_key is not None and not self.api_key:
             raise click.UsageError(f"--api-key is empty: pass the key, or leave it out to use {ENV_API_KEY}")
         if self.api_key is None and not os.environ.get(ENV_API_KEY):
             raise click.UsageError(f"no API key: pass --api-key KEY or set {ENV_API_KEY}")

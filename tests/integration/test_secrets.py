@@ -333,10 +333,11 @@ async def test_connection_refused_holds_no_key() -> None:
         _assert_error_hides_key(stream_info.value)
 
 
-async def test_timeout_holds_no_key(fake: FakeNebulaServer) -> None:
-    """A timeout hides the key."""
+async def test_timeout_holds_no_key(fake: FakeNebulaServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timeout of a client whose key came from NEBULA_API_KEY hides the key."""
+    monkeypatch.setenv("NEBULA_API_KEY", KEY)
     fake.delay_next(seconds=2.0)
-    async with _client(fake.base_url, timeout=0.2, retry=RetryPolicy(max_retries=0)) as client:
+    async with _client(fake.base_url, key=None, timeout=0.2, retry=RetryPolicy(max_retries=0)) as client:
         with pytest.raises(APITimeoutError) as info:
             await client.generate_text(model="m", prompt="p")
     _assert_error_hides_key(info.value)
