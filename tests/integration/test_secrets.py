@@ -560,3 +560,10 @@ def test_secret_holds_no_copy_of_the_key() -> None:
     assert found == []
     with pytest.raises(TypeError, match="pickled"):
         pickle.dumps(secret)
+
+
+@pytest.mark.parametrize("value", ["", "a", "\x00sk-0", "é\ud800", "Bearer " + "z" * 300])
+def test_secret_gives_back_any_str(value: str) -> None:
+    """reveal() returns exactly what was wrapped: leading NULs, non-ASCII, lone surrogates, long values."""
+    assert Secret(value).reveal() == value
+    assert bool(Secret(value)) == bool(value)
