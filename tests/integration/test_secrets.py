@@ -36,6 +36,7 @@ from nebula_async import (
     APITimeoutError,
     AsyncNebulaClient,
     AuthenticationError,
+    ContextLengthExceededError,
     InsufficientQuotaError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -255,6 +256,7 @@ def test_bad_key_error_holds_no_key(client_class: type[Any], bad_key: str) -> No
 
 HTTP_ERRORS: list[tuple[int, str, type[APIError]]] = [
     (400, "invalid_request", InvalidRequestError),
+    (400, "context_length_exceeded", ContextLengthExceededError),
     (401, "invalid_api_key", AuthenticationError),
     (403, "permission_denied", PermissionDeniedError),
     (404, "model_not_found", ModelNotFoundError),
