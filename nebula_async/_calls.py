@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 from ._config import CLIENT_CLOSED, RetryPolicy, Timeout
-from ._errors import APIError, NebulaError, RateLimitError
+from ._deadline import Deadline
+from ._errors import APIError, APITimeoutError, NebulaError, RateLimitError
 from ._limit import Limiter, RateLimit
 from ._models import TextGeneration
 from ._retry import retry_delay
@@ -42,6 +43,7 @@ logger = logging.getLogger("nebula_async")
 logger.addHandler(logging.NullHandler())
 
 CLOSED_DURING_CALL = "this client was closed while the call was running"
+_TIMED_OUT = "timed out waiting for the API"  # as aiohttp's own timeouts are mapped (nebula_async._http)
 
 
 class CallPath:
@@ -148,26 +150,43 @@ class CallPath:
                 assert abort is not None  # only an abort ends the wait without the turn
                 raise RuntimeError(abort.result())
             transport = self.transport()  # closed meanwhile?
+            client_timeout = transport.client_timeout(timeout, stream=stream)
+            # A stream's total bounds only its wait for a connection: aiohttp's connect timeout.
+            deadline = None if stream or timeout.total is None else Deadline(timeout.total)
+            response: aiohttp.ClientResponse | None = None
             try:
-                client_timeout = transport.client_timeout(timeout, stream=stream)
-                response = await transport.post(body, stream=stream, timeout=client_timeout, attempt=number)
-            except NebulaError as err:
-                if transport.never_sent(err):
-                    limiter.adjust(-1, -tokens)
-                if interrupted is not None:
-                    interrupted(err)
-                error = err
-            else:
                 try:
-                    result = await finish(transport, response, number)
+                    response = await transport.post(
+                        body, stream=stream, timeout=client_timeout, attempt=number
+                    )
                 except NebulaError as err:
-                    if tokens and isinstance(err, APIError):
-                        limiter.adjust(0, -tokens)
+                    if transport.never_sent(err):
+                        limiter.adjust(-1, -tokens)
+                    if interrupted is not None:
+                        interrupted(err)
                     error = err
                 else:
-                    if isinstance(result, TextGeneration):  # a stream settles at its end
-                        self.settle(tokens, result.usage.total_tokens)
-                    return result
+                    try:
+                        result = await finish(transport, response, number)
+                    except NebulaError as err:
+                        if tokens and isinstance(err, APIError):
+                            limiter.adjust(0, -tokens)
+                        error = err
+                    else:
+                        if isinstance(result, TextGeneration):  # a stream settles at its end
+                            self.settle(tokens, result.usage.total_tokens)
+                        return result
+            except asyncio.CancelledError:
+                # Never swallowed: only our own deadline's cancel, alone, becomes a timeout.
+                if deadline is None or not deadline.expired():
+                    raise
+                request_id = None if response is None else response.headers.get("x-request-id")
+                error = APITimeoutError(_TIMED_OUT, request_id=request_id)
+                if response is None and interrupted is not None:
+                    interrupted(error)
+            finally:
+                if deadline is not None:
+                    deadline.cancel()
             gated = isinstance(error, RateLimitError) and self.rate_limited(error, policy)
             # Outside the except clause: a cancellation while we wait must not chain the error.
             await self.before_retry(policy, number, error, gated=gated)

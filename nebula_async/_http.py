@@ -271,8 +271,10 @@ class Transport:
                 # Silence longer than stream_idle breaks the idle limit too: let the socket say so.
                 read = timeout.stream_idle if read is None else min(read, timeout.stream_idle)
             cached = aiohttp.ClientTimeout(
-                # A stream has no total, only the wait for a connection (pool and connect) does.
-                total=None if stream else timeout.total,
+                # Never aiohttp's total: its timer can turn the caller's cancel into a timeout. A
+                # call's total is a Deadline of ours (nebula_async._deadline, CallPath.run); a
+                # stream has none, only its wait for a connection (pool and connect) is bounded.
+                total=None,
                 connect=timeout.total if stream else None,
                 sock_connect=timeout.connect,
                 sock_read=read,
