@@ -5,7 +5,8 @@ and, between two of them, :meth:`CallPath.before_retry` decides, logs, checks th
 open and sleeps. Before each attempt's POST it waits for the client's rate limit and for the
 client-wide 429 gate (nebula_async._limit).
 
-It also owns the transport (made lazily, in the running loop), the client's closed state, the
+It also owns the transport (made lazily, in the running loop; its module, and so aiohttp, is
+imported when the client is made), the client's closed state, the
 open streams that closing the client closes, and the background drains that hand a finished
 stream's connection back to the pool (:meth:`CallPath.release`).
 """
@@ -76,6 +77,11 @@ class CallPath:
         self._drains: dict[asyncio.Task[None], aiohttp.ClientResponse] = {}
         # The client's RateLimit pacing and the shared 429 gate (there even without a RateLimit).
         self._limiter = Limiter(rate_limit)
+        # aiohttp is imported here, with the client, not on its first call: that import takes
+        # ~0.3 s, and in the running loop it would stall every other task (benchmarks/first_call.py).
+        from ._http import Transport
+
+        self._transport_type = Transport
 
     @property
     def closed(self) -> bool:
@@ -88,9 +94,7 @@ class CallPath:
             raise RuntimeError(CLIENT_CLOSED)
         transport = self._transport
         if transport is None:
-            from ._http import Transport  # aiohttp is imported on first use, not with the package
-
-            transport = self._transport = Transport(
+            transport = self._transport = self._transport_type(
                 url=self._url,
                 max_connections=self._max_connections,
                 session=self._session,
@@ -100,7 +104,7 @@ class CallPath:
             )
             # A client nobody closed: its connections are closed when it is collected, or at exit.
             self._finalizer = weakref.finalize(self, transport.abandon)
-            if self._closed:  # aclose() from another thread while the import above ran
+            if self._closed:  # aclose() from another thread meanwhile
                 raise RuntimeError(CLIENT_CLOSED)
         return transport
 

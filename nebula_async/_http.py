@@ -1,6 +1,7 @@
 """The aiohttp boundary: session lifecycle, sending and reading, and mapping aiohttp's errors to ours.
 
-Imported on first use, not with the package: aiohttp takes longer to import than the rest of the SDK.
+Imported when a client is made, not with the package: aiohttp takes longer to import than the rest
+of the SDK, and a first call must not import it inside the running loop.
 Every aiohttp call that can fail on the network is made here, and its errors mapped by ``_map_error``.
 """
 
