@@ -165,3 +165,21 @@ async def test_a_cancel_landing_with_the_total_timeout_is_never_lost(
         assert sorted(r["body"]["prompt"] for r in server.requests) == sorted(f"p{i}" for i in range(TRIES))
         server.handler = json_handler(success_body(HELLO))
         assert (await asyncio.wait_for(client.generate_text(model="m", prompt="p"), 2)).text == HELLO
+
+
+@pytest.mark.parametrize("wait", ["back-off", "rate-limit gate"])
+async def test_a_call_cancelled_while_it_waits_to_retry_ends_at_once(
+    fake: FakeNebulaServer, wait: str
+) -> None:
+    """Cancelled in a 10 s back-off, or at the 429 gate shut 10 s, a call ends at once, sending nothing."""
+    if wait == "back-off":
+        fake.fail_next(1, status=503)
+    else:
+        fake.fail_next(1, status=429, retry_after=10.0)
+    policy = RetryPolicy(max_retries=1, initial_delay=10.0, max_delay=10.0, jitter=False)
+    async with make_client(fake.base_url, retry=policy) as client:
+        task: asyncio.Task[object] = asyncio.create_task(_generate(client))
+        assert await _cancel_once_sent(fake, task) < PROMPT
+        assert task.cancelled()
+        await asyncio.sleep(0.05)
+    assert len(fake.requests) == 1  # the retry was never sent
