@@ -186,8 +186,7 @@ class CallPath:
                     raise
                 request_id = None if response is None else response.headers.get("x-request-id")
                 error = APITimeoutError(_TIMED_OUT, request_id=request_id)
-                if response is None and interrupted is not None:
-                    interrupted(error)
+                logger.debug("POST %s: total timeout (attempt %d)", self._url, number)
             finally:
                 if deadline is not None:
                     deadline.cancel()
