@@ -5,7 +5,8 @@ and, between two of them, :meth:`CallPath.before_retry` decides, logs, checks th
 open and sleeps. Before each attempt's POST it waits for the client's rate limit and for the
 client-wide 429 gate (nebula_async._limit).
 
-It also owns the transport (made lazily, in the running loop), the client's closed state, the
+It also owns the transport (made lazily, in the running loop; its module, and so aiohttp, is
+imported when the client is made), the client's closed state, the
 open streams that closing the client closes, and the background drains that hand a finished
 stream's connection back to the pool (:meth:`CallPath.release`).
 """
@@ -20,7 +21,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from ._config import CLIENT_CLOSED, Headers, RetryPolicy, Timeout
-from ._errors import APIError, NebulaError, RateLimitError
+from ._deadline import Deadline
+from ._errors import APIError, APITimeoutError, NebulaError, RateLimitError
 from ._limit import Limiter, RateLimit
 from ._models import TextGeneration
 from ._retry import retry_delay
@@ -42,6 +44,7 @@ logger = logging.getLogger("nebula_async")
 logger.addHandler(logging.NullHandler())
 
 CLOSED_DURING_CALL = "this client was closed while the call was running"
+_TIMED_OUT = "timed out waiting for the API"  # as aiohttp's own timeouts are mapped (nebula_async._http)
 
 
 class CallPath:
@@ -74,6 +77,11 @@ class CallPath:
         self._drains: dict[asyncio.Task[None], aiohttp.ClientResponse] = {}
         # The client's RateLimit pacing and the shared 429 gate (there even without a RateLimit).
         self._limiter = Limiter(rate_limit)
+        # aiohttp is imported here, with the client, not on its first call: that import takes
+        # ~0.3 s, and in the running loop it would stall every other task (benchmarks/first_call.py).
+        from ._http import Transport
+
+        self._transport_type = Transport
 
     @property
     def closed(self) -> bool:
@@ -86,9 +94,7 @@ class CallPath:
             raise RuntimeError(CLIENT_CLOSED)
         transport = self._transport
         if transport is None:
-            from ._http import Transport  # aiohttp is imported on first use, not with the package
-
-            transport = self._transport = Transport(
+            transport = self._transport = self._transport_type(
                 url=self._url,
                 max_connections=self._max_connections,
                 session=self._session,
@@ -98,7 +104,7 @@ class CallPath:
             )
             # A client nobody closed: its connections are closed when it is collected, or at exit.
             self._finalizer = weakref.finalize(self, transport.abandon)
-            if self._closed:  # aclose() from another thread while the import above ran
+            if self._closed:  # aclose() from another thread meanwhile
                 raise RuntimeError(CLIENT_CLOSED)
         return transport
 
@@ -148,26 +154,42 @@ class CallPath:
                 assert abort is not None  # only an abort ends the wait without the turn
                 raise RuntimeError(abort.result())
             transport = self.transport()  # closed meanwhile?
+            client_timeout = transport.client_timeout(timeout, stream=stream)
+            # A stream's total bounds only its wait for a connection: aiohttp's connect timeout.
+            deadline = None if stream or timeout.total is None else Deadline(timeout.total)
+            response: aiohttp.ClientResponse | None = None
             try:
-                client_timeout = transport.client_timeout(timeout, stream=stream)
-                response = await transport.post(body, stream=stream, timeout=client_timeout, attempt=number)
-            except NebulaError as err:
-                if transport.never_sent(err):
-                    limiter.adjust(-1, -tokens)
-                if interrupted is not None:
-                    interrupted(err)
-                error = err
-            else:
                 try:
-                    result = await finish(transport, response, number)
+                    response = await transport.post(
+                        body, stream=stream, timeout=client_timeout, attempt=number
+                    )
                 except NebulaError as err:
-                    if tokens and isinstance(err, APIError):
-                        limiter.adjust(0, -tokens)
+                    if transport.never_sent(err):
+                        limiter.adjust(-1, -tokens)
+                    if interrupted is not None:
+                        interrupted(err)
                     error = err
                 else:
-                    if isinstance(result, TextGeneration):  # a stream settles at its end
-                        self.settle(tokens, result.usage.total_tokens)
-                    return result
+                    try:
+                        result = await finish(transport, response, number)
+                    except NebulaError as err:
+                        if tokens and isinstance(err, APIError):
+                            limiter.adjust(0, -tokens)
+                        error = err
+                    else:
+                        if isinstance(result, TextGeneration):  # a stream settles at its end
+                            self.settle(tokens, result.usage.total_tokens)
+                        return result
+            except asyncio.CancelledError:
+                # Never swallowed: only our own deadline's cancel, alone, becomes a timeout.
+                if deadline is None or not deadline.expired():
+                    raise
+                request_id = None if response is None else response.headers.get("x-request-id")
+                error = APITimeoutError(_TIMED_OUT, request_id=request_id)
+                logger.debug("POST %s: total timeout (attempt %d)", self._url, number)
+            finally:
+                if deadline is not None:
+                    deadline.cancel()
             gated = isinstance(error, RateLimitError) and self.rate_limited(error, policy)
             # Outside the except clause: a cancellation while we wait must not chain the error.
             await self.before_retry(policy, number, error, gated=gated)

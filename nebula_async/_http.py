@@ -1,6 +1,7 @@
 """The aiohttp boundary: session lifecycle, sending and reading, and mapping aiohttp's errors to ours.
 
-Imported on first use, not with the package: aiohttp takes longer to import than the rest of the SDK.
+Imported when a client is made, not with the package: aiohttp takes longer to import than the rest
+of the SDK, and a first call must not import it inside the running loop.
 Every aiohttp call that can fail on the network is made here, and its errors mapped by ``_map_error``.
 """
 
@@ -286,8 +287,10 @@ class Transport:
                 # Silence longer than stream_idle breaks the idle limit too: let the socket say so.
                 read = timeout.stream_idle if read is None else min(read, timeout.stream_idle)
             cached = aiohttp.ClientTimeout(
-                # A stream has no total, only the wait for a connection (pool and connect) does.
-                total=None if stream else timeout.total,
+                # Never aiohttp's total: its timer can turn the caller's cancel into a timeout. A
+                # call's total is a Deadline of ours (nebula_async._deadline, CallPath.run); a
+                # stream has none, only its wait for a connection (pool and connect) is bounded.
+                total=None,
                 connect=timeout.total if stream else None,
                 sock_connect=timeout.connect,
                 sock_read=read,

@@ -330,9 +330,10 @@ class _Core:
         task = self.calls.get(future)
         if task is not None and not task.done():
             task.cancel()
-            # Again until the call ends (its finally removes it from calls), as a cancel scope would:
-            # a cancel can be swallowed (aiohttp turns one that lands with its own timeout into a
-            # TimeoutError, which would be retried).
+            # Again until the call ends (its finally removes it from calls), as a cancel scope would.
+            # A call's total timeout no longer swallows a cancel (nebula_async._deadline), but on
+            # 3.10 aiohttp's connect timeouts (async_timeout, which cannot count cancels) still can,
+            # and it costs nothing until a cancel: kept as the sync client's guarantee.
             self.loop.call_later(_RECANCEL_SECONDS, self.cancel_task, future)
 
     async def stop(self) -> None:

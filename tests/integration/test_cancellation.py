@@ -3,19 +3,24 @@
 A Jupyter kernel interrupt is such a cancellation (ipykernel cancels the cell's task):
 tests/integration/test_notebooks.py checks it in a real kernel. These tests take the kernel out and
 show that, once the task is cancelled, the SDK itself never holds the cancellation back, wherever
-the call waits: for its answer under aiohttp's total timeout, or for a stream's first event.
+the call waits: for its answer under its total timeout, or for a stream's first event; nor when the
+cancel lands at the very loop time the total timeout fires (aiohttp's own timer lost it).
+The cancellation storm (test_cancellation_storm.py) cancels thousands of calls at random moments.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+import sys
 import time
 from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 from aiohttp import web
 
-from nebula_async import AsyncNebulaClient, Timeout
+from nebula_async import AsyncNebulaClient, RetryPolicy, Timeout
 from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
 from tests.helpers import success_body
@@ -95,3 +100,86 @@ async def test_cancelling_a_waiting_call_closes_its_connection(server: LocalServ
         server.handler = json_handler(success_body(HELLO))
         result = await asyncio.wait_for(client.generate_text(model="m", prompt="p"), 2)
     assert result.text == HELLO
+
+
+TOTAL = 0.3  # the calls' total timeout, and how long the server takes to answer
+TRIES = 100  # calls per moment, run at once
+# A cancel up to 20 ms after the timeout finds the call in its 1 s back-off: nothing is sent again.
+SLOW_RETRY = RetryPolicy(max_retries=3, initial_delay=1.0, max_delay=1.0, jitter=False)
+
+
+@pytest.mark.parametrize("moment", ["before", "after", "around"])
+async def test_a_cancel_landing_with_the_total_timeout_is_never_lost(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """Cancelled when its total timeout fires, or 20 ms around it, a call ends cancelled, unretried.
+
+    "before"/"after": the cancel is scheduled with loop.call_at at the timeout's own deadline, just
+    before or after the timeout's timer (found by watching loop.call_at from the calling task). A
+    regression: aiohttp's timer swallowed such a cancel, and the call was retried, then timed out.
+    """
+
+    async def answer_late(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(TOTAL)  # the client gives up at the same moment
+        return web.json_response(success_body(HELLO))
+
+    server.handler = answer_late
+    loop = asyncio.get_running_loop()
+    real_call_at = loop.call_at
+    rng = random.Random(13)
+    calls: set[asyncio.Task[Any]] = set()
+    deadlines: dict[asyncio.Task[Any], float] = {}
+
+    def watch(when: float, callback: Callable[..., object], *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        task = asyncio.current_task()
+        if task not in calls or task in deadlines or abs(when - loop.time() - TOTAL) > 0.002:
+            return real_call_at(when, callback, *args, **kwargs)
+        deadlines[task] = when  # the call's total timeout
+        if moment == "before":
+            real_call_at(when, task.cancel)
+        handle = real_call_at(when, callback, *args, **kwargs)
+        if moment != "before":
+            real_call_at(when + (rng.uniform(-0.02, 0.02) if moment == "around" else 0.0), task.cancel)
+        return handle
+
+    cancelling: list[int] = []
+
+    async def call(client: AsyncNebulaClient, i: int) -> object:
+        try:
+            return await client.generate_text(model="m", prompt=f"p{i}", timeout=Timeout(total=TOTAL))
+        except asyncio.CancelledError:
+            if sys.version_info >= (3, 11):  # the caller still sees its cancel, until it handles it
+                cancelling.append(asyncio.current_task().cancelling())  # type: ignore[union-attr]
+            raise
+
+    monkeypatch.setattr(loop, "call_at", watch)
+    async with make_client(server.base_url, retry=SLOW_RETRY, max_connections=TRIES) as client:
+        calls.update(asyncio.create_task(call(client, i)) for i in range(TRIES))
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        monkeypatch.undo()
+        assert len(deadlines) == TRIES  # each call's timeout was found, and a cancel set at it
+        assert [type(o).__name__ for o in outcomes] == ["CancelledError"] * TRIES
+        if sys.version_info >= (3, 11):
+            assert cancelling == [1] * TRIES
+        await asyncio.sleep(0.05)  # a retry sent by mistake would reach the server now
+        assert sorted(r["body"]["prompt"] for r in server.requests) == sorted(f"p{i}" for i in range(TRIES))
+        server.handler = json_handler(success_body(HELLO))
+        assert (await asyncio.wait_for(client.generate_text(model="m", prompt="p"), 2)).text == HELLO
+
+
+@pytest.mark.parametrize("wait", ["back-off", "rate-limit gate"])
+async def test_a_call_cancelled_while_it_waits_to_retry_ends_at_once(
+    fake: FakeNebulaServer, wait: str
+) -> None:
+    """Cancelled in a 10 s back-off, or at the 429 gate shut 10 s, a call ends at once, sending nothing."""
+    if wait == "back-off":
+        fake.fail_next(1, status=503)
+    else:
+        fake.fail_next(1, status=429, retry_after=10.0)
+    policy = RetryPolicy(max_retries=1, initial_delay=10.0, max_delay=10.0, jitter=False)
+    async with make_client(fake.base_url, retry=policy) as client:
+        task: asyncio.Task[object] = asyncio.create_task(_generate(client))
+        assert await _cancel_once_sent(fake, task) < PROMPT
+        assert task.cancelled()
+        await asyncio.sleep(0.05)
+    assert len(fake.requests) == 1  # the retry was never sent
