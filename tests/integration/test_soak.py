@@ -1,0 +1,85 @@
+"""The soak: one client at concurrency 256 through random faults; every call ends well, nothing is left.
+
+The short form (2 rounds of 400 calls, under ``python -X dev -W error`` and asyncio's debug mode)
+runs in the normal suite; ``python -m benchmarks.soak`` is the long form (3 rounds of 7,000 calls),
+whose figures are in benchmarks/RESULTS.md ("Soak under faults").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from benchmarks.soak import failures
+from nebula_async.testing import FAULT_KINDS
+from tests.helpers import ROOT
+
+
+def run_short_soak() -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run ``benchmarks.soak --quick --json`` under -X dev, -W error and asyncio debug; parse its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEBULA_", "PYTHON"))}
+    env.update(PYTHONPATH=str(ROOT), PYTHONASYNCIODEBUG="1")
+    command = [sys.executable, "-X", "dev", "-W", "error", "-m", "benchmarks.soak", "--quick", "--json"]
+    proc = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100, check=False
+    )
+    lines = proc.stdout.splitlines()
+    return proc, json.loads(lines[-1]) if lines else {}
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(120)  # about 8 s alone; the suite's other worker may slow it several times over
+def test_every_call_of_the_soak_ends_in_its_text_or_a_typed_error() -> None:
+    """800 calls at concurrency 256 with 10% faults: successes carry the fault-free text, errors are typed.
+
+    It also checks that no call hangs, no connection is left after aclose(), and that nothing is
+    written to stderr under -X dev, -W error and PYTHONASYNCIODEBUG=1: no "Unclosed ...", no "Task
+    was destroyed but it is pending", no ResourceWarning, no slow-callback warning (over 1 s).
+    """
+    proc, figures = run_short_soak()
+    assert proc.stderr == ""
+    assert proc.returncode == 0, figures.get("failures")
+    assert figures["failures"] == []
+    assert figures["calls"] == 800
+    assert figures["untyped"] == figures["hangs"] == figures["wrong_texts"] == 0
+    assert sum(figures["outcomes"].values()) == 800
+    assert figures["connections_left"] == 0
+    # With three retries, few calls fail: a cut stream or an error event is not retried.
+    assert figures["successes"] >= 700, figures["outcomes"]
+    # Each kind of fault came at least once (about 11 each are drawn at this rate and size).
+    assert set(figures["faults_injected"]) == set(FAULT_KINDS)
+    assert all(figures["faults_injected"].values()), figures["faults_injected"]
+    # RSS within 5% is checked over 3 rounds in the long form; in two short rounds on a loaded
+    # machine the second one may still be warming up: only a gross leak (10%) is caught here.
+    first, second = (r["rss"] for r in figures["rounds"])
+    assert second <= first * 1.10, (first, second)
+
+
+@pytest.mark.parametrize(
+    ("change", "found"),
+    [
+        ({"untyped": 1}, "1 calls raised outside the NebulaError tree"),
+        ({"hangs": 2}, "2 calls hung past the call timeout"),
+        ({"wrong_texts": 1, "wrong_examples": ["'p' (plain): 'x'"]}, "1 successes had the wrong text"),
+        ({"connections_left": 3}, "3 connections left open after aclose()"),
+        ({"rounds": [{"rss": 100}, {"rss": 100}, {"rss": 106}]}, "RSS grew from 100 to 106 bytes"),
+    ],
+)
+def test_the_soak_fails_on_each_broken_check(change: dict[str, Any], found: str) -> None:
+    """Each of the soak's checks turns a bad figure into a failure naming it; good figures pass."""
+    good: dict[str, Any] = {
+        "untyped": 0,
+        "hangs": 0,
+        "wrong_texts": 0,
+        "wrong_examples": [],
+        "connections_left": 0,
+        "rounds": [{"rss": 100}, {"rss": 101}, {"rss": 105}],
+    }
+    assert failures(good) == []
+    (failure,) = failures({**good, **change})
+    assert failure.startswith(found)
