@@ -15,8 +15,17 @@ from typing import Any
 
 import pytest
 
-from benchmarks.soak import failures
-from nebula_async.testing import FAULT_KINDS
+from benchmarks.soak import failures, one_call
+from nebula_async import (
+    APIConnectionError,
+    APITimeoutError,
+    AsyncNebulaClient,
+    NebulaError,
+    RateLimitError,
+    ServerError,
+    Timeout,
+)
+from nebula_async.testing import FAULT_KINDS, FakeNebulaServer, FaultMix
 from tests.helpers import ROOT
 
 
@@ -83,3 +92,56 @@ def test_the_soak_fails_on_each_broken_check(change: dict[str, Any], found: str)
     assert failures(good) == []
     (failure,) = failures({**good, **change})
     assert failure.startswith(found)
+
+
+# What each fault of the soak's mix must end in once retries are spent: one class per cause.
+CLASS_OF_FAULT: list[tuple[str, bool, type[NebulaError]]] = [
+    ("rate_limit", False, RateLimitError),
+    ("rate_limit", True, RateLimitError),
+    ("server_error", False, ServerError),
+    ("server_error", True, ServerError),
+    ("html", False, ServerError),
+    ("html", True, ServerError),
+    ("disconnect", False, APIConnectionError),
+    ("disconnect", True, APIConnectionError),
+    ("slow", False, APITimeoutError),
+    ("slow", True, APITimeoutError),
+    ("drop_stream", True, APIConnectionError),
+    ("error_event", True, ServerError),
+]
+DEFECT_7 = pytest.mark.xfail(
+    strict=True,
+    reason="issue 13 defect 7: a server_error event mid-stream gives APIError, HTTP 500 ServerError",
+)
+
+
+def test_the_class_table_covers_every_kind_of_fault() -> None:
+    """Every kind a FaultMix can inject has a row below: a new kind needs its expected class."""
+    assert {kind for kind, _, _ in CLASS_OF_FAULT} == set(FAULT_KINDS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "stream", "expected"),
+    [
+        pytest.param(*row, marks=[DEFECT_7] if row[0] == "error_event" else [], id=f"{row[0]}-{row[1]}")
+        for row in CLASS_OF_FAULT
+    ],
+)
+async def test_each_fault_of_the_soak_ends_in_the_class_of_its_cause(
+    kind: str, stream: bool, expected: type[NebulaError]
+) -> None:
+    """Without retries, each fault kind of the mix raises the error class its cause names, on both paths."""
+    mix = FaultMix(rate=1.0, seed=1, weights={kind: 1.0}, slow_seconds=1.0)
+    async with (
+        FakeNebulaServer(faults=mix) as server,
+        AsyncNebulaClient(
+            server.api_key,
+            base_url=server.base_url,
+            max_retries=0,
+            timeout=Timeout(read=0.2, stream_idle=0.2),
+        ) as client,
+    ):
+        with pytest.raises(NebulaError) as caught:
+            await one_call(client, "hi", stream=stream)
+        assert server.faults_injected[kind] == 1
+    assert type(caught.value) is expected
