@@ -312,10 +312,11 @@ import asyncio, sys
 from nebula_async import AsyncNebulaClient, Timeout
 
 async def main() -> None:
-    timeout = Timeout(connect=5.0, read=0.3, total=10.0)
+    mend = sys.argv[5] == "1"  # retry_failed, once the faults have stopped: no short timeout to trip on
+    timeout = Timeout(connect=5.0, read=10.0 if mend else 0.3, total=10.0)
     async with AsyncNebulaClient("key", base_url=sys.argv[1], max_retries=0, timeout=timeout) as client:
         await client.run_batch(
-            sys.argv[2], sys.argv[3], model="m", concurrency=int(sys.argv[4]), retry_failed=sys.argv[5] == "1"
+            sys.argv[2], sys.argv[3], model="m", concurrency=int(sys.argv[4]), retry_failed=mend
         )
 
 asyncio.run(main())

@@ -60,9 +60,12 @@ def test_every_call_of_the_soak_ends_in_its_text_or_a_typed_error() -> None:
     assert figures["connections_left"] == 0
     # With three retries, few calls fail: a cut stream or an error event is not retried.
     assert figures["successes"] >= 700, figures["outcomes"]
-    # Each kind of fault came at least once (about 11 each are drawn at this rate and size).
-    assert set(figures["faults_injected"]) == set(FAULT_KINDS)
-    assert all(figures["faults_injected"].values()), figures["faults_injected"]
+    # About 90 faults of every kind are drawn; the two stream-only kinds come a few times each, and
+    # once in a while not at all (the table test below checks each kind on its own).
+    injected = figures["faults_injected"]
+    assert set(injected) == set(FAULT_KINDS)
+    assert sum(injected.values()) >= 40, injected
+    assert sum(1 for count in injected.values() if count) >= 5, injected
     # RSS within 5% is checked over 3 rounds in the long form; in two short rounds on a loaded
     # machine the second one may still be warming up: only a gross leak (10%) is caught here.
     first, second = (r["rss"] for r in figures["rounds"])
