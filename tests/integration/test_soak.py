@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.soak import failures, one_call
+from benchmarks.soak import batch_failures, batch_soak, failures, one_call
 from nebula_async import (
     APIConnectionError,
     APITimeoutError,
@@ -70,6 +70,18 @@ def test_every_call_of_the_soak_ends_in_its_text_or_a_typed_error() -> None:
     # machine the second one may still be warming up: only a gross leak (10%) is caught here.
     first, second = (r["rss"] for r in figures["rounds"])
     assert second <= first * 1.10, (first, second)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(60)
+def test_the_batch_soak_runs_and_passes_its_checks() -> None:
+    """``benchmarks.soak --batch`` cut down: killed once under faults, finished, mended by retry_failed."""
+    figures = batch_soak(prompts=300, kills=1, concurrency=16, rate=0.1, seed=5)
+    assert batch_failures(figures) == []
+    assert figures["ids_once_after_faults"]
+    assert figures["ids_once_after_retry_failed"]
+    assert sum(figures["error_records"].values()) > 0  # seed 5 faults some ids; mended after
+    assert figures["errors_left"] == figures["wrong_texts"] == 0
 
 
 @pytest.mark.parametrize(
