@@ -437,8 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         return 1 if failed else 0
-    if args.quick:
-        args.calls, args.rounds, args.read_timeout, args.slow = 400, 2, 0.25, 0.5
+    if args.quick:  # the short form's sizes, unless given on the command line
+        given = set(argv if argv is not None else sys.argv[1:])
+        for option, value in (("calls", 400), ("rounds", 2), ("read_timeout", 0.25), ("slow", 0.5)):
+            if "--" + option.replace("_", "-") not in given:
+                setattr(args, option, value)
     settings = {
         k: getattr(args, k) for k in ("calls", "rounds", "concurrency", "rate", "seed", "read_timeout")
     }
