@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from ._faults import FaultMix
 from ._server import FakeNebulaServer
 from ._state import FakeModel
 
@@ -53,6 +54,17 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--token-quota", type=int, metavar="TOKENS", help="tokens per key before insufficient_quota"
     )
+    parser.add_argument(
+        "--faults", type=float, default=0.0, metavar="RATE",
+        help="fault this share of the requests at random, e.g. 0.1 (429, 5xx, HTML, disconnects, ...)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--faults-seed", type=int, metavar="N", help="seed of the random faults (default: fresh)"
+    )
+    parser.add_argument(
+        "--slow-seconds", type=float, default=1.0, metavar="SECONDS",
+        help="how long a 'slow' random fault holds its reply (default: 1.0)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="do not print a line per request")
     return parser
 
@@ -77,6 +89,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m nebula_asy
     """
     args = _parser(prog).parse_args(argv)
     try:
+        faults = None
+        if args.faults:
+            faults = FaultMix(rate=args.faults, seed=args.faults_seed, slow_seconds=args.slow_seconds)
         server = FakeNebulaServer(
             host=args.host,
             port=args.port,
@@ -92,6 +107,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m nebula_asy
             tokens_per_second=args.tokens_per_second,
             max_recorded=0,  # nobody can read them from the command line; a long run must not grow
             access_log=not args.quiet,
+            faults=faults,
         )
     except (TypeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

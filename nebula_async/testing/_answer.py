@@ -17,9 +17,10 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from .._models import GenerateRequest
+from ._faults import RandomFaults
 from ._generate import count_tokens, default_reply, generate
 from ._logs import logger
-from ._state import FakeModel, Limits, RecordedRequest, Script, seconds_header
+from ._state import FakeModel, Fault, Limits, RecordedRequest, Script, seconds_header
 from ._streaming import write_stream
 from ._validate import InvalidJSON, Params, Rejection, check_body, decode_body
 from ._wire import MAX_BODY, PATH, bearer, error, html_error, stream_events, success
@@ -62,6 +63,7 @@ class Answerer:
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
         self._active: set[asyncio.Task[Any]] = set()  # tasks answering a request right now
+        self.random_faults: RandomFaults | None = None  # set by FakeNebulaServer.faults
 
     def cancel_all(self) -> None:
         """Cancel every answer in flight: a paced stream would otherwise hold a shutdown up."""
@@ -114,6 +116,14 @@ class Answerer:
             answer.headers["Allow"] = "POST"
             return answer
         fault = self._script.next_request_fault()
+        random_stream_fault: tuple[str, Fault] | None = None
+        if fault is None and self.random_faults is not None:
+            drawn = self.random_faults.draw(stream=isinstance(body, dict) and body.get("stream") is True)
+            if drawn is not None and drawn[1].kind in ("drop_stream", "error_event"):
+                random_stream_fault = drawn  # it waits for the stream, as a scripted one does
+            elif drawn is not None:
+                self.random_faults.injected(drawn[0])
+                fault = drawn[1]
         if fault is not None:
             if fault.kind == "delay":
                 await asyncio.sleep(fault.seconds)
@@ -176,11 +186,15 @@ class Answerer:
         self._limits.charge(key, prompt_tokens + result.completion_tokens)
         if params.stream:
             usage_of = prompt_tokens if settings.stream_usage else None
+            stream_fault = self._script.next_stream_fault()
+            if stream_fault is None and random_stream_fault is not None and self.random_faults is not None:
+                self.random_faults.injected(random_stream_fault[0])
+                stream_fault = random_stream_fault[1]
             return await write_stream(
                 request,
                 record,
                 stream_events(result, usage_of=usage_of),
-                self._script.next_stream_fault(),
+                stream_fault,
                 time_to_first_token=settings.time_to_first_token,
                 token_delay=settings.token_delay,
             )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .._checks import check_int
 from .._models import GenerateRequest
 from ._answer import Answerer
+from ._faults import FaultMix, RandomFaults
 from ._site import Site
 from ._state import FakeModel, Fault, Limits, RecordedRequest, Script, merge_models
 from ._wire import default_code, default_message, status_for
@@ -63,6 +64,10 @@ class FakeNebulaServer:
       completion) answered in a sliding 60 s or 1 s window; a request that finds its key's window
       full gets 429 ``rate_limit_exceeded`` with ``Retry-After``/``retry-after-ms`` saying when
       enough of it will have slid out.
+    - ``faults``: a ``FaultMix``: fault that share of the requests at random (429, 5xx, HTML pages,
+      disconnects, slow replies, cut streams, error events), deterministically under its seed, for
+      soak runs. ``server.faults`` may be set (or set to None) while the server runs;
+      ``server.faults_injected`` counts what was injected, by kind.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class FakeNebulaServer:
         max_recorded: int | None = None,
         access_log: bool = False,
         ssl: SSLContext | None = None,
+        faults: FaultMix | None = None,
     ) -> None:
         if isinstance(api_keys, str):  # the message must not echo it: it is a key
             raise TypeError("api_keys must be a collection of keys, e.g. api_keys={'my-key'}, not one str")
@@ -113,6 +119,8 @@ class FakeNebulaServer:
             check_int("max_recorded", max_recorded, 0, note=" or None (keep all)")
         if ssl is not None and not isinstance(ssl, SSLContext):
             raise TypeError(f"ssl must be an ssl.SSLContext or None, got {type(ssl).__name__}")
+        if faults is not None and not isinstance(faults, FaultMix):
+            raise TypeError(f"faults must be a FaultMix or None, got {type(faults).__name__}")
         if reply is not None and not callable(reply):
             raise TypeError("reply must be a function from a GenerateRequest to the reply text")
         self.models: dict[str, FakeModel] = merge_models(models, default_models=default_models)
@@ -145,6 +153,8 @@ class FakeNebulaServer:
             limits=self._limits,
             requests=self._requests,
         )
+        self._lock = lock
+        self.faults = faults
         self._access_log = access_log
         self._ssl = ssl
         self._site: Site | None = None
@@ -185,6 +195,32 @@ class FakeNebulaServer:
     def tokens_used(self, api_key: str | None = None) -> int:
         """Tokens (prompt plus completion) charged so far to ``api_key`` (default: ``self.api_key``)."""
         return self._limits.used(self._api_key if api_key is None else api_key)
+
+    # --- random faults ---------------------------------------------------------------------------
+
+    @property
+    def faults(self) -> FaultMix | None:
+        """The random fault mix in use (None: none); setting it starts a fresh draw and fresh counts."""
+        random_faults = self._answerer.random_faults
+        return None if random_faults is None else random_faults.mix
+
+    @faults.setter
+    def faults(self, mix: FaultMix | None) -> None:
+        if mix is not None and not isinstance(mix, FaultMix):
+            raise TypeError(f"faults must be a FaultMix or None, got {type(mix).__name__}")
+        self._answerer.random_faults = None if mix is None else RandomFaults(mix, self._lock)
+
+    @property
+    def faults_injected(self) -> dict[str, int]:
+        """The random faults injected so far, by kind (``{}`` without a FaultMix)."""
+        random_faults = self._answerer.random_faults
+        return {} if random_faults is None else random_faults.counts()
+
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open right now (0 while the server is stopped)."""
+        site = self._site
+        return 0 if site is None else site.open_connections
 
     # --- scripted faults ---------------------------------------------------------------------------
 

@@ -77,6 +77,12 @@ class Site:
         port: int = self._listener.getsockname()[1]
         return port
 
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open."""
+        web_server = self._runner.server
+        return 0 if web_server is None else len(web_server.connections)
+
     async def stop(self, on_stop: Callable[[], None]) -> None:
         """Stop accepting, call ``on_stop`` (cancel the answers in flight), close every connection."""
         loop = asyncio.get_running_loop()

@@ -292,3 +292,18 @@ def test_cli_tokens_per_minute_limits_each_key() -> None:
         assert cli.finish(signal.SIGTERM)[0] == 0
     assert (status, answer["error"]["code"]) == (429, "rate_limit_exceeded")
     assert int(headers["Retry-After"]) == 60
+
+
+def test_cli_faults_flag_faults_requests_at_random() -> None:
+    """--faults 1 --faults-seed 1 with no stream faults possible answers every plain request with a fault."""
+    with _cli("--port", "0", "--quiet", "--faults", "1", "--faults-seed", "1", "--slow-seconds", "0") as cli:
+        base_url = cli.banner()
+        answered: list[int | None] = []
+        for _ in range(12):
+            try:
+                answered.append(post(base_url)[0])
+            except (OSError, json.JSONDecodeError):  # a disconnect, or an HTML error page
+                answered.append(None)
+        # Every kind but "slow" (held 0 s, then answered) is an error or a dropped connection.
+        assert any(status != 200 for status in answered), answered
+        assert cli.finish(signal.SIGTERM)[0] == 0
