@@ -124,10 +124,6 @@ CLASS_OF_FAULT: list[tuple[str, bool, type[NebulaError]]] = [
     ("drop_stream", True, APIConnectionError),
     ("error_event", True, ServerError),
 ]
-DEFECT_7 = pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 defect 7: a server_error event mid-stream gives APIError, HTTP 500 ServerError",
-)
 
 
 def test_the_class_table_covers_every_kind_of_fault() -> None:
@@ -138,8 +134,7 @@ def test_the_class_table_covers_every_kind_of_fault() -> None:
 @pytest.mark.parametrize(
     ("kind", "stream", "expected"),
     [
-        pytest.param(*row, marks=[DEFECT_7] if row[0] == "error_event" else [], id=f"{row[0]}-{row[1]}")
-        for row in CLASS_OF_FAULT
+        pytest.param(*row, id=f"{row[0]}-{row[1]}") for row in CLASS_OF_FAULT
     ],
 )
 async def test_each_fault_of_the_soak_ends_in_the_class_of_its_cause(
