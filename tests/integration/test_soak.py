@@ -133,9 +133,7 @@ def test_the_class_table_covers_every_kind_of_fault() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "stream", "expected"),
-    [
-        pytest.param(*row, id=f"{row[0]}-{row[1]}") for row in CLASS_OF_FAULT
-    ],
+    [pytest.param(*row, id=f"{row[0]}-{row[1]}") for row in CLASS_OF_FAULT],
 )
 async def test_each_fault_of_the_soak_ends_in_the_class_of_its_cause(
     kind: str, stream: bool, expected: type[NebulaError]
