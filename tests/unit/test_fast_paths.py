@@ -72,7 +72,7 @@ def _general_outcome(document: str, monkeypatch: pytest.MonkeyPatch) -> object:
 
 @pytest.mark.parametrize("document", DOCUMENTS)
 def test_loads_decodes_exactly_what_json_loads_does(decoder: str, document: str) -> None:
-    """loads() returns what json.loads returns, and raises ValueError when it does, or for a lone surrogate."""
+    """loads() returns what json.loads returns; it raises ValueError when json does, or for a surrogate."""
     if "\\ud800" in document:  # json.loads gives a str that cannot be encoded; loads refuses it
         with pytest.raises(ValueError, match="lone surrogate"):
             _parse.loads(document)
