@@ -240,7 +240,7 @@ def _preview(body: object) -> str:
         cut = False
     text = " ".join(text.split())
     if not text:
-        return "empty body"
+        return f"blank for {_PREVIEW_BYTES} bytes..." if cut else "empty body"
     return text[:_PREVIEW_CHARS] + "..." if cut or len(text) > _PREVIEW_CHARS else text
 
 

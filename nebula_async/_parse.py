@@ -13,6 +13,7 @@ from ._models import MalformedPayloadError, TextChunk, Usage, structure_chunk, s
 __all__ = ["DONE", "loads", "parse_event", "parse_generation", "parse_json", "too_large"]
 
 DONE = "[DONE]"
+_REFUSED = object()  # what orjson refused, for the stdlib to decide on
 _HEAD_CHARS = 1024  # of a text, what an error message may quote from (it shows 200 characters)
 
 
@@ -114,7 +115,7 @@ def _raise(error: APIError) -> NoReturn:
 
 def _why_not_json(exc: ValueError) -> str:
     if isinstance(exc, json.JSONDecodeError):
-        return f"{exc.msg} at character {exc.pos}"
+        return f"{exc.msg}, character {exc.pos}"
     if isinstance(exc, UnicodeDecodeError):
         return f"not UTF-8 at byte {exc.start}: {exc.reason}"
     return str(exc)[:200]  # ours (nesting, surrogates), or orjson's: short, and never the document
@@ -181,6 +182,8 @@ def parse_event(data: str, headers: Mapping[str, str]) -> TextChunk:
         try:
             payload = _fast_loads(data)
         except ValueError:
+            payload = _REFUSED
+        if payload is _REFUSED:  # out of the except block: orjson's error would be the context
             payload = parse_json(data, 200, headers)
     else:
         payload = parse_json(data, 200, headers)
