@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 from ._errors import APIError, ServerError, _preview, error_from_response
 from ._models import MalformedPayloadError, TextChunk, Usage, structure_chunk, structure_success
 
-__all__ = ["DONE", "loads", "parse_event", "parse_generation", "parse_json", "too_large"]
+__all__ = ["DONE", "loads", "loads_text", "parse_event", "parse_generation", "parse_json", "too_large"]
 
 DONE = "[DONE]"
 _REFUSED = object()  # what orjson refused, for the stdlib to decide on
@@ -34,41 +34,55 @@ _fast_loads: Callable[[bytes | str], Any] | None = _first_loads
 
 
 def loads(raw: bytes | str) -> Any:
-    """json.loads, through orjson when it is installed; raises ValueError for anything that isn't JSON text.
+    """json.loads, through orjson when it is installed; raises ValueError exactly when json.loads does.
 
-    That is what json.loads rejects, and also what it lets through but a caller could not use: nesting
-    deeper than the interpreter's recursion limit (json raises RecursionError), and strings that are
-    not Unicode text (a lone surrogate, encoded in UTF-8 bytes or written as a ``\\ud800`` escape),
-    which orjson rejects too. The values are json.loads' otherwise, but for integers beyond 64 bits,
-    which orjson reads as floats (a token count never comes near; one that did would fail the integer
-    check as malformed).
+    And for nesting too deep for json, which raises RecursionError. The values are json.loads'
+    too, but for integers beyond 64 bits, which orjson reads as floats (a token count never comes
+    near; one that did would fail the integer check as malformed).
     """
     if _fast_loads is not None:
         try:
             return _fast_loads(raw)
         except ValueError:  # orjson is stricter (big integers, lone surrogates): the stdlib decides
             pass
-    return _std_loads(raw)
+    return _std_loads(raw, text=False)
+
+
+def loads_text(raw: bytes | str) -> Any:
+    """loads(), refusing also strings that are not text: what an answer must hold.
+
+    A lone surrogate, encoded in UTF-8 bytes or written as a ``\\ud800`` escape, is a ValueError
+    here (json.loads lets both through; orjson refuses both): the caller's ``.encode()`` would fail.
+    """
+    if _fast_loads is not None:
+        try:
+            return _fast_loads(raw)
+        except ValueError:
+            pass
+    return _std_loads(raw, text=True)
 
 
 # A \\uD800-\\uDFFF escape, or such a character itself: where a lone surrogate can come from.
 _SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 
 
-def _std_loads(raw: bytes | str) -> Any:
-    # json.loads decodes bytes with "surrogatepass": strictly here, so encoded surrogates are refused.
-    text = raw.decode(json.detect_encoding(raw)) if isinstance(raw, bytes) else raw
-    try:
-        value = json.loads(text)
-    except RecursionError:
-        too_deep = True  # raised below, outside this block: no RecursionError as __context__
-    else:
-        too_deep = False
-    if too_deep:
-        raise ValueError("JSON nested too deeply")
-    if _SURROGATE.search(text) is not None:  # rare: a pair of escapes for one emoji, say
+def _std_loads(raw: bytes | str, *, text: bool) -> Any:
+    """json.loads; with ``text``, refusing lone surrogates (json decodes bytes with "surrogatepass")."""
+    if not text:
+        return _json_loads(raw)
+    doc = raw.decode(json.detect_encoding(raw)) if isinstance(raw, bytes) else raw
+    value = _json_loads(doc)
+    if _SURROGATE.search(doc) is not None:  # rare: a pair of escapes for one emoji, say
         _check_text(value)
     return value
+
+
+def _json_loads(doc: bytes | str) -> Any:
+    try:
+        return json.loads(doc)
+    except RecursionError:
+        pass  # raised below, outside this block: no RecursionError as __context__
+    raise ValueError("JSON nested too deeply")
 
 
 def _check_text(value: Any) -> None:
@@ -98,7 +112,7 @@ def parse_json(raw: bytes | str, status: int, headers: Mapping[str, str]) -> obj
     That is ServerError("malformed response: ...") for a 200, the status's class for an error status.
     """
     try:
-        return loads(raw)
+        return loads_text(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         why = _why_not_json(exc)
     # Raised here, not in the except block: the JSONDecodeError would be its __context__, and that

@@ -47,19 +47,21 @@ def test_loads_refuses_nesting_too_deep_with_value_error(decoder: str, depth: in
         '["x", ["\\udc00"]]',
     ],
 )
-def test_loads_refuses_lone_surrogates(decoder: str, raw: bytes | str) -> None:
+def test_loads_text_refuses_lone_surrogates(decoder: str, raw: bytes | str) -> None:
     """A lone surrogate, as UTF-8 bytes or as an escape, in a value or a key, is a ValueError."""
     with pytest.raises(ValueError, match=r"surrogate|invalid continuation|can't decode|not UTF-8|invalid"):
-        _parse.loads(raw)
+        _parse.loads_text(raw)
     if isinstance(raw, str):
         with pytest.raises(ValueError, match="surrogate"):
-            _parse.loads(raw.encode())
+            _parse.loads_text(raw.encode())
+    # loads() is json.loads: a batch file's reader, which names a surrogate in its own words, uses it.
+    assert isinstance(_parse.loads(raw), (str, dict, list))
 
 
 @pytest.mark.parametrize("raw", ['"\\ud83d\\ude00"', b'"\xf0\x9f\x98\x80"', '"\\\\ud800"'])
-def test_loads_accepts_pairs_and_escaped_backslashes(decoder: str, raw: bytes | str) -> None:
+def test_loads_text_accepts_pairs_and_escaped_backslashes(decoder: str, raw: bytes | str) -> None:
     """A surrogate pair is one character, and an escaped backslash before "ud800" is text."""
-    assert _parse.loads(raw) in ("\U0001f600", "\\ud800")
+    assert _parse.loads_text(raw) in ("\U0001f600", "\\ud800")
 
 
 @pytest.mark.parametrize("status", [200, 500])
