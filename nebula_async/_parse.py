@@ -62,18 +62,24 @@ def loads_text(raw: bytes | str) -> Any:
     return _std_loads(raw, text=True)
 
 
-# A \\uD800-\\uDFFF escape, or such a character itself: where a lone surrogate can come from.
-_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+# A \\uD800-\\uDFFF escape: how a lone surrogate is written in JSON text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _std_loads(raw: bytes | str, *, text: bool) -> Any:
     """json.loads; with ``text``, refusing lone surrogates (json decodes bytes with "surrogatepass")."""
     if not text:
         return _json_loads(raw)
-    doc = raw.decode(json.detect_encoding(raw)) if isinstance(raw, bytes) else raw
+    if isinstance(raw, bytes):
+        doc = raw.decode(json.detect_encoding(raw))  # strictly: a surrogate's bytes are refused here
+    else:
+        doc = raw
+        if not doc.isascii():  # a str from a caller may hold one as it is (the SSE decoder's cannot)
+            doc.encode("utf-8")  # UnicodeEncodeError is a ValueError too
     value = _json_loads(doc)
-    if _SURROGATE.search(doc) is not None:  # rare: a pair of escapes for one emoji, say
-        _check_text(value)
+    # "\\u" first: a plain substring search is far cheaper than the regex over every character.
+    if "\\u" in doc and _SURROGATE_ESCAPE.search(doc) is not None:
+        _check_text(value)  # rare: a pair of escapes for one emoji, say
     return value
 
 

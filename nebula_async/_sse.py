@@ -192,7 +192,7 @@ class SSEDecoder:
         if name == "data":
             self._data_size += len(value) + 1
             if self._data_size > MAX_EVENT_BYTES:
-                raise SSEProtocolError(f"event stream event longer than {MAX_EVENT_BYTES} bytes")
+                raise SSEProtocolError(f"event longer than {MAX_EVENT_BYTES} bytes")
             self._data.append(value)
         elif name == "event":
             self._event = value
