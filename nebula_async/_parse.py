@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, NoReturn
+from typing import Any
 
 from ._errors import APIError, ServerError, _preview, error_from_response
 from ._models import MalformedPayloadError, TextChunk, Usage, structure_chunk, structure_success
@@ -97,14 +97,11 @@ def _check_text(value: Any) -> None:
     while todo:
         item = todo.pop()
         if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                bad = True
-            else:
-                bad = False
-            if bad:
-                raise ValueError("a JSON string holds a lone surrogate, which is not text")
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("a JSON string holds a lone surrogate, which is not text") from None
         elif isinstance(item, dict):
             todo.extend(item)
             todo.extend(item.values())
@@ -124,13 +121,8 @@ def parse_json(raw: bytes | str, status: int, headers: Mapping[str, str]) -> obj
     # Raised here, not in the except block: the JSONDecodeError would be its __context__, and that
     # holds the whole text it was given.
     if status == 200:
-        why = f"the answer is not JSON ({why}): {_preview(_as_bytes(raw))}"
-        return _raise(_malformed(status, headers, why))
-    return _raise(error_from_response(status, _as_bytes(raw), headers))
-
-
-def _raise(error: APIError) -> NoReturn:
-    raise error
+        raise _malformed(status, headers, f"the answer is not JSON ({why}): {_preview(_as_bytes(raw))}")
+    raise error_from_response(status, _as_bytes(raw), headers)
 
 
 def _why_not_json(exc: ValueError) -> str:
