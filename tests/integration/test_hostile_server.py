@@ -19,7 +19,6 @@ from aiohttp import web
 
 from nebula_async import (
     APIConnectionError,
-    AsyncNebulaClient,
     NebulaError,
     RateLimitError,
     ServerError,
@@ -42,6 +41,7 @@ from tests.integration._support import (
     make_client,
     open_stream,
     stream_once,
+    track_peers,
 )
 
 MB = 1024 * 1024
@@ -411,7 +411,7 @@ def _stream_bytes(body: bytes) -> Handler:
 
 
 async def test_a_client_reads_normally_after_a_refused_body(server: LocalServer) -> None:
-    """The connection of a body cut at its cap is closed, not pooled: the next call on the client works."""
+    """A body cut at its cap has its connection closed, not pooled: the next call opens another, and works."""
     big = _garbage(502, 10 * MB)
     calls = 0
 
@@ -420,9 +420,11 @@ async def test_a_client_reads_normally_after_a_refused_body(server: LocalServer)
         calls += 1
         return await big(request) if calls == 1 else web.json_response(success_body("next"))
 
-    server.handler = handler
-    client: AsyncNebulaClient
+    peers = track_peers(server, handler)
     async with make_client(server.base_url, retry=NO_RETRY) as client:
         with pytest.raises(ServerError):
             await client.generate_text(model="m", prompt="p")
         assert (await client.generate_text(model="m", prompt="p")).text == "next"
+        assert (await client.generate_text(model="m", prompt="p")).text == "next"
+    assert peers[0] != peers[1]  # a new connection after the refused body
+    assert peers[1] == peers[2]  # and a read one goes back to the pool
