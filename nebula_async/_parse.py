@@ -13,7 +13,7 @@ from ._models import MalformedPayloadError, TextChunk, Usage, structure_chunk, s
 __all__ = ["DONE", "loads", "loads_text", "parse_event", "parse_generation", "parse_json", "too_large"]
 
 DONE = "[DONE]"
-_REFUSED = object()  # what orjson refused, for the stdlib to decide on
+_REFUSED = object()  # what orjson or json refused (a sentinel: an exception would become a context)
 _HEAD_CHARS = 1024  # of a text, what an error message may quote from (it shows 200 characters)
 
 
@@ -45,7 +45,11 @@ def loads(raw: bytes | str) -> Any:
             return _fast_loads(raw)
         except ValueError:  # orjson is stricter (big integers, lone surrogates): the stdlib decides
             pass
-    return _std_loads(raw, text=False)
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        pass  # raised below, outside this block: no RecursionError as __context__
+    raise ValueError(_TOO_DEEP)
 
 
 def loads_text(raw: bytes | str) -> Any:
@@ -59,36 +63,31 @@ def loads_text(raw: bytes | str) -> Any:
             return _fast_loads(raw)
         except ValueError:
             pass
-    return _std_loads(raw, text=True)
-
-
-# A \\uD800-\\uDFFF escape: how a lone surrogate is written in JSON text.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _std_loads(raw: bytes | str, *, text: bool) -> Any:
-    """json.loads; with ``text``, refusing lone surrogates (json decodes bytes with "surrogatepass")."""
-    if not text:
-        return _json_loads(raw)
     if isinstance(raw, bytes):
-        doc = raw.decode(json.detect_encoding(raw))  # strictly: a surrogate's bytes are refused here
+        # Strictly (json.loads uses "surrogatepass"): a surrogate's bytes are refused here. UTF-8,
+        # unless a BOM or NULs in the first bytes say otherwise, as json's detect_encoding would.
+        plain = b"\x00" not in raw[:4] and not raw.startswith(_BOMS)
+        doc = raw.decode("utf-8" if plain else json.detect_encoding(raw))
     else:
         doc = raw
         if not doc.isascii():  # a str from a caller may hold one as it is (the SSE decoder's cannot)
             doc.encode("utf-8")  # UnicodeEncodeError is a ValueError too
-    value = _json_loads(doc)
-    # "\\u" first: a plain substring search is far cheaper than the regex over every character.
-    if "\\u" in doc and _SURROGATE_ESCAPE.search(doc) is not None:
+    try:
+        value = json.loads(doc)
+    except RecursionError:
+        value = _REFUSED
+    if value is _REFUSED:  # raised here, outside the except block: no RecursionError as __context__
+        raise ValueError(_TOO_DEEP)
+    # A backslash first: a one-character search is far cheaper than the regex over every character.
+    if "\\" in doc and _SURROGATE_ESCAPE.search(doc) is not None:
         _check_text(value)  # rare: a pair of escapes for one emoji, say
     return value
 
 
-def _json_loads(doc: bytes | str) -> Any:
-    try:
-        return json.loads(doc)
-    except RecursionError:
-        pass  # raised below, outside this block: no RecursionError as __context__
-    raise ValueError("JSON nested too deeply")
+_TOO_DEEP = "JSON nested too deeply"
+# A \\uD800-\\uDFFF escape: how a lone surrogate is written in JSON text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")  # UTF-8's, UTF-16's and (their start) UTF-32's
 
 
 def _check_text(value: Any) -> None:
