@@ -240,12 +240,28 @@ def _fallback_class(status: int) -> type[APIError]:
     return _BY_STATUS.get(status) or (ServerError if status >= 500 else APIError)
 
 
+# What a preview looks at: enough for 200 characters of any UTF-8, never the whole of a large body.
+_PREVIEW_BYTES = 1024
+_PREVIEW_CHARS = 200
+
+
 def _preview(body: object) -> str:
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else repr(body)
+    """Return the start of ``body`` as one short line, from its head only (a body may be megabytes)."""
+    if isinstance(body, bytes):
+        cut = len(body) > _PREVIEW_BYTES
+        text = body[:_PREVIEW_BYTES].decode("utf-8", "replace")
+    else:
+        # reprlib bounds the size and the depth: a deeply nested value must not recurse without end.
+        import reprlib  # only on this error path
+
+        shown = reprlib.Repr()
+        shown.maxstring = shown.maxother = shown.maxlong = _PREVIEW_BYTES
+        text = shown.repr(body)
+        cut = False
     text = " ".join(text.split())
     if not text:
-        return "empty body"
-    return text if len(text) <= 200 else text[:200] + "..."
+        return f"blank for {_PREVIEW_BYTES} bytes..." if cut else "empty body"
+    return text[:_PREVIEW_CHARS] + "..." if cut or len(text) > _PREVIEW_CHARS else text
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None:

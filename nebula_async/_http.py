@@ -23,6 +23,7 @@ from yarl import URL
 from ._config import CLIENT_CLOSED, Headers, Timeout
 from ._errors import APIConnectionError, APITimeoutError, NebulaError
 from ._kernel import wake_loop_on_signals
+from ._parse import too_large
 
 if TYPE_CHECKING:
     import ssl
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from ._proxy import Proxy
     from ._secret import Secret
 
-__all__ = ["Transport"]
+__all__ = ["MAX_BODY_BYTES", "MAX_ERROR_BODY_BYTES", "Transport", "body_limit"]
 
 logger = logging.getLogger("nebula_async")
 
@@ -149,6 +150,32 @@ def _proxy_fix(proxy: Proxy) -> str:
     if proxy.from_env:
         return "check NO_PROXY, or pass trust_env=False to connect directly"
     return "check the proxy= URL, or leave it out to connect directly"
+
+
+# What read_body reads of an answer at most (see body_limit), and of one past that, for its error.
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a 200 JSON answer: far above any real text's, and a bound
+MAX_ERROR_BODY_BYTES = 64 * 1024  # an error status, or not JSON: an error envelope is a few hundred
+_HEAD_BYTES = 4 * 1024
+
+
+def body_limit(response: aiohttp.ClientResponse) -> int:
+    """Return the most read_body reads of ``response``: MAX_BODY_BYTES for a 200 JSON answer, else less."""
+    content_type = response.content_type
+    is_json = content_type == "application/json" or content_type.endswith("+json")
+    return MAX_BODY_BYTES if response.status == 200 and is_json else MAX_ERROR_BODY_BYTES
+
+
+async def _read_head(response: aiohttp.ClientResponse) -> bytes:
+    """Read the start of a body, about _HEAD_BYTES (for an error's preview), and no more."""
+    parts: list[bytes] = []
+    size = 0
+    while size < _HEAD_BYTES:
+        data = await response.content.readany()
+        if not data:
+            break
+        parts.append(data)
+        size += len(data)
+    return b"".join(parts)[:_HEAD_BYTES]
 
 
 async def _read_to_end(response: aiohttp.ClientResponse) -> bool:
@@ -348,13 +375,43 @@ class Transport:
 
     @staticmethod
     async def read_body(response: aiohttp.ClientResponse) -> bytes:
-        """Read a whole body and release the connection."""
+        """Read a whole body, up to its cap (see body_limit), and release the connection.
+
+        Past the cap, reading stops, the connection is closed, and the error ``too_large`` names
+        is raised, built from the body's head.
+        """
+        limit = body_limit(response)
+        request_id = response.headers.get("x-request-id")
+        ended = False
         try:
-            return await response.read()
+            # Content-Length is believed only when it says "too long": a shorter one may lie, and
+            # counts compressed bytes. aiohttp inflates as it is read, a chunk at a time.
+            declared = response.content_length
+            if declared is not None and declared > limit:
+                head = await _read_head(response)
+            else:
+                parts: list[bytes] = []
+                size = 0
+                while True:
+                    data = await response.content.readany()
+                    if not data:
+                        ended = True
+                        return b"".join(parts)
+                    size += len(data)
+                    if size > limit:
+                        parts.append(data)
+                        head = b"".join(parts)[:_HEAD_BYTES]
+                        break
+                    parts.append(data)
+                del parts  # before the error is raised: nothing but the head is kept
         except _TRANSPORT_ERRORS as exc:
-            raise _map_error(exc, response.headers.get("x-request-id")) from exc
+            raise _map_error(exc, request_id) from exc
         finally:
-            response.release()
+            if ended:
+                response.release()
+            else:  # not read to its end: the connection is not reusable
+                response.close()
+        raise too_large(response.status, head, response.headers, limit)
 
     @staticmethod
     async def read_chunk(response: aiohttp.ClientResponse, request_id: str | None) -> bytes:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._errors import APIError, ServerError, error_from_response
+from ._errors import APIError, ServerError, _preview, error_from_response
 from ._models import MalformedPayloadError, TextChunk, Usage, structure_chunk, structure_success
 
-__all__ = ["DONE", "loads", "parse_event", "parse_generation", "parse_json"]
+__all__ = ["DONE", "loads", "loads_text", "parse_event", "parse_generation", "parse_json", "too_large"]
 
 DONE = "[DONE]"
+_REFUSED = object()  # what orjson or json refused (a sentinel: an exception would become a context)
+_HEAD_CHARS = 1024  # of a text, what an error message may quote from (it shows 200 characters)
 
 
 def _first_loads(raw: bytes | str) -> Any:
@@ -33,27 +36,120 @@ _fast_loads: Callable[[bytes | str], Any] | None = _first_loads
 def loads(raw: bytes | str) -> Any:
     """json.loads, through orjson when it is installed; raises ValueError exactly when json.loads does.
 
-    The values are json.loads' too, but for integers beyond 64 bits, which orjson reads as floats
-    (a token count never comes near; one that did would fail the integer check as malformed).
+    And for nesting too deep for json, which raises RecursionError. The values are json.loads'
+    too, but for integers beyond 64 bits, which orjson reads as floats (a token count never comes
+    near; one that did would fail the integer check as malformed).
     """
     if _fast_loads is not None:
         try:
             return _fast_loads(raw)
         except ValueError:  # orjson is stricter (big integers, lone surrogates): the stdlib decides
             pass
-    return json.loads(raw)
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        pass  # raised below, outside this block: no RecursionError as __context__
+    raise ValueError(_TOO_DEEP)
+
+
+def loads_text(raw: bytes | str) -> Any:
+    """loads(), refusing also strings that are not text: what an answer must hold.
+
+    A lone surrogate, encoded in UTF-8 bytes or written as a ``\\ud800`` escape, is a ValueError
+    here (json.loads lets both through; orjson refuses both): the caller's ``.encode()`` would fail.
+    """
+    if _fast_loads is not None:
+        try:
+            return _fast_loads(raw)
+        except ValueError:
+            pass
+    if isinstance(raw, bytes):
+        # Strictly (json.loads uses "surrogatepass"): a surrogate's bytes are refused here. UTF-8,
+        # unless a BOM or NULs in the first bytes say otherwise, as json's detect_encoding would.
+        plain = b"\x00" not in raw[:4] and not raw.startswith(_BOMS)
+        doc = raw.decode("utf-8" if plain else json.detect_encoding(raw))
+    else:
+        doc = raw
+        if not doc.isascii():  # a str from a caller may hold one as it is (the SSE decoder's cannot)
+            doc.encode("utf-8")  # UnicodeEncodeError is a ValueError too
+    try:
+        value = json.loads(doc)
+    except RecursionError:
+        value = _REFUSED
+    if value is _REFUSED:  # raised here, outside the except block: no RecursionError as __context__
+        raise ValueError(_TOO_DEEP)
+    # A backslash first: a one-character search is far cheaper than the regex over every character.
+    if "\\" in doc and _SURROGATE_ESCAPE.search(doc) is not None:
+        _check_text(value)  # rare: a pair of escapes for one emoji, say
+    return value
+
+
+_TOO_DEEP = "JSON nested too deeply"
+# A \\uD800-\\uDFFF escape: how a lone surrogate is written in JSON text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")  # UTF-8's, UTF-16's and (their start) UTF-32's
+
+
+def _check_text(value: Any) -> None:
+    """Raise ValueError if a string in ``value`` (a key too) cannot be encoded as UTF-8."""
+    todo = [value]  # a loop, not recursion: the value may nest as deeply as json allowed
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("a JSON string holds a lone surrogate, which is not text") from None
+        elif isinstance(item, dict):
+            todo.extend(item)
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
 
 
 def parse_json(raw: bytes | str, status: int, headers: Mapping[str, str]) -> object:
-    """Decode JSON, or raise ServerError quoting the start of what came instead."""
+    """Decode JSON, or raise the error ``status`` stands for, quoting the start of what came instead.
+
+    That is ServerError("malformed response: ...") for a 200, the status's class for an error status.
+    """
     try:
-        return loads(raw)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-        raise error_from_response(status, _as_bytes(raw), headers) from None
+        return loads_text(raw)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        why = _why_not_json(exc)
+    # Raised here, not in the except block: the JSONDecodeError would be its __context__, and that
+    # holds the whole text it was given.
+    if status == 200:
+        raise _malformed(status, headers, f"the answer is not JSON ({why}): {_preview(_as_bytes(raw))}")
+    raise error_from_response(status, _as_bytes(raw), headers)
+
+
+def _why_not_json(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg}, character {exc.pos}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 at byte {exc.start}: {exc.reason}"
+    return str(exc)[:200]  # ours (nesting, surrogates), or orjson's: short, and never the document
 
 
 def _as_bytes(raw: bytes | str) -> bytes:
-    return raw if isinstance(raw, bytes) else raw.encode("utf-8", "replace")
+    # Only the head is ever shown: encoding the whole of a large answer would be wasted.
+    return raw if isinstance(raw, bytes) else raw[:_HEAD_CHARS].encode("utf-8", "replace")
+
+
+def too_large(status: int, head: bytes, headers: Mapping[str, str], limit: int) -> APIError:
+    """Return the error for an answer longer than ``limit`` bytes, of which ``head`` is the start.
+
+    An error status keeps its class (a huge 502 page is still a retried ServerError, a 429 still a
+    RateLimitError, with its Retry-After); any other answer is a ServerError.
+    """
+    model = error_from_response(status if status >= 300 else 200, head, headers)
+    return type(model)(
+        f"the answer exceeded {limit} bytes, and was not read further: {_preview(head)}",
+        status_code=status,
+        request_id=model.request_id,
+        retry_after=model.retry_after,
+    )
 
 
 def parse_generation(status: int, raw: bytes, headers: Mapping[str, str]) -> tuple[str, Usage]:
@@ -70,7 +166,7 @@ def parse_generation(status: int, raw: bytes, headers: Mapping[str, str]) -> tup
                 if usage is not None:
                     return text, usage
     if status != 200 or not isinstance(body, dict) or body.get("status") != "success":
-        raise _error(status, body, headers)
+        raise _error(status, body, headers, raw)
     data = body.get("data")
     if not isinstance(data, dict):
         raise _malformed(status, headers, "the success envelope has no 'data' object")
@@ -97,6 +193,8 @@ def parse_event(data: str, headers: Mapping[str, str]) -> TextChunk:
         try:
             payload = _fast_loads(data)
         except ValueError:
+            payload = _REFUSED
+        if payload is _REFUSED:  # out of the except block: orjson's error would be the context
             payload = parse_json(data, 200, headers)
     else:
         payload = parse_json(data, 200, headers)
@@ -120,13 +218,16 @@ def parse_event(data: str, headers: Mapping[str, str]) -> TextChunk:
     return chunk if usage is None else TextChunk(chunk.text, chunk.finish_reason, usage)
 
 
-def _error(status: int, body: Any, headers: Mapping[str, str]) -> APIError:
+def _error(status: int, body: Any, headers: Mapping[str, str], raw: bytes | None = None) -> APIError:
+    """Return the error ``body`` stands for; quote ``raw``, the text it was decoded from, if given."""
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return error_from_response(status, body, headers)
+    # Quote the text, not the value: str() of a value nested a thousand deep raises RecursionError.
+    shown = body if raw is None else raw
     if status == 200:
         # A 200 that is neither success nor an error envelope is a broken answer, not a success.
-        return _malformed(status, headers, f"unexpected response from the API: {str(body)[:200]}")
-    return error_from_response(status, body, headers)
+        return _malformed(status, headers, f"unexpected response from the API: {_preview(shown)}")
+    return error_from_response(status, shown, headers)
 
 
 def _malformed(status: int, headers: Mapping[str, str], why: str) -> ServerError:

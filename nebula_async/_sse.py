@@ -5,16 +5,19 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-__all__ = ["MAX_LINE_BYTES", "SSEDecoder", "SSEProtocolError", "ServerSentEvent"]
+__all__ = ["MAX_EVENT_BYTES", "MAX_LINE_BYTES", "SSEDecoder", "SSEProtocolError", "ServerSentEvent"]
 
 # One event's line never comes near this; a server that never sends a line end must not make us
 # buffer without bound.
 MAX_LINE_BYTES = 4 * 1024 * 1024
+# Nor does one event's data, its lines counted with their line ends (in characters, which are at most
+# their UTF-8 bytes): a server that never sends the blank line ending an event must not either.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
 
 
 class SSEProtocolError(ValueError):
-    """The bytes are not a valid event stream (a line too long, or not UTF-8)."""
+    """The bytes are not a valid event stream (a line or an event too long, or not UTF-8)."""
 
 
 class ServerSentEvent(NamedTuple):
@@ -38,7 +41,17 @@ class SSEDecoder:
     fields are ignored; an event with no ``data`` is not dispatched.
     """
 
-    __slots__ = ("_at_start", "_data", "_event", "_last_id", "_partial", "_partial_len", "_retry", "_skip_lf")
+    __slots__ = (
+        "_at_start",
+        "_data",
+        "_data_size",
+        "_event",
+        "_last_id",
+        "_partial",
+        "_partial_len",
+        "_retry",
+        "_skip_lf",
+    )
 
     def __init__(self) -> None:
         # The start of a line whose end has not arrived yet, as parts: joined once the end comes,
@@ -48,6 +61,7 @@ class SSEDecoder:
         self._skip_lf = False  # the last chunk ended in CR: an LF opening the next one belongs to it
         self._at_start = True  # a UTF-8 byte order mark may open the stream, and is dropped
         self._data: list[str] = []
+        self._data_size = 0  # of _data's lines, each counted with a line end: see MAX_EVENT_BYTES
         self._event = ""
         self._last_id: str | None = None
         self._retry: int | None = None
@@ -76,7 +90,9 @@ class SSEDecoder:
 
     def _feed_whole_lines(self, lines: bytes) -> list[ServerSentEvent]:
         """Decode ``lines`` (LF-ended, nothing partial before them) at once, and walk them as str."""
-        if len(lines) > MAX_LINE_BYTES:  # only then can one of them be too long
+        # Only then can a line be too long, or the event reach its cap: each data line adds at most
+        # its bytes to the event. The line-by-line path counts exactly, so the caps hold at any split.
+        if len(lines) > MAX_LINE_BYTES or self._data_size + len(lines) > MAX_EVENT_BYTES:
             return self._feed_lines(lines)
         try:
             text = lines[:-1].decode("utf-8")
@@ -84,7 +100,8 @@ class SSEDecoder:
             return self._feed_lines(lines)
         events: list[ServerSentEvent] = []
         append = events.append
-        data = self._data
+        data = started = self._data
+        before = len(data)
         for line in text.split("\n"):
             if line.startswith("data:"):
                 data.append(line[6:] if line[5:6] == " " else line[5:])
@@ -94,8 +111,16 @@ class SSEDecoder:
                     append(_make_event((joined, self._event or "message", self._last_id, self._retry)))
                     data = self._data = []
                 self._event = ""
+            elif line == "data":  # here, not in _field, which would count its size a second time
+                data.append("")
             elif line[0] != ":":
                 self._field(line)
+        if not data:
+            self._data_size = 0
+        elif data is started:  # the event begun in an earlier read goes on: count what this one added
+            self._data_size += sum(map(len, data[before:])) + len(data) - before
+        else:
+            self._data_size = sum(map(len, data)) + len(data)
         return events
 
     def _feed_lines(self, chunk: bytes) -> list[ServerSentEvent]:
@@ -165,6 +190,9 @@ class SSEDecoder:
         if colon and value[:1] == " ":
             value = value[1:]
         if name == "data":
+            self._data_size += len(value) + 1
+            if self._data_size > MAX_EVENT_BYTES:
+                raise SSEProtocolError(f"event longer than {MAX_EVENT_BYTES} bytes")
             self._data.append(value)
         elif name == "event":
             self._event = value
@@ -179,6 +207,7 @@ class SSEDecoder:
         data = self._data[0] if len(self._data) == 1 else "\n".join(self._data)
         event = _make_event((data, self._event or "message", self._last_id, self._retry))
         self._data = []
+        self._data_size = 0
         self._event = ""
         return event
 

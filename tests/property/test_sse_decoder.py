@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from nebula_async._sse import MAX_LINE_BYTES, ServerSentEvent, SSEDecoder, SSEProtocolError
+from nebula_async import _sse
+from nebula_async._sse import MAX_EVENT_BYTES, MAX_LINE_BYTES, ServerSentEvent, SSEDecoder, SSEProtocolError
 
 BOM = b"\xef\xbb\xbf"
 
@@ -168,6 +169,54 @@ def test_a_line_over_max_line_bytes_raises_whatever_the_split() -> None:
         feed(line, b"\n\n")  # the line end in the next read
     with pytest.raises(SSEProtocolError):
         feed(line + b"\n\n")  # the same bytes in one read
+
+
+def test_an_event_of_exactly_max_event_bytes_is_accepted_and_one_more_raises() -> None:
+    """Data lines totalling MAX_EVENT_BYTES (each counted with its line end) pass; one byte more raises."""
+    # Regression: only lines were capped, so endless 1 KB data lines without a blank line were buffered.
+    step = 1024 * 1024
+    line = b"data:" + b"x" * (step - 1) + b"\n"  # counts step: its data and its line end
+    decoder = SSEDecoder()
+    for _ in range(MAX_EVENT_BYTES // step):
+        assert decoder.feed(line) == []
+    events = decoder.feed(b"\n")
+    assert len(events) == 1
+    assert len(events[0].data) == MAX_EVENT_BYTES - 1  # the joined lines: one newline fewer
+    for _ in range(MAX_EVENT_BYTES // step):
+        assert decoder.feed(line) == []  # the cap is per event: the count started again
+    with pytest.raises(SSEProtocolError, match=f"event longer than {MAX_EVENT_BYTES} bytes"):
+        decoder.feed(b"data:\n")
+
+
+@pytest.mark.parametrize("size", [1, 7, 100, 1000, 4096, 1 << 20])
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
+def test_the_event_cap_does_not_depend_on_the_split_or_the_line_ends(
+    size: int, end: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same bytes raise at the same event, whatever the reads and line ends (cap lowered to 4 KiB)."""
+    monkeypatch.setattr(_sse, "MAX_EVENT_BYTES", 4096)
+    fits = (b"data:" + b"a" * 1023 + end) * 4 + end  # exactly 4096: delivered
+    over = (b"data:" + b"b" * 1023 + end) * 4 + b"data:" + end  # one more: refused
+    stream = fits + b"data: small" + end + end + over
+    got: list[ServerSentEvent] = []
+    with pytest.raises(SSEProtocolError, match="event longer than 4096 bytes"):
+        _feed_into(got, [stream[start : start + size] for start in range(0, len(stream), size)])
+    # What a read completed before the one that raised was delivered (a read that raises gives none).
+    assert [len(e.data) for e in got] == [4095, 5][: len(got)]
+    assert feed(fits + end)[0].data == ("a" * 1023 + "\n") * 3 + "a" * 1023
+
+
+def _feed_into(out: list[ServerSentEvent], chunks: list[bytes]) -> None:
+    decoder = SSEDecoder()
+    for chunk in chunks:
+        out.extend(decoder.feed(chunk))
+
+
+def test_comments_and_other_fields_do_not_count_toward_the_event_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only data is kept, so only data counts: keep-alive comments in an event's middle are free."""
+    monkeypatch.setattr(_sse, "MAX_EVENT_BYTES", 100)
+    chunk = b"data: a\n" + b": keep-alive\n" * 50 + b"event: message\n" * 20 + b"id: 1\n\n"
+    assert feed(chunk, chunk) == [ServerSentEvent("a", id="1")] * 2
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ HEADERS = {"x-request-id": "req_1"}
 # Documents where orjson and the stdlib disagree, or which take the converter's path.
 DOCUMENTS = [
     '{"text": "a", "finish_reason": null}',
-    '{"text": "\\ud800", "finish_reason": null}',  # a lone surrogate escape: orjson refuses, json accepts
+    '{"text": "\\ud800", "finish_reason": null}',  # a lone surrogate escape: json accepts, answers refuse
     '{"text": "a", "finish_reason": "stop", "n": 123456789012345678901234567890}',  # a big integer
     '{"text": "a", "finish_reason": NaN}',
     '{"text": 1}',
@@ -52,7 +52,7 @@ def _general_outcome(document: str, monkeypatch: pytest.MonkeyPatch) -> object:
     with monkeypatch.context() as patch:
         patch.setattr(_parse, "_fast_loads", None)
         try:
-            payload = json.loads(document)
+            payload = _parse.loads_text(document)  # json.loads, refusing what is not text
         except ValueError:
             return _outcome(document)
         # The converter's path alone: what the fast path must agree with.
