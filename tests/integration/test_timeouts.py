@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 from aiohttp import web
@@ -159,28 +157,6 @@ async def test_data_events_reset_stream_idle(fake: FakeNebulaServer) -> None:
         got = [piece.text async for piece in client.stream_text(model="m", prompt="p")]
     assert time.monotonic() - started > 0.3  # longer than stream_idle in total
     assert got == texts
-
-
-@pytest.fixture
-def backlog_full_port() -> Iterator[int]:
-    """A listening port whose accept queue is full, so a new connection's handshake never completes."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port: int = listener.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):  # the handshake completes or stalls on its own
-            filler.connect(("127.0.0.1", port))
-        fillers.append(filler)
-    try:
-        yield port
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
 
 
 async def test_connect_timeout_is_a_timeout(backlog_full_port: int) -> None:
