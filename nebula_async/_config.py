@@ -172,11 +172,12 @@ def cleartext_host(url: str) -> str | None:
     import ipaddress
 
     try:
-        if ipaddress.ip_address(host).is_loopback:
-            return None
+        address = ipaddress.ip_address(host)
     except ValueError:  # a name, not an address
-        pass
-    return host
+        return host
+    # ::ffff:127.0.0.1 is IPv4's loopback too; ipaddress says so only from Python 3.13 on.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return None if address.is_loopback or (mapped is not None and mapped.is_loopback) else host
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RFC 9110 token)

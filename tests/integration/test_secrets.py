@@ -508,6 +508,7 @@ def _cleartext_warnings(logs: _Records) -> list[logging.LogRecord]:
         ("http://api.example.com/v1", "api.example.com"),
         ("http://10.0.0.7:8080/v1", "10.0.0.7"),
         ("http://[fe80::1]/v1", "fe80::1"),
+        ("http://[::ffff:10.0.0.7]/v1", "::ffff:10.0.0.7"),
         ("http://localhost.example/v1", "localhost.example"),
     ],
 )
@@ -532,6 +533,7 @@ def test_cleartext_base_url_logs_one_warning(
         "http://127.0.0.1:8080/v1",
         "http://127.8.9.10/v1",
         "http://[::1]:8080/v1",
+        "http://[::ffff:127.0.0.1]:8080/v1",  # IPv4-mapped: loopback on 3.13 only, for ipaddress
         "http://localhost:8080/v1",
         "http://LOCALHOST./v1",
     ],
