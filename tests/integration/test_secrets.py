@@ -143,7 +143,8 @@ def _assert_error_hides_key(exc: BaseException, *, key_was_given: bool = True) -
     found: list[str] = []
     met: set[type] = set()
     for frame in frames:
-        _walk(frame.f_locals, f"{frame.f_code.co_name}()", 0, set(), found, met)
+        # dict(): from 3.13 on, f_locals is a FrameLocalsProxy (PEP 667), not a dict the walk enters.
+        _walk(dict(frame.f_locals), f"{frame.f_code.co_name}()", 0, set(), found, met)
     assert not found, f"the key is held as a str at {found}"
     if key_was_given:
         assert Secret in met  # the walk did reach where the key is kept
