@@ -428,3 +428,127 @@ async def test_a_client_reads_normally_after_a_refused_body(server: LocalServer)
         assert (await client.generate_text(model="m", prompt="p")).text == "next"
     assert peers[0] != peers[1]  # a new connection after the refused body
     assert peers[1] == peers[2]  # and a read one goes back to the pool
+
+
+# --- what a raised error keeps alive through its traceback ---------------------------------------------
+
+
+def _large_locals(error: BaseException, limit: int = 16 * 1024) -> list[str]:
+    """Name the locals of ``error``'s traceback frames (its context's too) holding over ``limit`` bytes.
+
+    A frame in a traceback keeps all its locals: an error kept by the caller (a batch's failures, a
+    log record's exc_info, an error tracker) keeps them too. Counted: str and bytes, in lists, tuples
+    and dicts, and in the SSE decoder's buffers.
+    """
+    seen: set[int] = set()
+
+    def size(value: object, depth: int = 0) -> int:
+        if id(value) in seen or depth > 4:
+            return 0
+        seen.add(id(value))
+        if isinstance(value, (str, bytes, bytearray)):
+            return len(value)
+        if isinstance(value, (list, tuple)):
+            return sum(size(item, depth + 1) for item in value)
+        if isinstance(value, dict):
+            return sum(size(item, depth + 1) for item in [*value.keys(), *value.values()])
+        if isinstance(value, _sse.SSEDecoder):
+            return sum(size(getattr(value, name, None), depth + 1) for name in value.__slots__)
+        return 0
+
+    found = []
+    chain: list[BaseException | None] = [error]
+    while chain:
+        exc = chain.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        chain += [exc.__context__, exc.__cause__]
+        tb = exc.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            found += [
+                f"{frame.f_code.co_name}: {name} ({held} bytes)"
+                for name, value in frame.f_locals.items()
+                if (held := size(value)) > limit
+            ]
+            tb = tb.tb_next
+    return found
+
+
+_BIG_TEXT = b"a" * MB  # twice in one event's line: under MAX_LINE_BYTES
+KEPT_BODIES = {
+    "not-json": b'{"text": "' + _BIG_TEXT * 2,
+    # JSON with a field the converter refuses: its error came with the decoded value behind it
+    "bad-field": b'{"status": "success", "data": {"text": "%s", "usage": 3}, "text": "%s", '
+    b'"finish_reason": 5}' % (_BIG_TEXT, _BIG_TEXT),
+}
+
+
+@CALLS
+@pytest.mark.parametrize("raw", list(KEPT_BODIES.values()), ids=list(KEPT_BODIES))
+async def test_a_malformed_answer_s_error_keeps_no_body_in_its_traceback(
+    server: LocalServer, call: Call, raw: bytes
+) -> None:
+    """A malformed 2 MB answer (or event) is a ServerError whose traceback frames hold no body."""
+    # Regression: _finish's `raw`, parse_generation's `body`, a stream's `events` and parse_event's
+    # `payload` stayed alive as long as the error did (a malformed 200 may be 64 MiB).
+    server.handler = _answer(raw)
+    error = await _raises(call, server.base_url)
+    assert type(error) is ServerError
+    assert str(error).startswith("malformed response:")
+    assert len(str(error)) < 1000
+    assert _large_locals(error) == []
+
+
+async def test_an_error_page_s_error_keeps_no_body_in_its_traceback(server: LocalServer) -> None:
+    """A 60 KB 503 page (under its cap, read whole) is not kept by the error's traceback either."""
+    server.handler = _garbage(503, 60 * 1024)
+    for call in (generate_once, stream_once):
+        error = await _raises(call, server.base_url)
+        assert type(error) is ServerError
+        assert _large_locals(error) == []
+
+
+async def test_a_json_answer_to_a_stream_keeps_no_body_in_its_traceback(server: LocalServer) -> None:
+    """A stream answered by a malformed 2 MB JSON 200 (not an event stream): no body in the traceback."""
+    server.handler = _json_200(KEPT_BODIES["not-json"])
+    error = await _raises(stream_once, server.base_url)
+    assert type(error) is ServerError
+    assert "not JSON" in str(error)
+    assert _large_locals(error) == []
+
+
+def _json_200(raw: bytes) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=raw, content_type="application/json")
+
+    return handler
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+async def test_an_event_past_its_cap_keeps_no_event_in_its_traceback(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch, line_end: bytes
+) -> None:
+    """An event past its cap (lowered to 1 MiB) is refused; the decoder's buffers are not in the traceback."""
+    # Regression: the ServerError's context was the decoder's SSEProtocolError, whose frames held the
+    # decoder, and so the whole event read so far.
+    monkeypatch.setattr(_sse, "MAX_EVENT_BYTES", MB)
+    line = b"data: " + b"y" * 1000 + line_end
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = await open_stream(request)
+        try:
+            for _ in range(40):
+                await response.write(line * 64)
+            await response.write_eof()
+        except ConnectionError:
+            pass
+        return response
+
+    server.handler = handler
+    error = await _raises(stream_once, server.base_url)
+    assert type(error) is ServerError
+    assert "longer than" in str(error)
+    assert error.__context__ is None
+    assert _large_locals(error) == []
