@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._config import RetryPolicy, Timeout
+from ._deadline import Deadline
 from ._errors import APIConnectionError, APIError, APITimeoutError, NebulaError, RateLimitError, ServerError
 from ._models import TextChunk, Usage
 from ._parse import DONE, chunk_or_error, generation_or_error
@@ -239,7 +240,7 @@ class TextStream:
         self._request_id = response.headers.get("x-request-id")
         try:
             if response.status != 200 or response.content_type != "text/event-stream":
-                raw = await transport.read_body(response)
+                raw = await self._read_whole(transport, response)
                 answer = generation_or_error(response.status, raw, response.headers)
                 del raw  # before raising: this frame stays in the error's traceback (see _client._finish)
                 if isinstance(answer, APIError):
@@ -261,6 +262,29 @@ class TextStream:
             if self._was_closed():
                 raise RuntimeError(_CLOSED_WHILE_READ) from err
             raise
+
+    async def _read_whole(self, transport: Transport, response: aiohttp.ClientResponse) -> bytes:
+        """Read an answer that is no event stream (an error, say), within ``stream_idle``.
+
+        Its reads are no data events: without this bound, a body trickled a byte per silence
+        shorter than ``stream_idle`` would keep the stream open for hours (64 KiB of them).
+        """
+        idle = self._timeout.stream_idle
+        deadline = None if idle is None else Deadline(idle)
+        try:
+            return await transport.read_body(response)  # which closes the response if cut short
+        except asyncio.CancelledError:
+            # Never swallowed: only our own deadline's cancel, alone, becomes a timeout.
+            if deadline is None or not deadline.expired():
+                raise
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+        raise APITimeoutError(
+            f"no data event for {idle:g} s: the stream's HTTP {response.status} answer "
+            "(not an event stream) was still being read",
+            request_id=self._request_id,
+        )
 
     async def _read(self) -> None:
         """Consume one network read: buffer its chunks, end the stream, or raise what went wrong."""

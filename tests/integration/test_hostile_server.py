@@ -7,6 +7,7 @@ every Python allocation, the SDK's and aiohttp's buffers alike.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sys
 import tracemalloc
@@ -19,9 +20,11 @@ from aiohttp import web
 
 from nebula_async import (
     APIConnectionError,
+    APITimeoutError,
     NebulaError,
     RateLimitError,
     ServerError,
+    Timeout,
     _http,
     _sse,
 )
@@ -327,6 +330,39 @@ async def test_a_content_length_longer_than_the_body_is_a_broken_connection() ->
     async with RawServer(handle) as raw:
         error = await _raises(generate_once, raw.base_url)
     assert type(error) is APIConnectionError
+
+
+# --- an answer that trickles ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type"), [(503, "text/html"), (200, "application/json")], ids=["503-html", "200-json"]
+)
+async def test_a_trickled_answer_to_a_stream_ends_at_stream_idle(
+    server: LocalServer, status: int, content_type: str
+) -> None:
+    """A stream's answer that is no event stream, sent a byte per 0.1 s, times out after stream_idle."""
+    # Regression: read_body was bounded per read only (sock_read), never as a whole, and a stream
+    # has no total: a 64 KiB page trickled under stream_idle per byte kept the stream open for hours.
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers={"Content-Type": content_type})
+        await response.prepare(request)
+        try:
+            for _ in range(600):  # a minute at most: the test fails by its timeout before
+                await response.write(b" ")
+                await asyncio.sleep(0.1)
+        except ConnectionError:  # the client gave up: what we expect
+            pass
+        return response
+
+    server.handler = handler
+    timeout = Timeout(stream_idle=0.5)
+    started = asyncio.get_running_loop().time()
+    error = await _raises(stream_once, server.base_url, timeout=timeout)
+    assert type(error) is APITimeoutError
+    assert f"no data event for 0.5 s: the stream's HTTP {status} answer" in str(error)
+    assert asyncio.get_running_loop().time() - started < 15  # 0.5 s, and the machine is busy
 
 
 # --- an event that never ends ------------------------------------------------------------------------
