@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 _MAX_MESSAGE_CHARS = 500  # an HTML error page must not flood a log line
+_MAX_CODE_CHARS = 100  # nor a code, which str(err) shows first: the API's are about 25
 
 
 class NebulaError(Exception):
@@ -211,8 +212,7 @@ def error_from_response(status: int, body: object, headers: Mapping[str, str]) -
             message = f"unexpected response from the API: {_preview(body)}"
         cls = _fallback_class(status) if status >= 300 else ServerError  # a 2xx that isn't ours is broken
         return cls(message, status_code=status, request_id=request_id, retry_after=retry_after)
-    raw_code = error.get("code")
-    code = raw_code if isinstance(raw_code, str) and raw_code else None
+    code = _clean_code(error.get("code"))
     raw_message = error.get("message")
     message = (
         raw_message
@@ -229,6 +229,15 @@ def error_from_response(status: int, body: object, headers: Mapping[str, str]) -
         request_id=request_id,
         retry_after=retry_after,
     )
+
+
+def _clean_code(raw: object) -> str | None:
+    """Return ``raw`` as a code: a str, on one line and short, as str(err) shows it; else None."""
+    if not isinstance(raw, str) or not raw:
+        return None
+    if len(raw) <= _MAX_CODE_CHARS and raw.isprintable():  # the usual: a code is a short token
+        return raw
+    return " ".join(raw[: _MAX_CODE_CHARS * 2].split())[:_MAX_CODE_CHARS] or None
 
 
 def class_for_code(code: str | None) -> type[APIError] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import sys
 import tracemalloc
 import zlib
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from nebula_async import (
     APIConnectionError,
+    APIError,
     APITimeoutError,
     NebulaError,
     RateLimitError,
@@ -162,6 +164,23 @@ async def test_a_surrogate_pair_escape_is_text(server: LocalServer) -> None:
     )
     async with make_client(server.base_url, retry=NO_RETRY) as client:
         assert (await client.generate_text(model="m", prompt="p")).text == "\U0001f600"
+
+
+@CALLS
+async def test_an_error_code_is_shown_on_one_short_line(server: LocalServer, call: Call) -> None:
+    """A 50 KB error code holding a line break is cut and put on one line: it can't flood or forge a log."""
+    # Regression: str(err) showed the code as sent, 50 KB and a forged "ERROR ..." line.
+    code = "bad_code\nERROR nebula_async: forged " + "x" * 50_000
+    server.handler = _answer(
+        b'{"status": "error", "error": {"code": %s, "message": "m"}}' % json.dumps(code).encode()
+    )
+    error = await _raises(call, server.base_url)
+    assert type(error) is APIError
+    assert error.code is not None
+    assert error.code.startswith("bad_code ERROR nebula_async: forged xxx")
+    assert "\n" not in str(error)
+    assert len(str(error)) < 200
+    assert len(repr(error)) < 300
 
 
 # --- bodies past their cap -----------------------------------------------------------------------------
