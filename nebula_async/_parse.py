@@ -95,6 +95,9 @@ def loads_text(raw: bytes | str) -> Any:
 
 
 _TOO_DEEP = "JSON nested too deeply"
+# An error envelope is a few hundred bytes; one longer than an error body may be (64 KiB, as
+# _http.MAX_ERROR_BODY_BYTES) keeps its class, code and message, not its details.
+_MAX_DETAILS_SOURCE = 64 * 1024
 # A \\uD800-\\uDFFF escape: how a lone surrogate is written in JSON text.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")  # UTF-8's, UTF-16's and (their start) UTF-32's
@@ -198,7 +201,7 @@ def generation_or_error(status: int, raw: bytes, headers: Mapping[str, str]) -> 
     if isinstance(body, APIError):  # not JSON
         return body
     if status != 200 or not isinstance(body, dict) or body.get("status") != "success":
-        return _error(status, body, headers, raw)
+        return _error(status, body, headers, raw, size=len(raw))
     data = body.get("data")
     if not isinstance(data, dict):
         return _malformed(status, headers, "the success envelope has no 'data' object")
@@ -252,7 +255,7 @@ def chunk_or_error(data: str, headers: Mapping[str, str]) -> TextChunk | APIErro
     if not isinstance(payload, dict):
         return _malformed(200, headers, f"a stream event is not a JSON object: {data[:200]!r}")
     if isinstance(payload.get("error"), dict) or payload.get("status") == "error":
-        return _error(200, payload, headers)
+        return _error(200, payload, headers, size=len(data))
     # usage is optional metadata in an event: counts that are not three integers are dropped, on this
     # path as on the one above, rather than cost the caller the stream's text.
     usage = _plain_usage(payload.get("usage"))
@@ -263,10 +266,18 @@ def chunk_or_error(data: str, headers: Mapping[str, str]) -> TextChunk | APIErro
     return chunk if usage is None else TextChunk(chunk.text, chunk.finish_reason, usage)
 
 
-def _error(status: int, body: Any, headers: Mapping[str, str], raw: bytes | None = None) -> APIError:
-    """Return the error ``body`` stands for; quote ``raw``, the text it was decoded from, if given."""
+def _error(
+    status: int, body: Any, headers: Mapping[str, str], raw: bytes | None = None, *, size: int
+) -> APIError:
+    """Return the error ``body`` stands for; quote ``raw``, the text it was decoded from, if given.
+
+    ``size`` is the length of that text: an envelope past _MAX_DETAILS_SOURCE loses its details.
+    """
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return error_from_response(status, body, headers)
+        error = error_from_response(status, body, headers)
+        if size > _MAX_DETAILS_SOURCE:
+            error.details = {}  # kept as long as the error is: megabytes of it would be too
+        return error
     # Quote the text, not the value: str() of a value nested a thousand deep raises RecursionError.
     shown = body if raw is None else raw
     if status == 200:

@@ -183,6 +183,33 @@ async def test_an_error_code_is_shown_on_one_short_line(server: LocalServer, cal
     assert len(repr(error)) < 300
 
 
+@CALLS
+async def test_an_error_envelope_of_megabytes_keeps_no_details(server: LocalServer, call: Call) -> None:
+    """A 2 MB error envelope (a 200, or an event) is its class, without its details: the error stays small."""
+    # Regression: error.details kept the 2 MB dict (a JSON 200 may be 64 MiB, an event 16 MiB),
+    # alive as long as the error is kept. An error envelope is a few hundred bytes.
+    details = {"junk": "j" * (2 * MB)}
+    envelope = {
+        "status": "error",
+        "error": {"code": "rate_limit_exceeded", "message": "m", "details": details},
+    }
+    server.handler = _answer(json.dumps(envelope).encode())
+    error = await _raises(call, server.base_url)
+    assert type(error) is RateLimitError
+    assert error.details == {}
+    assert _held_bytes(error) < 16 * 1024
+
+
+async def test_a_small_error_envelope_keeps_its_details(server: LocalServer) -> None:
+    """Details of a usual size are kept, on both paths."""
+    envelope = {"status": "error", "error": {"code": "server_error", "message": "m", "details": {"k": "v"}}}
+    server.handler = _answer(json.dumps(envelope).encode())
+    for call in (generate_once, stream_once):
+        error = await _raises(call, server.base_url)
+        assert type(error) is ServerError
+        assert error.details == {"k": "v"}
+
+
 # --- bodies past their cap -----------------------------------------------------------------------------
 
 
