@@ -339,6 +339,23 @@ async def test_a_json_200_past_the_success_cap_is_refused(
     assert f"exceeded {MB} bytes" in str(error)
 
 
+async def test_a_json_200_past_the_success_cap_costs_the_cap_once(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch, bomb: bytes, traced: Callable[[], int]
+) -> None:
+    """Refusing a JSON 200 past its cap (lowered to 8 MiB) holds the cap once, not twice over."""
+    # Regression: its head was cut from all the parts joined: a second copy, 64 MiB more at the real cap.
+    monkeypatch.setattr(_http, "MAX_BODY_BYTES", 8 * MB)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        return web.Response(body=bomb, headers=headers)
+
+    server.handler = handler
+    error = await _raises(generate_once, server.base_url)
+    assert f"exceeded {8 * MB} bytes" in str(error)
+    assert traced() < 12 * MB
+
+
 async def test_a_json_200_under_the_success_cap_is_read(server: LocalServer) -> None:
     """An answer of 2 MiB of text (above the error cap, far under the success cap) is read whole."""
     text = "x" * (2 * MB)
