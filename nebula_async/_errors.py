@@ -89,7 +89,7 @@ class APIError(NebulaError):
         where = [f"HTTP {self.status_code}"] if self.status_code is not None else []
         if self.request_id is not None:
             where.append(f"request_id={self.request_id}")
-        message = " ".join(self.message.split())  # one line, whatever the server sent: no forged log lines
+        message = _one_line(self.message)  # whatever the server sent: no forged log lines, no escapes
         head = f"{self.code}: {message}" if self.code else message
         return f"{head} ({', '.join(where)})" if where else head
 
@@ -158,7 +158,7 @@ class APIConnectionError(NebulaError):
         self.retryable = retryable
 
     def __str__(self) -> str:
-        message = " ".join(self.message.split())
+        message = _one_line(self.message)
         return message if self.request_id is None else f"{message} (request_id={self.request_id})"
 
 
@@ -237,7 +237,13 @@ def _clean_code(raw: object) -> str | None:
         return None
     if len(raw) <= _MAX_CODE_CHARS and raw.isprintable():  # the usual: a code is a short token
         return raw
-    return " ".join(raw[: _MAX_CODE_CHARS * 2].split())[:_MAX_CODE_CHARS] or None
+    return _one_line(raw[: _MAX_CODE_CHARS * 2])[:_MAX_CODE_CHARS] or None
+
+
+def _one_line(text: str) -> str:
+    """Return ``text`` on one line, its control characters (a terminal's escapes, NULs) as U+FFFD."""
+    text = " ".join(text.split())
+    return text if text.isprintable() else "".join(c if c.isprintable() else "\ufffd" for c in text)
 
 
 def class_for_code(code: str | None) -> type[APIError] | None:
@@ -267,7 +273,7 @@ def _preview(body: object) -> str:
         shown.maxstring = shown.maxother = shown.maxlong = _PREVIEW_BYTES
         text = shown.repr(body)
         cut = False
-    text = " ".join(text.split())
+    text = _one_line(text)
     if not text:
         return f"blank for {_PREVIEW_BYTES} bytes..." if cut else "empty body"
     return text[:_PREVIEW_CHARS] + "..." if cut or len(text) > _PREVIEW_CHARS else text

@@ -210,6 +210,33 @@ async def test_a_small_error_envelope_keeps_its_details(server: LocalServer) -> 
         assert error.details == {"k": "v"}
 
 
+ESCAPES = "\x1b[2J\x1b[31mwiped\x00\x07"  # clear the screen, red, a NUL, a bell
+
+
+@CALLS
+@pytest.mark.parametrize("where", ["message", "code", "page"])
+async def test_an_error_shows_no_control_characters(server: LocalServer, call: Call, where: str) -> None:
+    """Terminal escapes and NULs from the server are shown as U+FFFD in str(err), whatever field held them."""
+    # Regression: a log viewed in a terminal ran the server's escape sequences (and a page's NULs).
+    if where == "page":
+        server.handler = json_handler_raw(502, ("<p>" + ESCAPES + "</p>").encode(), "text/html")
+    else:
+        fields = {"code": "server_error", "message": "m", where: "bad " + ESCAPES}
+        server.handler = _answer(json.dumps({"status": "error", "error": fields}).encode())
+    error = await _raises(call, server.base_url)
+    assert "wiped" in str(error)
+    assert str(error).isprintable(), repr(str(error))
+
+
+def json_handler_raw(status: int, body: bytes, content_type: str) -> Handler:
+    """A handler answering ``body`` with ``status`` and ``content_type``, to a call or a stream alike."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, body=body, content_type=content_type)
+
+    return handler
+
+
 # --- bodies past their cap -----------------------------------------------------------------------------
 
 
