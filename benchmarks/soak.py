@@ -8,7 +8,7 @@ events mid-stream). It checks, and prints as figures:
 
 - every call ends in a success or a ``NebulaError`` subclass, within ``--call-timeout`` seconds;
 - every success's text equals the fault-free text (the server's ``default_reply``);
-- no connection is open on the server once the client is closed;
+- no connection is open on the server, and no task of the client's is pending, once it is closed;
 - RSS (current, after a ``gc.collect()``) after the last round is within 5% of after round 1
   (with 3 rounds or more: the first round warms caches and pools).
 
@@ -252,8 +252,12 @@ async def _soak(
         if not server.open_connections:
             break
         await asyncio.sleep(0.01)
+    # Every task of ours ends with aclose(): asyncio.run() would cancel a leaked one silently.
+    left = asyncio.all_tasks() - {asyncio.current_task()}
     ordered = sorted(latencies)
     figures.update(
+        tasks_left=len(left),
+        tasks_left_examples=sorted(repr(task.get_coro())[:120] for task in left)[:5],
         calls=calls * rounds,
         concurrency=concurrency,
         outcomes=dict(outcomes),
@@ -282,6 +286,10 @@ def failures(figures: dict[str, Any]) -> list[str]:
         found.append(f"{figures['wrong_texts']} successes had the wrong text: {figures['wrong_examples']}")
     if figures["connections_left"]:
         found.append(f"{figures['connections_left']} connections left open after aclose()")
+    if figures["tasks_left"]:
+        found.append(
+            f"{figures['tasks_left']} tasks left pending after aclose(): {figures['tasks_left_examples']}"
+        )
     rss = [r["rss"] for r in figures["rounds"]]
     if len(rss) >= 3 and rss[0] and rss[-1] > rss[0] * (1 + RSS_TOLERANCE):
         found.append(f"RSS grew from {rss[0]} to {rss[-1]} bytes between round 1 and round {len(rss)}")
@@ -301,6 +309,7 @@ def report(figures: dict[str, Any], settings: dict[str, Any]) -> str:
         f"latency: p50 {figures['p50'] * 1000:.1f} ms, p99 {figures['p99'] * 1000:.1f} ms",
         "RSS after each round: " + ", ".join(f"{r['rss'] / mib:.1f} MiB" for r in figures["rounds"]),
         f"connections left after aclose(): {figures['connections_left']}",
+        f"tasks left after aclose(): {figures['tasks_left']}",
     ]
     return "\n".join(lines)
 
@@ -321,6 +330,9 @@ async def main() -> None:
 
 asyncio.run(main())
 """
+
+
+CHILD_SECONDS = 300  # a batch child's run to the end: 10,000 prompts take about 10 s
 
 
 def batch_soak(*, prompts: int, kills: int, concurrency: int, rate: float, seed: int) -> dict[str, Any]:
@@ -360,11 +372,12 @@ def batch_soak(*, prompts: int, kills: int, concurrency: int, rate: float, seed:
                 killed_mid_run += child.poll() is None
                 child.send_signal(signal.SIGKILL)
                 child.wait()
-            subprocess.run([*base, "0"], cwd=ROOT, check=True)
+            # Bounded: a child that hangs fails the soak (TimeoutExpired), never blocks it for good.
+            subprocess.run([*base, "0"], cwd=ROOT, check=True, timeout=CHILD_SECONDS)
             faulted = [json.loads(line) for line in output.read_bytes().splitlines()]
             injected = server.faults_injected
             server.faults = None
-            subprocess.run([*base, "1"], cwd=ROOT, check=True)
+            subprocess.run([*base, "1"], cwd=ROOT, check=True, timeout=CHILD_SECONDS)
         mended = [json.loads(line) for line in output.read_bytes().splitlines()]
     every_id = list(range(1, prompts + 1))
     codes = collections.Counter(r["error"]["code"] for r in faulted if "error" in r)

@@ -27,9 +27,10 @@ from ._config import (
     check_base_url,
     cleartext_host,
 )
+from ._errors import APIError
 from ._limit import RateLimit
 from ._models import GenerateRequest, TextGeneration, encode_request
-from ._parse import parse_generation
+from ._parse import generation_or_error
 from ._runner import BatchProgress, BatchSummary, check_batch_options, run_batch
 from ._secret import Secret
 from ._stream import TextStream
@@ -399,7 +400,13 @@ class AsyncNebulaClient:
 async def _finish(transport: Transport, response: aiohttp.ClientResponse, number: int) -> TextGeneration:
     """Read and parse a non-streaming answer (attempt ``number``); CallPath.run retries on errors."""
     raw = await transport.read_body(response)
-    text, usage = parse_generation(response.status, raw, response.headers)
+    result = generation_or_error(response.status, raw, response.headers)
+    # Dropped before the error is raised: this frame stays in its traceback, and an error someone
+    # keeps (a batch's failures, a log record's exc_info) must not keep a body of up to 64 MiB.
+    del raw
+    if isinstance(result, APIError):
+        raise result
+    text, usage = result
     return TextGeneration(text, usage, response.headers.get("x-request-id"), number - 1)
 
 

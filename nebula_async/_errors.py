@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 _MAX_MESSAGE_CHARS = 500  # an HTML error page must not flood a log line
+_MAX_CODE_CHARS = 100  # nor a code, which str(err) shows first: the API's are about 25
 
 
 class NebulaError(Exception):
@@ -88,7 +89,7 @@ class APIError(NebulaError):
         where = [f"HTTP {self.status_code}"] if self.status_code is not None else []
         if self.request_id is not None:
             where.append(f"request_id={self.request_id}")
-        message = " ".join(self.message.split())  # one line, whatever the server sent: no forged log lines
+        message = _one_line(self.message)  # whatever the server sent: no forged log lines, no escapes
         head = f"{self.code}: {message}" if self.code else message
         return f"{head} ({', '.join(where)})" if where else head
 
@@ -157,7 +158,7 @@ class APIConnectionError(NebulaError):
         self.retryable = retryable
 
     def __str__(self) -> str:
-        message = " ".join(self.message.split())
+        message = _one_line(self.message)
         return message if self.request_id is None else f"{message} (request_id={self.request_id})"
 
 
@@ -211,8 +212,7 @@ def error_from_response(status: int, body: object, headers: Mapping[str, str]) -
             message = f"unexpected response from the API: {_preview(body)}"
         cls = _fallback_class(status) if status >= 300 else ServerError  # a 2xx that isn't ours is broken
         return cls(message, status_code=status, request_id=request_id, retry_after=retry_after)
-    raw_code = error.get("code")
-    code = raw_code if isinstance(raw_code, str) and raw_code else None
+    code = _clean_code(error.get("code"))
     raw_message = error.get("message")
     message = (
         raw_message
@@ -229,6 +229,21 @@ def error_from_response(status: int, body: object, headers: Mapping[str, str]) -
         request_id=request_id,
         retry_after=retry_after,
     )
+
+
+def _clean_code(raw: object) -> str | None:
+    """Return ``raw`` as a code: a str, on one line and short, as str(err) shows it; else None."""
+    if not isinstance(raw, str) or not raw:
+        return None
+    if len(raw) <= _MAX_CODE_CHARS and raw.isprintable():  # the usual: a code is a short token
+        return raw
+    return _one_line(raw[: _MAX_CODE_CHARS * 2])[:_MAX_CODE_CHARS] or None
+
+
+def _one_line(text: str) -> str:
+    """Return ``text`` on one line, its control characters (a terminal's escapes, NULs) as U+FFFD."""
+    text = " ".join(text.split())
+    return text if text.isprintable() else "".join(c if c.isprintable() else "\ufffd" for c in text)
 
 
 def class_for_code(code: str | None) -> type[APIError] | None:
@@ -258,7 +273,7 @@ def _preview(body: object) -> str:
         shown.maxstring = shown.maxother = shown.maxlong = _PREVIEW_BYTES
         text = shown.repr(body)
         cut = False
-    text = " ".join(text.split())
+    text = _one_line(text)
     if not text:
         return f"blank for {_PREVIEW_BYTES} bytes..." if cut else "empty body"
     return text[:_PREVIEW_CHARS] + "..." if cut or len(text) > _PREVIEW_CHARS else text

@@ -178,6 +178,16 @@ async def _read_head(response: aiohttp.ClientResponse) -> bytes:
     return b"".join(parts)[:_HEAD_BYTES]
 
 
+def _head_of(parts: list[bytes]) -> bytes:
+    """Join the first _HEAD_BYTES of ``parts``: not all of them, which would copy a body of up to 64 MiB."""
+    size = 0
+    for count, part in enumerate(parts, 1):
+        size += len(part)
+        if size >= _HEAD_BYTES:
+            return b"".join(parts[:count])[:_HEAD_BYTES]
+    return b"".join(parts)
+
+
 async def _read_to_end(response: aiohttp.ClientResponse) -> bool:
     read = 0
     while read <= _DRAIN_BYTES:
@@ -400,7 +410,7 @@ class Transport:
                     size += len(data)
                     if size > limit:
                         parts.append(data)
-                        head = b"".join(parts)[:_HEAD_BYTES]
+                        head = _head_of(parts)
                         break
                     parts.append(data)
                 del parts  # before the error is raised: nothing but the head is kept

@@ -10,7 +10,17 @@ from typing import Any
 from ._errors import APIError, ServerError, _preview, error_from_response
 from ._models import MalformedPayloadError, TextChunk, Usage, structure_chunk, structure_success
 
-__all__ = ["DONE", "loads", "loads_text", "parse_event", "parse_generation", "parse_json", "too_large"]
+__all__ = [
+    "DONE",
+    "chunk_or_error",
+    "generation_or_error",
+    "loads",
+    "loads_text",
+    "parse_event",
+    "parse_generation",
+    "parse_json",
+    "too_large",
+]
 
 DONE = "[DONE]"
 _REFUSED = object()  # what orjson or json refused (a sentinel: an exception would become a context)
@@ -85,6 +95,9 @@ def loads_text(raw: bytes | str) -> Any:
 
 
 _TOO_DEEP = "JSON nested too deeply"
+# An error envelope is a few hundred bytes; one longer than an error body may be (64 KiB, as
+# _http.MAX_ERROR_BODY_BYTES) keeps its class, code and message, not its details.
+_MAX_DETAILS_SOURCE = 64 * 1024
 # A \\uD800-\\uDFFF escape: how a lone surrogate is written in JSON text.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")  # UTF-8's, UTF-16's and (their start) UTF-32's
@@ -113,15 +126,23 @@ def parse_json(raw: bytes | str, status: int, headers: Mapping[str, str]) -> obj
 
     That is ServerError("malformed response: ...") for a 200, the status's class for an error status.
     """
+    value = _json_or_error(raw, status, headers)
+    if isinstance(value, APIError):
+        raise value
+    return value
+
+
+def _json_or_error(raw: bytes | str, status: int, headers: Mapping[str, str]) -> object:
+    """parse_json's work, returning its error: JSON never decodes to an APIError."""
     try:
         return loads_text(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         why = _why_not_json(exc)
-    # Raised here, not in the except block: the JSONDecodeError would be its __context__, and that
-    # holds the whole text it was given.
+    # Built here, not in the except block: the JSONDecodeError would be its __context__ once raised,
+    # and that holds the whole text it was given.
     if status == 200:
-        raise _malformed(status, headers, f"the answer is not JSON ({why}): {_preview(_as_bytes(raw))}")
-    raise error_from_response(status, _as_bytes(raw), headers)
+        return _malformed(status, headers, f"the answer is not JSON ({why}): {_preview(_as_bytes(raw))}")
+    return error_from_response(status, _as_bytes(raw), headers)
 
 
 def _why_not_json(exc: ValueError) -> str:
@@ -154,7 +175,19 @@ def too_large(status: int, head: bytes, headers: Mapping[str, str], limit: int) 
 
 def parse_generation(status: int, raw: bytes, headers: Mapping[str, str]) -> tuple[str, Usage]:
     """Return text and usage from a non-streaming answer, or raise the APIError it stands for."""
-    body = parse_json(raw, status, headers)
+    result = generation_or_error(status, raw, headers)
+    if isinstance(result, APIError):
+        raise result
+    return result
+
+
+def generation_or_error(status: int, raw: bytes, headers: Mapping[str, str]) -> tuple[str, Usage] | APIError:
+    """Return text and usage from a non-streaming answer, or the APIError it stands for, unraised.
+
+    For a caller that drops ``raw`` before it raises: the frames of a raised error's traceback
+    keep their locals, and an error kept (logged, stored per item) must not keep a 64 MiB body.
+    """
+    body = _json_or_error(raw, status, headers)
     if status == 200 and type(body) is dict and body.get("status") == "success":
         # The well-formed answer, checked field by field as the converter would; anything else takes
         # the converter's path below, which names what is wrong. This runs once per call.
@@ -165,15 +198,17 @@ def parse_generation(status: int, raw: bytes, headers: Mapping[str, str]) -> tup
                 usage = _plain_usage(data.get("usage"))
                 if usage is not None:
                     return text, usage
+    if isinstance(body, APIError):  # not JSON
+        return body
     if status != 200 or not isinstance(body, dict) or body.get("status") != "success":
-        raise _error(status, body, headers, raw)
+        return _error(status, body, headers, raw, size=len(raw))
     data = body.get("data")
     if not isinstance(data, dict):
-        raise _malformed(status, headers, "the success envelope has no 'data' object")
+        return _malformed(status, headers, "the success envelope has no 'data' object")
     try:
         return structure_success(data)
-    except MalformedPayloadError as exc:
-        raise _malformed(status, headers, str(exc)) from None
+    except MalformedPayloadError as exc:  # returned, not raised here: it would be the context
+        return _malformed(status, headers, str(exc))
 
 
 def _plain_usage(usage: object) -> Usage | None:
@@ -188,40 +223,61 @@ def _plain_usage(usage: object) -> Usage | None:
 
 def parse_event(data: str, headers: Mapping[str, str]) -> TextChunk:
     """Return the chunk one stream event carries, or raise the APIError of an error event."""
+    chunk = chunk_or_error(data, headers)
+    if isinstance(chunk, APIError):
+        raise chunk
+    return chunk
+
+
+def chunk_or_error(data: str, headers: Mapping[str, str]) -> TextChunk | APIError:
+    """Return the chunk one stream event carries, or the APIError of an error event, unraised.
+
+    As generation_or_error: the caller raises it once nothing holds the event's data.
+    """
     if _fast_loads is not None and _fast_loads is not _first_loads:
-        # parse_json's work, one call shallower: this runs once per event.
+        # _json_or_error's work, one call shallower: this runs once per event.
         try:
             payload = _fast_loads(data)
         except ValueError:
             payload = _REFUSED
         if payload is _REFUSED:  # out of the except block: orjson's error would be the context
-            payload = parse_json(data, 200, headers)
+            payload = _json_or_error(data, 200, headers)
     else:
-        payload = parse_json(data, 200, headers)
+        payload = _json_or_error(data, 200, headers)
     if type(payload) is dict and "error" not in payload and "status" not in payload:
         # A plain chunk, checked as the converter would (it runs once per event, the converter costs
         # more than the JSON decoding); anything else takes the converter's path below.
         text, finish, usage = payload.get("text"), payload.get("finish_reason"), payload.get("usage")
         if type(text) is str and (finish is None or type(finish) is str):
             return TextChunk(text, finish, None if usage is None else _plain_usage(usage))
+    if isinstance(payload, APIError):
+        return payload
     if not isinstance(payload, dict):
-        raise _malformed(200, headers, f"a stream event is not a JSON object: {data[:200]!r}")
+        return _malformed(200, headers, f"a stream event is not a JSON object: {data[:200]!r}")
     if isinstance(payload.get("error"), dict) or payload.get("status") == "error":
-        raise _error(200, payload, headers)
+        return _error(200, payload, headers, size=len(data))
     # usage is optional metadata in an event: counts that are not three integers are dropped, on this
     # path as on the one above, rather than cost the caller the stream's text.
     usage = _plain_usage(payload.get("usage"))
     try:
         chunk = structure_chunk({**payload, "usage": None})
-    except MalformedPayloadError as exc:
-        raise _malformed(200, headers, str(exc)) from None
+    except MalformedPayloadError as exc:  # returned, not raised here: it would be the context
+        return _malformed(200, headers, str(exc))
     return chunk if usage is None else TextChunk(chunk.text, chunk.finish_reason, usage)
 
 
-def _error(status: int, body: Any, headers: Mapping[str, str], raw: bytes | None = None) -> APIError:
-    """Return the error ``body`` stands for; quote ``raw``, the text it was decoded from, if given."""
+def _error(
+    status: int, body: Any, headers: Mapping[str, str], raw: bytes | None = None, *, size: int
+) -> APIError:
+    """Return the error ``body`` stands for; quote ``raw``, the text it was decoded from, if given.
+
+    ``size`` is the length of that text: an envelope past _MAX_DETAILS_SOURCE loses its details.
+    """
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return error_from_response(status, body, headers)
+        error = error_from_response(status, body, headers)
+        if size > _MAX_DETAILS_SOURCE:
+            error.details = {}  # kept as long as the error is: megabytes of it would be too
+        return error
     # Quote the text, not the value: str() of a value nested a thousand deep raises RecursionError.
     shown = body if raw is None else raw
     if status == 200:

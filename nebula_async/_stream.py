@@ -7,13 +7,15 @@ import contextlib
 import enum
 import warnings
 from collections import deque
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._config import RetryPolicy, Timeout
-from ._errors import APIConnectionError, APITimeoutError, NebulaError, RateLimitError, ServerError
+from ._deadline import Deadline
+from ._errors import APIConnectionError, APIError, APITimeoutError, NebulaError, RateLimitError, ServerError
 from ._models import TextChunk, Usage
-from ._parse import DONE, parse_event, parse_generation
+from ._parse import DONE, chunk_or_error, generation_or_error
 from ._sse import SSEDecoder, SSEProtocolError
 
 if TYPE_CHECKING:
@@ -238,8 +240,11 @@ class TextStream:
         self._request_id = response.headers.get("x-request-id")
         try:
             if response.status != 200 or response.content_type != "text/event-stream":
-                raw = await transport.read_body(response)
-                parse_generation(response.status, raw, response.headers)  # raises the error it stands for
+                raw = await self._read_whole(transport, response)
+                answer = generation_or_error(response.status, raw, response.headers)
+                del raw  # before raising: this frame stays in the error's traceback (see _client._finish)
+                if isinstance(answer, APIError):
+                    raise answer
                 raise ServerError(
                     f"expected an event stream, got {response.content_type!r}",
                     status_code=response.status,
@@ -258,6 +263,29 @@ class TextStream:
                 raise RuntimeError(_CLOSED_WHILE_READ) from err
             raise
 
+    async def _read_whole(self, transport: Transport, response: aiohttp.ClientResponse) -> bytes:
+        """Read an answer that is no event stream (an error, say), within ``stream_idle``.
+
+        Its reads are no data events: without this bound, a body trickled a byte per silence
+        shorter than ``stream_idle`` would keep the stream open for hours (64 KiB of them).
+        """
+        idle = self._timeout.stream_idle
+        deadline = None if idle is None else Deadline(idle)
+        try:
+            return await transport.read_body(response)  # which closes the response if cut short
+        except asyncio.CancelledError:
+            # Never swallowed: only our own deadline's cancel, alone, becomes a timeout.
+            if deadline is None or not deadline.expired():
+                raise
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+        raise APITimeoutError(
+            f"no data event for {idle:g} s: the stream's HTTP {response.status} answer "
+            "(not an event stream) was still being read",
+            request_id=self._request_id,
+        )
+
     async def _read(self) -> None:
         """Consume one network read: buffer its chunks, end the stream, or raise what went wrong."""
         response = self._response
@@ -266,33 +294,13 @@ class TextStream:
         if not data:
             where = "in the middle of an event" if self._decoder.pending() else "before its final event"
             raise APIConnectionError(f"the stream ended {where}", request_id=self._request_id)
-        try:
-            events = self._decoder.feed(data)
-        except SSEProtocolError as exc:
-            raise ServerError(
-                f"malformed event stream: {exc}", status_code=200, request_id=self._request_id
-            ) from None
-        got_data = False
-        for event in events:
-            # Event types of a newer API are not ours to interpret; an empty data field is a
-            # keep-alive, like a comment, and so does not count as data for stream_idle.
-            if event.event not in ("message", "error") or not event.data:
-                continue
-            got_data = True
-            if event.data == DONE:  # the end, even when no event gave a finish_reason
-                self._end()
-                return
-            try:
-                chunk = parse_event(event.data, response.headers)
-            except NebulaError as err:
-                if not self._buffered:
-                    raise
-                self._error = err  # deliver the text that came before it first
-                return
-            self._buffered.append(chunk)
-            if chunk.finish_reason is not None:
-                self._end()
-                return
+        got_data = self._take(data, response.headers)
+        # Dropped before an error is raised: this frame stays in its traceback, which must not keep
+        # the read (nor its events, which _take held: its frame is gone once it returned).
+        del data
+        if self._error is not None and not self._buffered:
+            error, self._error = self._error, None
+            raise error
         idle = self._timeout.stream_idle
         if self._idle_deadline is not None and idle is not None:
             now = asyncio.get_running_loop().time()
@@ -302,6 +310,41 @@ class TextStream:
                 raise APITimeoutError(
                     f"no data event in the stream for {idle:g} s", request_id=self._request_id
                 )
+
+    def _take(self, data: bytes, headers: Mapping[str, str]) -> bool:
+        """Decode one read: buffer its chunks, end the stream, or set ``_error``; True if it held data.
+
+        An error is set, not raised, here: see _read.
+        """
+        try:
+            events = self._decoder.feed(data)
+        except SSEProtocolError as exc:
+            why = str(exc)
+            events = None
+        if events is None:  # out of the except block: the decoder's error would be the context
+            self._error = ServerError(
+                f"malformed event stream: {why}", status_code=200, request_id=self._request_id
+            )
+            return False
+        got_data = False
+        for event in events:
+            # Event types of a newer API are not ours to interpret; an empty data field is a
+            # keep-alive, like a comment, and so does not count as data for stream_idle.
+            if event.event not in ("message", "error") or not event.data:
+                continue
+            got_data = True
+            if event.data == DONE:  # the end, even when no event gave a finish_reason
+                self._end()
+                return True
+            chunk = chunk_or_error(event.data, headers)
+            if isinstance(chunk, APIError):
+                self._error = chunk  # raised by _read, or after the text that came before it
+                return True
+            self._buffered.append(chunk)
+            if chunk.finish_reason is not None:
+                self._end()
+                return True
+        return got_data
 
     def _end(self) -> None:
         """The final event was read: hand the connection back; the buffered chunks stay to deliver."""

@@ -7,7 +7,9 @@ every Python allocation, the SDK's and aiohttp's buffers alike.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import json
 import sys
 import tracemalloc
 import zlib
@@ -19,9 +21,12 @@ from aiohttp import web
 
 from nebula_async import (
     APIConnectionError,
+    APIError,
+    APITimeoutError,
     NebulaError,
     RateLimitError,
     ServerError,
+    Timeout,
     _http,
     _sse,
 )
@@ -161,6 +166,77 @@ async def test_a_surrogate_pair_escape_is_text(server: LocalServer) -> None:
         assert (await client.generate_text(model="m", prompt="p")).text == "\U0001f600"
 
 
+@CALLS
+async def test_an_error_code_is_shown_on_one_short_line(server: LocalServer, call: Call) -> None:
+    """A 50 KB error code holding a line break is cut and put on one line: it can't flood or forge a log."""
+    # Regression: str(err) showed the code as sent, 50 KB and a forged "ERROR ..." line.
+    code = "bad_code\nERROR nebula_async: forged " + "x" * 50_000
+    server.handler = _answer(
+        b'{"status": "error", "error": {"code": %s, "message": "m"}}' % json.dumps(code).encode()
+    )
+    error = await _raises(call, server.base_url)
+    assert type(error) is APIError
+    assert error.code is not None
+    assert error.code.startswith("bad_code ERROR nebula_async: forged xxx")
+    assert "\n" not in str(error)
+    assert len(str(error)) < 200
+    assert len(repr(error)) < 300
+
+
+@CALLS
+async def test_an_error_envelope_of_megabytes_keeps_no_details(server: LocalServer, call: Call) -> None:
+    """A 2 MB error envelope (a 200, or an event) is its class, without its details: the error stays small."""
+    # Regression: error.details kept the 2 MB dict (a JSON 200 may be 64 MiB, an event 16 MiB),
+    # alive as long as the error is kept. An error envelope is a few hundred bytes.
+    details = {"junk": "j" * (2 * MB)}
+    envelope = {
+        "status": "error",
+        "error": {"code": "rate_limit_exceeded", "message": "m", "details": details},
+    }
+    server.handler = _answer(json.dumps(envelope).encode())
+    error = await _raises(call, server.base_url)
+    assert type(error) is RateLimitError
+    assert error.details == {}
+    assert _held_bytes(error) < 16 * 1024
+
+
+async def test_a_small_error_envelope_keeps_its_details(server: LocalServer) -> None:
+    """Details of a usual size are kept, on both paths."""
+    envelope = {"status": "error", "error": {"code": "server_error", "message": "m", "details": {"k": "v"}}}
+    server.handler = _answer(json.dumps(envelope).encode())
+    for call in (generate_once, stream_once):
+        error = await _raises(call, server.base_url)
+        assert type(error) is ServerError
+        assert error.details == {"k": "v"}
+
+
+ESCAPES = "\x1b[2J\x1b[31mwiped\x00\x07"  # clear the screen, red, a NUL, a bell
+
+
+@CALLS
+@pytest.mark.parametrize("where", ["message", "code", "page"])
+async def test_an_error_shows_no_control_characters(server: LocalServer, call: Call, where: str) -> None:
+    """Terminal escapes and NULs from the server are shown as U+FFFD in str(err), whatever field held them."""
+    # Regression: a log viewed in a terminal ran the server's escape sequences (and a page's NULs).
+    if where == "page":
+        server.handler = json_handler_raw(502, ("<p>" + ESCAPES + "</p>").encode(), "text/html")
+    else:
+        fields = {"code": "server_error", "message": "m", where: "bad " + ESCAPES}
+        server.handler = _answer(json.dumps({"status": "error", "error": fields}).encode())
+    error = await _raises(call, server.base_url)
+    assert "wiped" in str(error)
+    assert str(error).isprintable(), repr(str(error))
+
+
+def json_handler_raw(status: int, body: bytes, content_type: str) -> Handler:
+    """A handler answering ``body`` with ``status`` and ``content_type``, to a call or a stream alike."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, body=body, content_type=content_type)
+
+    return handler
+
+
 # --- bodies past their cap -----------------------------------------------------------------------------
 
 
@@ -290,6 +366,23 @@ async def test_a_json_200_past_the_success_cap_is_refused(
     assert f"exceeded {MB} bytes" in str(error)
 
 
+async def test_a_json_200_past_the_success_cap_costs_the_cap_once(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch, bomb: bytes, traced: Callable[[], int]
+) -> None:
+    """Refusing a JSON 200 past its cap (lowered to 8 MiB) holds the cap once, not twice over."""
+    # Regression: its head was cut from all the parts joined: a second copy, 64 MiB more at the real cap.
+    monkeypatch.setattr(_http, "MAX_BODY_BYTES", 8 * MB)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        return web.Response(body=bomb, headers=headers)
+
+    server.handler = handler
+    error = await _raises(generate_once, server.base_url)
+    assert f"exceeded {8 * MB} bytes" in str(error)
+    assert traced() < 12 * MB
+
+
 async def test_a_json_200_under_the_success_cap_is_read(server: LocalServer) -> None:
     """An answer of 2 MiB of text (above the error cap, far under the success cap) is read whole."""
     text = "x" * (2 * MB)
@@ -327,6 +420,39 @@ async def test_a_content_length_longer_than_the_body_is_a_broken_connection() ->
     async with RawServer(handle) as raw:
         error = await _raises(generate_once, raw.base_url)
     assert type(error) is APIConnectionError
+
+
+# --- an answer that trickles ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type"), [(503, "text/html"), (200, "application/json")], ids=["503-html", "200-json"]
+)
+async def test_a_trickled_answer_to_a_stream_ends_at_stream_idle(
+    server: LocalServer, status: int, content_type: str
+) -> None:
+    """A stream's answer that is no event stream, sent a byte per 0.1 s, times out after stream_idle."""
+    # Regression: read_body was bounded per read only (sock_read), never as a whole, and a stream
+    # has no total: a 64 KiB page trickled under stream_idle per byte kept the stream open for hours.
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers={"Content-Type": content_type})
+        await response.prepare(request)
+        try:
+            for _ in range(600):  # a minute at most: the test fails by its timeout before
+                await response.write(b" ")
+                await asyncio.sleep(0.1)
+        except ConnectionError:  # the client gave up: what we expect
+            pass
+        return response
+
+    server.handler = handler
+    timeout = Timeout(stream_idle=0.5)
+    started = asyncio.get_running_loop().time()
+    error = await _raises(stream_once, server.base_url, timeout=timeout)
+    assert type(error) is APITimeoutError
+    assert f"no data event for 0.5 s: the stream's HTTP {status} answer" in str(error)
+    assert asyncio.get_running_loop().time() - started < 15  # 0.5 s, and the machine is busy
 
 
 # --- an event that never ends ------------------------------------------------------------------------
@@ -428,3 +554,127 @@ async def test_a_client_reads_normally_after_a_refused_body(server: LocalServer)
         assert (await client.generate_text(model="m", prompt="p")).text == "next"
     assert peers[0] != peers[1]  # a new connection after the refused body
     assert peers[1] == peers[2]  # and a read one goes back to the pool
+
+
+# --- what a raised error keeps alive through its traceback ---------------------------------------------
+
+
+def _large_locals(error: BaseException, limit: int = 16 * 1024) -> list[str]:
+    """Name the locals of ``error``'s traceback frames (its context's too) holding over ``limit`` bytes.
+
+    A frame in a traceback keeps all its locals: an error kept by the caller (a batch's failures, a
+    log record's exc_info, an error tracker) keeps them too. Counted: str and bytes, in lists, tuples
+    and dicts, and in the SSE decoder's buffers.
+    """
+    seen: set[int] = set()
+
+    def size(value: object, depth: int = 0) -> int:
+        if id(value) in seen or depth > 4:
+            return 0
+        seen.add(id(value))
+        if isinstance(value, (str, bytes, bytearray)):
+            return len(value)
+        if isinstance(value, (list, tuple)):
+            return sum(size(item, depth + 1) for item in value)
+        if isinstance(value, dict):
+            return sum(size(item, depth + 1) for item in [*value.keys(), *value.values()])
+        if isinstance(value, _sse.SSEDecoder):
+            return sum(size(getattr(value, name, None), depth + 1) for name in value.__slots__)
+        return 0
+
+    found = []
+    chain: list[BaseException | None] = [error]
+    while chain:
+        exc = chain.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        chain += [exc.__context__, exc.__cause__]
+        tb = exc.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            found += [
+                f"{frame.f_code.co_name}: {name} ({held} bytes)"
+                for name, value in frame.f_locals.items()
+                if (held := size(value)) > limit
+            ]
+            tb = tb.tb_next
+    return found
+
+
+_BIG_TEXT = b"a" * MB  # twice in one event's line: under MAX_LINE_BYTES
+KEPT_BODIES = {
+    "not-json": b'{"text": "' + _BIG_TEXT * 2,
+    # JSON with a field the converter refuses: its error came with the decoded value behind it
+    "bad-field": b'{"status": "success", "data": {"text": "%s", "usage": 3}, "text": "%s", '
+    b'"finish_reason": 5}' % (_BIG_TEXT, _BIG_TEXT),
+}
+
+
+@CALLS
+@pytest.mark.parametrize("raw", list(KEPT_BODIES.values()), ids=list(KEPT_BODIES))
+async def test_a_malformed_answer_s_error_keeps_no_body_in_its_traceback(
+    server: LocalServer, call: Call, raw: bytes
+) -> None:
+    """A malformed 2 MB answer (or event) is a ServerError whose traceback frames hold no body."""
+    # Regression: _finish's `raw`, parse_generation's `body`, a stream's `events` and parse_event's
+    # `payload` stayed alive as long as the error did (a malformed 200 may be 64 MiB).
+    server.handler = _answer(raw)
+    error = await _raises(call, server.base_url)
+    assert type(error) is ServerError
+    assert str(error).startswith("malformed response:")
+    assert len(str(error)) < 1000
+    assert _large_locals(error) == []
+
+
+async def test_an_error_page_s_error_keeps_no_body_in_its_traceback(server: LocalServer) -> None:
+    """A 60 KB 503 page (under its cap, read whole) is not kept by the error's traceback either."""
+    server.handler = _garbage(503, 60 * 1024)
+    for call in (generate_once, stream_once):
+        error = await _raises(call, server.base_url)
+        assert type(error) is ServerError
+        assert _large_locals(error) == []
+
+
+async def test_a_json_answer_to_a_stream_keeps_no_body_in_its_traceback(server: LocalServer) -> None:
+    """A stream answered by a malformed 2 MB JSON 200 (not an event stream): no body in the traceback."""
+    server.handler = _json_200(KEPT_BODIES["not-json"])
+    error = await _raises(stream_once, server.base_url)
+    assert type(error) is ServerError
+    assert "not JSON" in str(error)
+    assert _large_locals(error) == []
+
+
+def _json_200(raw: bytes) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=raw, content_type="application/json")
+
+    return handler
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+async def test_an_event_past_its_cap_keeps_no_event_in_its_traceback(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch, line_end: bytes
+) -> None:
+    """An event past its cap (lowered to 1 MiB) is refused; the decoder's buffers are not in the traceback."""
+    # Regression: the ServerError's context was the decoder's SSEProtocolError, whose frames held the
+    # decoder, and so the whole event read so far.
+    monkeypatch.setattr(_sse, "MAX_EVENT_BYTES", MB)
+    line = b"data: " + b"y" * 1000 + line_end
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = await open_stream(request)
+        try:
+            for _ in range(40):
+                await response.write(line * 64)
+            await response.write_eof()
+        except ConnectionError:
+            pass
+        return response
+
+    server.handler = handler
+    error = await _raises(stream_once, server.base_url)
+    assert type(error) is ServerError
+    assert "longer than" in str(error)
+    assert error.__context__ is None
+    assert _large_locals(error) == []

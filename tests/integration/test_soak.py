@@ -46,7 +46,7 @@ def run_short_soak() -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
 def test_every_call_of_the_soak_ends_in_its_text_or_a_typed_error() -> None:
     """800 calls at concurrency 256 with 10% faults: successes carry the fault-free text, errors are typed.
 
-    It also checks that no call hangs, no connection is left after aclose(), and that nothing is
+    It also checks that no call hangs, no connection or task is left after aclose(), and that nothing is
     written to stderr under -X dev, -W error and PYTHONASYNCIODEBUG=1: no "Unclosed ...", no "Task
     was destroyed but it is pending", no ResourceWarning, no slow-callback warning (over 1 s).
     """
@@ -57,7 +57,7 @@ def test_every_call_of_the_soak_ends_in_its_text_or_a_typed_error() -> None:
     assert figures["calls"] == 800
     assert figures["untyped"] == figures["hangs"] == figures["wrong_texts"] == 0
     assert sum(figures["outcomes"].values()) == 800
-    assert figures["connections_left"] == 0
+    assert figures["connections_left"] == figures["tasks_left"] == 0
     # With three retries, few calls fail: a cut stream or an error event is not retried.
     assert figures["successes"] >= 700, figures["outcomes"]
     # About 90 faults of every kind are drawn; the two stream-only kinds come a few times each, and
@@ -91,6 +91,7 @@ def test_the_batch_soak_runs_and_passes_its_checks() -> None:
         ({"hangs": 2}, "2 calls hung past the call timeout"),
         ({"wrong_texts": 1, "wrong_examples": ["'p' (plain): 'x'"]}, "1 successes had the wrong text"),
         ({"connections_left": 3}, "3 connections left open after aclose()"),
+        ({"tasks_left": 2, "tasks_left_examples": ["<coroutine>"]}, "2 tasks left pending after aclose()"),
         ({"rounds": [{"rss": 100}, {"rss": 100}, {"rss": 106}]}, "RSS grew from 100 to 106 bytes"),
     ],
 )
@@ -102,6 +103,8 @@ def test_the_soak_fails_on_each_broken_check(change: dict[str, Any], found: str)
         "wrong_texts": 0,
         "wrong_examples": [],
         "connections_left": 0,
+        "tasks_left": 0,
+        "tasks_left_examples": [],
         "rounds": [{"rss": 100}, {"rss": 101}, {"rss": 105}],
     }
     assert failures(good) == []

@@ -81,18 +81,23 @@ def test_fuzz_events_parse_into_chunks_or_api_errors(case: tuple[bytes, list[byt
         assert error is None or len(str(error)) < 2000
 
 
+_DATA_LINE = b"data: " + b"y" * 30 + b"\n"
+# Runs of data lines too: two of them, with no blank line between, pass the (lowered) event cap.
 _LONG_LINES = st.lists(
-    st.sampled_from([b"data: " + b"y" * 30 + b"\n", b"data:" + b"z" * 70, b"\n", b"\r\n", b": c\n", b"x"]),
+    st.sampled_from(
+        [_DATA_LINE, _DATA_LINE * 5, b"data:" + b"z" * 70, b"\n", b"\r\n", b": c\n", b"x", b"\r"]
+    ),
     max_size=40,
 ).map(b"".join)
 
 
 @fuzz(100)
-@given(_LONG_LINES.flatmap(lambda data: _split(data)))
-def test_fuzz_the_decoder_never_holds_more_than_its_caps(chunks: list[bytes]) -> None:
+@given(_LONG_LINES.flatmap(lambda data: _split(data)), st.sampled_from([64, 1024]))
+def test_fuzz_the_decoder_never_holds_more_than_its_caps(chunks: list[bytes], line_cap: int) -> None:
     """After every read, the partial line and the pending event are within their caps (lowered here)."""
+    # A line cap above the event cap too: a read shorter than the line cap takes the fast path.
     with pytest.MonkeyPatch.context() as patch:  # per example: a fixture would span them all
-        patch.setattr(_sse, "MAX_LINE_BYTES", 64)
+        patch.setattr(_sse, "MAX_LINE_BYTES", line_cap)
         patch.setattr(_sse, "MAX_EVENT_BYTES", 256)
         decoder = SSEDecoder()
         refused = ""
@@ -103,6 +108,6 @@ def test_fuzz_the_decoder_never_holds_more_than_its_caps(chunks: list[bytes]) ->
                 refused = str(exc)
                 break
             assert all(len(event.data) <= 256 for event in events)
-            assert sum(map(len, decoder._partial)) <= 64
+            assert sum(map(len, decoder._partial)) <= line_cap
             assert sum(len(line) + 1 for line in decoder._data) <= 256
     assert not refused or "longer than" in refused

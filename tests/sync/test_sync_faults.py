@@ -59,10 +59,21 @@ def call(client: NebulaClient, prompt: str, *, stream: bool) -> str:
         return "".join(chunk.text for chunk in chunks)
 
 
+def connections_left(server: FakeNebulaServer) -> int:
+    """Return the connections still open on ``server``, once it has had up to 5 s to see them close."""
+    deadline = time.monotonic() + 5
+    while server.open_connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return server.open_connections
+
+
 def test_sixteen_threads_sharing_one_client_end_each_call_in_its_text_or_a_typed_error(
     faulty: FakeNebulaServer,
 ) -> None:
-    """320 calls, plain and streamed, from 16 threads through 10% faults: the right text or a NebulaError."""
+    """320 calls, plain and streamed, from 16 threads through 10% faults: the right text or a NebulaError.
+
+    And no connection is left open once the client is closed.
+    """
     outcomes: Counter[str] = Counter()
     wrong: list[str] = []
     lock = threading.Lock()
@@ -91,6 +102,7 @@ def test_sixteen_threads_sharing_one_client_end_each_call_in_its_text_or_a_typed
         for thread in threads:
             thread.join(60)
         assert not [t.name for t in threads if t.is_alive()], "a call hung"
+    assert connections_left(faulty) == 0
     assert sum(outcomes.values()) == THREADS * CALLS_PER_THREAD, outcomes
     assert not [o for o in outcomes if o.startswith("UNTYPED")], (faulty.faults, outcomes)
     assert wrong == [], faulty.faults
@@ -148,6 +160,7 @@ def test_close_while_sixteen_threads_call_through_faults_ends_each_one_promptly(
     assert len(ended) == THREADS
     assert all(o == "closed" or o.startswith("typed ") for o in ended), (faulty.faults, ended)
     assert elapsed < 10.0  # measured: about 0.1 s; generous for a loaded machine
+    assert connections_left(faulty) == 0
 
 
 EXIT_WHILE_CALLING = textwrap.dedent(

@@ -62,7 +62,7 @@ def _general_outcome(document: str, monkeypatch: pytest.MonkeyPatch) -> object:
                     200, HEADERS, f"a stream event is not a JSON object: {document[:200]!r}"
                 )
             if isinstance(payload.get("error"), dict) or payload.get("status") == "error":
-                raise _parse._error(200, payload, HEADERS)
+                raise _parse._error(200, payload, HEADERS, size=len(document))
             return structure_chunk(payload)
         except APIError as exc:
             return type(exc), str(exc)
