@@ -70,7 +70,8 @@ class Timeout:
       has no overall limit: ``total`` bounds only its wait for a connection, then ``read`` and
       ``stream_idle`` bound its silences.
     - ``stream_idle``: the longest wait between two ``data`` events in a stream; comments and
-      keep-alive lines do not reset it, so a stalled stream still fails.
+      keep-alive lines do not reset it, so a stalled stream still fails. It also bounds reading an
+      answer to a stream request that is not a stream (an error page, say).
     """
 
     connect: float | None = attrs.field(default=10.0, validator=_seconds_or_none)

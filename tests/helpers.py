@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,16 @@ def expect_clean_exit(code: str, stdout: str, *python_options: str, within: floa
     proc, elapsed = run_code(code, *python_options)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, stdout, ""), proc.stderr
     assert elapsed < within, f"the interpreter took {elapsed:.1f} s to exit"
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """Yield ``exc`` and every exception chained to it, as cause or context."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending.extend([current.__cause__, current.__context__])

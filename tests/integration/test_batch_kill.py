@@ -18,6 +18,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from benchmarks.soak import BATCH_CHILD
 from nebula_async.testing import FakeNebulaServer, FaultMix, default_reply
 from tests.helpers import ROOT
 
@@ -49,21 +50,7 @@ def test_every_id_is_written_exactly_once_across_kills(tmp_path: Path) -> None:
     rng.seed(seed)
     with FakeNebulaServer(models=["m"]).run_in_thread() as fake:
         command = [sys.executable, "-c", CHILD, fake.base_url, str(source), str(output), str(CONCURRENCY)]
-        killed_mid_run = 0
-        for _ in range(KILLS):
-            before = output.stat().st_size if output.exists() else 0
-            child = subprocess.Popen(command, cwd=ROOT, env=env)
-            # Wait for the first line of this run (the child imported and validated), then a random moment.
-            deadline = time.monotonic() + 10
-            while (output.stat().st_size if output.exists() else 0) <= before and time.monotonic() < deadline:
-                if child.poll() is not None:
-                    break
-                time.sleep(0.002)
-            time.sleep(rng.uniform(0.0, 0.3))
-            if child.poll() is None:
-                killed_mid_run += 1
-            child.send_signal(signal.SIGKILL)
-            child.wait()
+        killed_mid_run = kill_at_random_moments(command, output, env, rng, KILLS)
         subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=30)
         sent = len(fake.requests)
     data = output.read_bytes()
@@ -74,22 +61,6 @@ def test_every_id_is_written_exactly_once_across_kills(tmp_path: Path) -> None:
     assert PROMPTS <= sent <= PROMPTS + KILLS * CONCURRENCY, f"seed {seed}"
 
 
-# The same child, but through faults: a short read timeout (a "slow" fault outlasts it), no retries
-# (so about a tenth of the ids end as error records), and retry_failed when a fifth argument says so.
-FAULTY_CHILD = """
-import asyncio, sys
-from nebula_async import AsyncNebulaClient, Timeout
-
-async def main() -> None:
-    mend = sys.argv[5] == "1"  # retry_failed, once the faults have stopped: no short timeout to trip on
-    timeout = Timeout(connect=5.0, read=10.0 if mend else 0.3, total=10.0)
-    async with AsyncNebulaClient("key", base_url=sys.argv[1], max_retries=0, timeout=timeout) as client:
-        await client.run_batch(
-            sys.argv[2], sys.argv[3], model="m", concurrency=int(sys.argv[4]), retry_failed=mend
-        )
-
-asyncio.run(main())
-"""
 # Every kind that can reach a plain request; "slow" holds a reply longer than the child's read timeout.
 BATCH_FAULTS = FaultMix(rate=0.1, slow_seconds=0.6)
 
@@ -102,6 +73,7 @@ def kill_at_random_moments(
     for _ in range(kills):
         before = output.stat().st_size if output.exists() else 0
         child = subprocess.Popen(command, cwd=ROOT, env=env)
+        # Wait for the first line of this run (the child imported and validated), then a random moment.
         deadline = time.monotonic() + 10
         while (output.stat().st_size if output.exists() else 0) <= before and time.monotonic() < deadline:
             if child.poll() is not None:
@@ -131,7 +103,7 @@ def test_every_id_ends_once_across_kills_under_faults_and_retry_failed_mends_the
     rng = random.Random(seed)
     mix = attrs.evolve(BATCH_FAULTS, seed=seed)
     with FakeNebulaServer(models=["m"], faults=mix, max_recorded=0).run_in_thread() as fake:
-        base = [sys.executable, "-c", FAULTY_CHILD, fake.base_url, str(source), str(output), str(CONCURRENCY)]
+        base = [sys.executable, "-c", BATCH_CHILD, fake.base_url, str(source), str(output), str(CONCURRENCY)]
         killed_mid_run = kill_at_random_moments([*base, "0"], output, env, rng, KILLS)
         subprocess.run([*base, "0"], cwd=ROOT, env=env, check=True, timeout=60)
         injected = fake.faults_injected

@@ -19,7 +19,7 @@ import nebula_async
 from nebula_async import APIConnectionError, AsyncNebulaClient, NebulaError, Timeout
 from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
-from tests.helpers import NO_RETRY, SECRET_KEY, sse
+from tests.helpers import NO_RETRY, SECRET_KEY, exception_chain, sse
 from tests.integration._support import (
     CALLS,
     SSE_HEAD_CHUNKED,
@@ -286,19 +286,6 @@ def _frames(exc: traceback.TracebackException) -> Iterator[traceback.FrameSummar
         pending.extend([current.__cause__, current.__context__])
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """Yield ``exc`` and every exception chained to it, as cause or context."""
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        pending.extend([current.__cause__, current.__context__])
-
-
 @CALLS
 async def test_api_key_is_not_in_reprs_or_in_our_frames_locals(call: Call) -> None:
     """No repr of the client's objects, nor a nebula_async frame of a traceback with locals, shows the key."""
@@ -355,7 +342,7 @@ async def test_malformed_response_error_does_not_hold_the_api_key(call: Call, pa
     assert "Authorization" in cause.request_info.headers  # the check below is not vacuous
     assert SECRET_KEY not in repr(dict(cause.request_info.headers))
     assert SECRET_KEY not in repr(cause)
-    assert not [repr(e) for e in _chain(info.value) if SECRET_KEY in repr(e)]
+    assert not [repr(e) for e in exception_chain(info.value) if SECRET_KEY in repr(e)]
     assert SECRET_KEY not in "".join(traceback.format_exception(info.value))
     assert raw.requests == [
         {"model": "m", "prompt": "p", **({"stream": True} if call is stream_once else {})}

@@ -51,6 +51,7 @@ from nebula_async.testing import FakeNebulaServer
 from nebula_sync import NebulaClient
 from tests._proxy import ForwardProxy
 from tests.cli._support import cli_env, nebula
+from tests.helpers import exception_chain
 from tests.integration._support import HELLO, catch_all, collect, free_port
 
 KEY = "sk-SECRET-" + secrets.token_hex(16)  # distinctive and new per run: any sighting is a leak
@@ -69,22 +70,9 @@ def _assert_hidden(text: str, where: str) -> None:
 # --- searching an error as an error tracker would ---------------------------------------------------
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """Yield ``exc`` and every exception chained to it, as cause or context."""
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        pending.extend([current.__cause__, current.__context__])
-
-
 def _our_frames(exc: BaseException) -> Iterator[FrameType]:
     """Yield every nebula_async/nebula_sync frame of the tracebacks of ``exc`` and its chain."""
-    for error in _chain(exc):
+    for error in exception_chain(exc):
         tb: TracebackType | None = error.__traceback__
         while tb is not None:
             if tb.tb_frame.f_code.co_filename.startswith(OURS):
@@ -126,7 +114,7 @@ def _walk(value: object, path: str, depth: int, seen: set[int], found: list[str]
 
 def _assert_error_hides_key(exc: BaseException, *, key_was_given: bool = True) -> None:
     """Search ``exc`` as a user, a log and an error tracker would see it; fail on any sighting."""
-    for error in _chain(exc):
+    for error in exception_chain(exc):
         _assert_hidden(str(error), f"str() of {type(error).__name__}")
         _assert_hidden(repr(error), f"repr() of {type(error).__name__}")
         in_error: list[str] = []
