@@ -21,10 +21,28 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 __all__ = ["Deadline"]
 
 _COUNTS = sys.version_info >= (3, 11)  # Task.cancelling() and Task.uncancel()
+
+# In version checks mypy understands (it checks 3.10 too, where Task has neither method).
+if sys.version_info >= (3, 11):
+
+    def _cancelling(task: asyncio.Task[Any]) -> int:
+        return task.cancelling()
+
+    def _uncancel(task: asyncio.Task[Any]) -> int:
+        return task.uncancel()
+
+else:  # pragma: no cover - only called when _COUNTS
+
+    def _cancelling(task: asyncio.Task[Any]) -> int:
+        return 0
+
+    def _uncancel(task: asyncio.Task[Any]) -> int:
+        return 0
 
 
 class Deadline:
@@ -45,7 +63,7 @@ class Deadline:
         self._task = task
         self._fired = False  # we cancelled the task
         self._outside = False  # 3.10: somebody else cancelled it in the same step
-        self._cancelling = task.cancelling() if _COUNTS else 0
+        self._cancelling = _cancelling(task)
         self._handle: asyncio.Handle = loop.call_at(loop.time() + seconds, self._expire)
 
     def _expire(self) -> None:
@@ -77,7 +95,7 @@ class Deadline:
         self._fired = False
         if _COUNTS:
             # Ours undone, the caller's stay counted: cancelling() stays > 0 until they handle it.
-            return self._task.uncancel() <= self._cancelling
+            return _uncancel(self._task) <= self._cancelling
         return not self._outside
 
     def cancel(self) -> None:
@@ -87,4 +105,4 @@ class Deadline:
             # Our cancel never reached the timed part as a CancelledError (something caught it):
             # don't leave it counted against the caller.
             self._fired = False
-            self._task.uncancel()
+            _uncancel(self._task)

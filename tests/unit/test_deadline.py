@@ -43,7 +43,9 @@ async def _run(cancel_at: str | None) -> tuple[list[str], bool, int]:
     elif cancel_at == "same time":
         loop.call_at(when, task.cancel)
     await asyncio.wait([task])
-    counted = task.cancelling() if sys.version_info >= (3, 11) else 0
+    counted = 0
+    if sys.version_info >= (3, 11):
+        counted = task.cancelling()
     return outcome, task.cancelled(), counted
 
 
