@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from nebula_async import RetryPolicy
 
@@ -74,10 +74,23 @@ def expect_clean_exit(code: str, stdout: str, *python_options: str, within: floa
     assert elapsed < within, f"the interpreter took {elapsed:.1f} s to exit"
 
 
-def exception_chain(exc: BaseException) -> Iterator[BaseException]:
-    """Yield ``exc`` and every exception chained to it, as cause or context."""
+class _Chained(Protocol):
+    """An exception, or a traceback.TracebackException: both name their cause and context."""
+
+    @property
+    def __cause__(self) -> Any: ...
+
+    @property
+    def __context__(self) -> Any: ...
+
+
+_E = TypeVar("_E", bound=_Chained)
+
+
+def exception_chain(exc: _E) -> Iterator[_E]:
+    """Yield ``exc`` and every exception chained to it, as cause or context (each once)."""
     seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
+    pending: list[_E | None] = [exc]
     while pending:
         current = pending.pop()
         if current is None or id(current) in seen:

@@ -275,15 +275,8 @@ def _reprs_reachable_from(root: object) -> tuple[list[str], list[dict[object, ob
 
 def _frames(exc: traceback.TracebackException) -> Iterator[traceback.FrameSummary]:
     """Yield every frame of ``exc`` and of the exceptions chained to it."""
-    seen: set[int] = set()
-    pending: list[traceback.TracebackException | None] = [exc]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield from current.stack
-        pending.extend([current.__cause__, current.__context__])
+    for summary in exception_chain(exc):
+        yield from summary.stack
 
 
 @CALLS

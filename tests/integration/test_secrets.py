@@ -139,15 +139,8 @@ def _assert_error_hides_key(exc: BaseException, *, key_was_given: bool = True) -
 
 
 def _summary_frames(summary: traceback.TracebackException) -> Iterator[traceback.FrameSummary]:
-    seen: set[int] = set()
-    pending: list[traceback.TracebackException | None] = [summary]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield from current.stack
-        pending.extend([current.__cause__, current.__context__])
+    for each in exception_chain(summary):
+        yield from each.stack
 
 
 # --- every log record, at DEBUG ---------------------------------------------------------------------
