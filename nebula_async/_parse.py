@@ -59,8 +59,13 @@ def loads(raw: bytes | str) -> Any:
             return _fast_loads(raw)
         except ValueError:  # orjson is stricter (big integers, lone surrogates): the stdlib decides
             pass
+    return _stdlib_loads(raw)
+
+
+def _stdlib_loads(doc: bytes | str) -> Any:
+    """json.loads, with nesting too deep for it a ValueError, as orjson's, not a RecursionError."""
     try:
-        return json.loads(raw)
+        return json.loads(doc)
     except RecursionError:
         pass  # raised below, outside this block: no RecursionError as __context__
     raise ValueError(_TOO_DEEP)
@@ -86,12 +91,7 @@ def loads_text(raw: bytes | str) -> Any:
         doc = raw
         if not doc.isascii():  # a str from a caller may hold one as it is (the SSE decoder's cannot)
             doc.encode("utf-8")  # UnicodeEncodeError is a ValueError too
-    try:
-        value = json.loads(doc)
-    except RecursionError:
-        value = _REFUSED
-    if value is _REFUSED:  # raised here, outside the except block: no RecursionError as __context__
-        raise ValueError(_TOO_DEEP)
+    value = _stdlib_loads(doc)
     # A backslash first: a one-character search is far cheaper than the regex over every character.
     if "\\" in doc and _SURROGATE_ESCAPE.search(doc) is not None:
         _check_text(value)  # rare: a pair of escapes for one emoji, say
