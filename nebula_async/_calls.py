@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from ._config import CLIENT_CLOSED, Headers, RetryPolicy, Timeout
 from ._deadline import Deadline
-from ._errors import APIError, APITimeoutError, NebulaError, RateLimitError
+from ._errors import TIMED_OUT, APIError, APITimeoutError, NebulaError, RateLimitError
 from ._limit import Limiter, RateLimit
 from ._models import TextGeneration
 from ._retry import retry_delay
@@ -44,7 +44,6 @@ logger = logging.getLogger("nebula_async")
 logger.addHandler(logging.NullHandler())
 
 CLOSED_DURING_CALL = "this client was closed while the call was running"
-_TIMED_OUT = "timed out waiting for the API"  # as aiohttp's own timeouts are mapped (nebula_async._http)
 
 
 class CallPath:
@@ -185,7 +184,7 @@ class CallPath:
                 if deadline is None or not deadline.expired():
                     raise
                 request_id = None if response is None else response.headers.get("x-request-id")
-                error = APITimeoutError(_TIMED_OUT, request_id=request_id)
+                error = APITimeoutError(TIMED_OUT, request_id=request_id)
                 logger.debug("POST %s: total timeout (attempt %d)", self._url, number)
             finally:
                 if deadline is not None:

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "TIMED_OUT",
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
@@ -164,6 +165,10 @@ class APIConnectionError(NebulaError):
 
 class APITimeoutError(APIConnectionError):
     """A connect, read, stream-idle or total timeout ran out."""
+
+
+# The message of a call's timeout, whichever timer ran out: aiohttp's (connect, read) or our total.
+TIMED_OUT = "timed out waiting for the API"
 
 
 # The one table of known codes: the retry decision follows it too (_retry.is_retryable).

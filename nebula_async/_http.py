@@ -21,7 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._config import CLIENT_CLOSED, Headers, Timeout
-from ._errors import APIConnectionError, APITimeoutError, NebulaError
+from ._errors import TIMED_OUT, APIConnectionError, APITimeoutError, NebulaError
 from ._kernel import wake_loop_on_signals
 from ._parse import too_large
 
@@ -68,7 +68,7 @@ def _map_error(
     being read is a stream's.
     """
     if isinstance(exc, asyncio.TimeoutError):  # first: aiohttp's timeouts are also ClientConnectionErrors
-        return APITimeoutError("timed out waiting for the API", request_id=request_id)
+        return APITimeoutError(TIMED_OUT, request_id=request_id)
     if isinstance(exc, aiohttp.ClientResponseError):
         _redact(exc)  # chained by the caller: its request_info holds our headers, and so the key
     if proxy is not None and isinstance(exc, _PROXY_ERRORS):
