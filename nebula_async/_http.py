@@ -23,7 +23,7 @@ from yarl import URL
 from ._config import CLIENT_CLOSED, Headers, Timeout
 from ._errors import TIMED_OUT, APIConnectionError, APITimeoutError, NebulaError
 from ._kernel import wake_loop_on_signals
-from ._parse import too_large
+from ._parse import MAX_ERROR_BODY_BYTES, too_large
 
 if TYPE_CHECKING:
     import ssl
@@ -152,9 +152,9 @@ def _proxy_fix(proxy: Proxy) -> str:
     return "check the proxy= URL, or leave it out to connect directly"
 
 
-# What read_body reads of an answer at most (see body_limit), and of one past that, for its error.
+# What read_body reads of an answer at most (see body_limit; an error's, MAX_ERROR_BODY_BYTES, is
+# _parse's), and of one past that, for its error.
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a 200 JSON answer: far above any real text's, and a bound
-MAX_ERROR_BODY_BYTES = 64 * 1024  # an error status, or not JSON: an error envelope is a few hundred
 _HEAD_BYTES = 4 * 1024
 
 

@@ -12,6 +12,7 @@ from ._models import MalformedPayloadError, TextChunk, Usage, structure_chunk, s
 
 __all__ = [
     "DONE",
+    "MAX_ERROR_BODY_BYTES",
     "chunk_or_error",
     "generation_or_error",
     "loads",
@@ -99,9 +100,10 @@ def loads_text(raw: bytes | str) -> Any:
 
 
 _TOO_DEEP = "JSON nested too deeply"
-# An error envelope is a few hundred bytes; one longer than an error body may be (64 KiB, as
-# _http.MAX_ERROR_BODY_BYTES) keeps its class, code and message, not its details.
-_MAX_DETAILS_SOURCE = 64 * 1024
+# What _http.Transport.read_body reads of an error status, or of an answer not JSON: an error
+# envelope is a few hundred bytes. One longer than that (in a 200, or a stream's error event)
+# keeps its class, code and message, not its details.
+MAX_ERROR_BODY_BYTES = 64 * 1024
 # A \\uD800-\\uDFFF escape: how a lone surrogate is written in JSON text.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")  # UTF-8's, UTF-16's and (their start) UTF-32's
@@ -275,11 +277,11 @@ def _error(
 ) -> APIError:
     """Return the error ``body`` stands for; quote ``raw``, the text it was decoded from, if given.
 
-    ``size`` is the length of that text: an envelope past _MAX_DETAILS_SOURCE loses its details.
+    ``size`` is the length of that text: an envelope past MAX_ERROR_BODY_BYTES loses its details.
     """
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         error = error_from_response(status, body, headers)
-        if size > _MAX_DETAILS_SOURCE:
+        if size > MAX_ERROR_BODY_BYTES:
             error.details = {}  # kept as long as the error is: megabytes of it would be too
         return error
     # Quote the text, not the value: str() of a value nested a thousand deep raises RecursionError.
