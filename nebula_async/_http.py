@@ -407,12 +407,11 @@ class Transport:
                     if not data:
                         ended = True
                         return b"".join(parts)
+                    parts.append(data)
                     size += len(data)
                     if size > limit:
-                        parts.append(data)
                         head = _head_of(parts)
                         break
-                    parts.append(data)
                 del parts  # before the error is raised: nothing but the head is kept
         except _TRANSPORT_ERRORS as exc:
             raise _map_error(exc, request_id) from exc
