@@ -198,81 +198,68 @@ async def soak(
     """
     quiet_debug_mode()
     with ServerThread(mix) as server:
-        return await _soak(
-            server,
-            calls=calls,
-            rounds=rounds,
+        rng = random.Random(seed)
+        timeout = Timeout(connect=5.0, read=read_timeout, total=call_timeout, stream_idle=read_timeout)
+        retry = RetryPolicy(max_retries=3, initial_delay=0.01, max_delay=0.1)
+        figures: dict[str, Any] = {"rounds": []}
+        outcomes: collections.Counter[str] = collections.Counter()
+        wrong: list[str] = []
+        # Allocated once, so that the figures kept don't grow RSS from round to round.
+        latencies = array.array("d", bytes(8 * calls * rounds))
+        started = time.perf_counter()
+        async with AsyncNebulaClient(
+            server.api_key,
+            base_url=server.base_url,
+            timeout=timeout,
+            retry=retry,
+            max_connections=concurrency,
+        ) as client:
+            for number in range(1, rounds + 1):
+                result = await run_round(
+                    client,
+                    number,
+                    calls=calls,
+                    concurrency=concurrency,
+                    call_timeout=call_timeout,
+                    rng=rng,
+                    latencies=latencies,
+                )
+                outcomes.update(result["outcomes"])
+                wrong.extend(result["wrong_texts"])
+                gc.collect()
+                figures["rounds"].append(
+                    {
+                        "outcomes": result["outcomes"],
+                        "seconds": round(result["seconds"], 2),
+                        "rss": rss_bytes(),
+                    }
+                )
+        # The server sees a closed connection on its next loop turn or so: give it a moment.
+        for _ in range(500):  # at most 5 s
+            if not server.open_connections:
+                break
+            await asyncio.sleep(0.01)
+        # Every task of ours ends with aclose(): asyncio.run() would cancel a leaked one silently.
+        left = asyncio.all_tasks() - {asyncio.current_task()}
+        ordered = sorted(latencies)
+        figures.update(
+            tasks_left=len(left),
+            tasks_left_examples=sorted(repr(task.get_coro())[:120] for task in left)[:5],
+            calls=calls * rounds,
             concurrency=concurrency,
-            read_timeout=read_timeout,
-            call_timeout=call_timeout,
-            seed=seed,
+            outcomes=dict(outcomes),
+            successes=outcomes["success"],
+            untyped=sum(n for name, n in outcomes.items() if name.startswith("UNTYPED")),
+            hangs=outcomes["HANG"],
+            wrong_texts=len(wrong),
+            wrong_examples=wrong[:5],
+            faults_injected=server.faults_injected,
+            p50=statistics.median(ordered),
+            p99=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+            connections_left=server.open_connections,
+            seconds=round(time.perf_counter() - started, 2),
         )
-
-
-async def _soak(
-    server: FakeNebulaServer,
-    *,
-    calls: int,
-    rounds: int,
-    concurrency: int,
-    read_timeout: float,
-    call_timeout: float,
-    seed: int,
-) -> dict[str, Any]:
-    rng = random.Random(seed)
-    timeout = Timeout(connect=5.0, read=read_timeout, total=call_timeout, stream_idle=read_timeout)
-    retry = RetryPolicy(max_retries=3, initial_delay=0.01, max_delay=0.1)
-    figures: dict[str, Any] = {"rounds": []}
-    outcomes: collections.Counter[str] = collections.Counter()
-    wrong: list[str] = []
-    # Allocated once, so that the figures kept don't grow RSS from round to round.
-    latencies = array.array("d", bytes(8 * calls * rounds))
-    started = time.perf_counter()
-    async with AsyncNebulaClient(
-        server.api_key, base_url=server.base_url, timeout=timeout, retry=retry, max_connections=concurrency
-    ) as client:
-        for number in range(1, rounds + 1):
-            result = await run_round(
-                client,
-                number,
-                calls=calls,
-                concurrency=concurrency,
-                call_timeout=call_timeout,
-                rng=rng,
-                latencies=latencies,
-            )
-            outcomes.update(result["outcomes"])
-            wrong.extend(result["wrong_texts"])
-            gc.collect()
-            figures["rounds"].append(
-                {"outcomes": result["outcomes"], "seconds": round(result["seconds"], 2), "rss": rss_bytes()}
-            )
-    # The server sees a closed connection on its next loop turn or so: give it a moment.
-    for _ in range(500):  # at most 5 s
-        if not server.open_connections:
-            break
-        await asyncio.sleep(0.01)
-    # Every task of ours ends with aclose(): asyncio.run() would cancel a leaked one silently.
-    left = asyncio.all_tasks() - {asyncio.current_task()}
-    ordered = sorted(latencies)
-    figures.update(
-        tasks_left=len(left),
-        tasks_left_examples=sorted(repr(task.get_coro())[:120] for task in left)[:5],
-        calls=calls * rounds,
-        concurrency=concurrency,
-        outcomes=dict(outcomes),
-        successes=outcomes["success"],
-        untyped=sum(n for name, n in outcomes.items() if name.startswith("UNTYPED")),
-        hangs=outcomes["HANG"],
-        wrong_texts=len(wrong),
-        wrong_examples=wrong[:5],
-        faults_injected=server.faults_injected,
-        p50=statistics.median(ordered),
-        p99=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-        connections_left=server.open_connections,
-        seconds=round(time.perf_counter() - started, 2),
-    )
-    return figures
+        return figures
 
 
 def failures(figures: dict[str, Any]) -> list[str]:
