@@ -18,7 +18,7 @@ import attrs
 from ._state import Fault
 from ._wire import default_message
 
-__all__ = ["FAULT_KINDS", "FaultMix", "RandomFaults"]
+__all__ = ["FAULT_KINDS", "STREAM_ONLY", "FaultMix", "RandomFaults"]
 
 # Every kind a FaultMix can inject, with its default weight (all equal).
 FAULT_KINDS = (
@@ -30,7 +30,7 @@ FAULT_KINDS = (
     "drop_stream",  # a stream cut mid-way (streams only)
     "error_event",  # a server_error event mid-stream (streams only)
 )
-_STREAM_ONLY = frozenset({"drop_stream", "error_event"})
+STREAM_ONLY = frozenset({"drop_stream", "error_event"})
 
 
 def _rate(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -100,7 +100,7 @@ class RandomFaults:
         self._counts: collections.Counter[str] = collections.Counter()
         kinds = [(k, w) for k, w in mix.weights.items() if w > 0]
         self._choices = {
-            stream: [(k, w) for k, w in kinds if stream or k not in _STREAM_ONLY] for stream in (False, True)
+            stream: [(k, w) for k, w in kinds if stream or k not in STREAM_ONLY] for stream in (False, True)
         }
 
     def draw(self, *, stream: bool) -> tuple[str, Fault] | None:
