@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from .._checks import check_number
 from ._state import Fault
 from ._wire import default_message
 
@@ -34,17 +35,11 @@ STREAM_ONLY = frozenset({"drop_stream", "error_event"})
 
 
 def _rate(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name} must be a number, got {type(value).__name__}")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attribute.name} must be between 0 and 1, got {value!r}")
+    check_number(attribute.name, value, high=1)
 
 
 def _seconds(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name} must be a number of seconds, got {type(value).__name__}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{attribute.name} must be a finite number of seconds >= 0, got {value!r}")
+    check_number(attribute.name, value, unit=" of seconds")
 
 
 def _weights(value: Mapping[str, float] | None) -> Mapping[str, float]:
