@@ -46,7 +46,7 @@ from typing import Any
 from nebula_async import AsyncNebulaClient, NebulaError, RetryPolicy, Timeout
 from nebula_async.testing import FakeNebulaServer, FaultMix, default_reply
 
-__all__ = ["main", "soak"]
+__all__ = ["kill_at_random_moments", "main", "soak"]
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpt-4"
@@ -322,6 +322,36 @@ asyncio.run(main())
 CHILD_SECONDS = 300  # a batch child's run to the end: 10,000 prompts take about 10 s
 
 
+def kill_at_random_moments(
+    command: list[str],
+    output: Path,
+    rng: random.Random,
+    kills: int,
+    *,
+    longest: float,
+    env: dict[str, str] | None = None,
+) -> int:
+    """Run ``command`` ``kills`` times, each SIGKILLed at a random moment; return how many were mid-run.
+
+    Each run is killed after its first line reached ``output`` (it has imported and validated),
+    then a random wait of up to ``longest`` seconds.
+    """
+    killed_mid_run = 0
+    for _ in range(kills):
+        before = output.stat().st_size if output.exists() else 0
+        child = subprocess.Popen(command, cwd=ROOT, env=env)
+        deadline = time.monotonic() + 10
+        while (output.stat().st_size if output.exists() else 0) <= before and time.monotonic() < deadline:
+            if child.poll() is not None:
+                break
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, longest))
+        killed_mid_run += child.poll() is None
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    return killed_mid_run
+
+
 def batch_soak(*, prompts: int, kills: int, concurrency: int, rate: float, seed: int) -> dict[str, Any]:
     """Run run_batch in children killed at random moments under faults, to the end, then retry_failed.
 
@@ -344,21 +374,7 @@ def batch_soak(*, prompts: int, kills: int, concurrency: int, rate: float, seed:
                 str(output),
                 str(concurrency),
             ]
-            killed_mid_run = 0
-            for _ in range(kills):
-                before = output.stat().st_size if output.exists() else 0
-                child = subprocess.Popen([*base, "0"], cwd=ROOT)
-                deadline = time.monotonic() + 10
-                while (
-                    output.stat().st_size if output.exists() else 0
-                ) <= before and time.monotonic() < deadline:
-                    if child.poll() is not None:
-                        break
-                    time.sleep(0.002)
-                time.sleep(rng.uniform(0.0, 1.0))
-                killed_mid_run += child.poll() is None
-                child.send_signal(signal.SIGKILL)
-                child.wait()
+            killed_mid_run = kill_at_random_moments([*base, "0"], output, rng, kills, longest=1.0)
             # Bounded: a child that hangs fails the soak (TimeoutExpired), never blocks it for good.
             subprocess.run([*base, "0"], cwd=ROOT, check=True, timeout=CHILD_SECONDS)
             faulted = [json.loads(line) for line in output.read_bytes().splitlines()]
