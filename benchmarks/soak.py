@@ -46,7 +46,7 @@ from typing import Any
 from nebula_async import AsyncNebulaClient, NebulaError, RetryPolicy, Timeout
 from nebula_async.testing import FakeNebulaServer, FaultMix, default_reply
 
-__all__ = ["main", "soak"]
+__all__ = ["kill_at_random_moments", "main", "soak"]
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpt-4"
@@ -198,81 +198,68 @@ async def soak(
     """
     quiet_debug_mode()
     with ServerThread(mix) as server:
-        return await _soak(
-            server,
-            calls=calls,
-            rounds=rounds,
+        rng = random.Random(seed)
+        timeout = Timeout(connect=5.0, read=read_timeout, total=call_timeout, stream_idle=read_timeout)
+        retry = RetryPolicy(max_retries=3, initial_delay=0.01, max_delay=0.1)
+        figures: dict[str, Any] = {"rounds": []}
+        outcomes: collections.Counter[str] = collections.Counter()
+        wrong: list[str] = []
+        # Allocated once, so that the figures kept don't grow RSS from round to round.
+        latencies = array.array("d", bytes(8 * calls * rounds))
+        started = time.perf_counter()
+        async with AsyncNebulaClient(
+            server.api_key,
+            base_url=server.base_url,
+            timeout=timeout,
+            retry=retry,
+            max_connections=concurrency,
+        ) as client:
+            for number in range(1, rounds + 1):
+                result = await run_round(
+                    client,
+                    number,
+                    calls=calls,
+                    concurrency=concurrency,
+                    call_timeout=call_timeout,
+                    rng=rng,
+                    latencies=latencies,
+                )
+                outcomes.update(result["outcomes"])
+                wrong.extend(result["wrong_texts"])
+                gc.collect()
+                figures["rounds"].append(
+                    {
+                        "outcomes": result["outcomes"],
+                        "seconds": round(result["seconds"], 2),
+                        "rss": rss_bytes(),
+                    }
+                )
+        # The server sees a closed connection on its next loop turn or so: give it a moment.
+        for _ in range(500):  # at most 5 s
+            if not server.open_connections:
+                break
+            await asyncio.sleep(0.01)
+        # Every task of ours ends with aclose(): asyncio.run() would cancel a leaked one silently.
+        left = asyncio.all_tasks() - {asyncio.current_task()}
+        ordered = sorted(latencies)
+        figures.update(
+            tasks_left=len(left),
+            tasks_left_examples=sorted(repr(task.get_coro())[:120] for task in left)[:5],
+            calls=calls * rounds,
             concurrency=concurrency,
-            read_timeout=read_timeout,
-            call_timeout=call_timeout,
-            seed=seed,
+            outcomes=dict(outcomes),
+            successes=outcomes["success"],
+            untyped=sum(n for name, n in outcomes.items() if name.startswith("UNTYPED")),
+            hangs=outcomes["HANG"],
+            wrong_texts=len(wrong),
+            wrong_examples=wrong[:5],
+            faults_injected=server.faults_injected,
+            p50=statistics.median(ordered),
+            p99=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+            connections_left=server.open_connections,
+            seconds=round(time.perf_counter() - started, 2),
         )
-
-
-async def _soak(
-    server: FakeNebulaServer,
-    *,
-    calls: int,
-    rounds: int,
-    concurrency: int,
-    read_timeout: float,
-    call_timeout: float,
-    seed: int,
-) -> dict[str, Any]:
-    rng = random.Random(seed)
-    timeout = Timeout(connect=5.0, read=read_timeout, total=call_timeout, stream_idle=read_timeout)
-    retry = RetryPolicy(max_retries=3, initial_delay=0.01, max_delay=0.1)
-    figures: dict[str, Any] = {"rounds": []}
-    outcomes: collections.Counter[str] = collections.Counter()
-    wrong: list[str] = []
-    # Allocated once, so that the figures kept don't grow RSS from round to round.
-    latencies = array.array("d", bytes(8 * calls * rounds))
-    started = time.perf_counter()
-    async with AsyncNebulaClient(
-        server.api_key, base_url=server.base_url, timeout=timeout, retry=retry, max_connections=concurrency
-    ) as client:
-        for number in range(1, rounds + 1):
-            result = await run_round(
-                client,
-                number,
-                calls=calls,
-                concurrency=concurrency,
-                call_timeout=call_timeout,
-                rng=rng,
-                latencies=latencies,
-            )
-            outcomes.update(result["outcomes"])
-            wrong.extend(result["wrong_texts"])
-            gc.collect()
-            figures["rounds"].append(
-                {"outcomes": result["outcomes"], "seconds": round(result["seconds"], 2), "rss": rss_bytes()}
-            )
-    # The server sees a closed connection on its next loop turn or so: give it a moment.
-    for _ in range(500):  # at most 5 s
-        if not server.open_connections:
-            break
-        await asyncio.sleep(0.01)
-    # Every task of ours ends with aclose(): asyncio.run() would cancel a leaked one silently.
-    left = asyncio.all_tasks() - {asyncio.current_task()}
-    ordered = sorted(latencies)
-    figures.update(
-        tasks_left=len(left),
-        tasks_left_examples=sorted(repr(task.get_coro())[:120] for task in left)[:5],
-        calls=calls * rounds,
-        concurrency=concurrency,
-        outcomes=dict(outcomes),
-        successes=outcomes["success"],
-        untyped=sum(n for name, n in outcomes.items() if name.startswith("UNTYPED")),
-        hangs=outcomes["HANG"],
-        wrong_texts=len(wrong),
-        wrong_examples=wrong[:5],
-        faults_injected=server.faults_injected,
-        p50=statistics.median(ordered),
-        p99=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-        connections_left=server.open_connections,
-        seconds=round(time.perf_counter() - started, 2),
-    )
-    return figures
+        return figures
 
 
 def failures(figures: dict[str, Any]) -> list[str]:
@@ -335,6 +322,36 @@ asyncio.run(main())
 CHILD_SECONDS = 300  # a batch child's run to the end: 10,000 prompts take about 10 s
 
 
+def kill_at_random_moments(
+    command: list[str],
+    output: Path,
+    rng: random.Random,
+    kills: int,
+    *,
+    longest: float,
+    env: dict[str, str] | None = None,
+) -> int:
+    """Run ``command`` ``kills`` times, each SIGKILLed at a random moment; return how many were mid-run.
+
+    Each run is killed after its first line reached ``output`` (it has imported and validated),
+    then a random wait of up to ``longest`` seconds.
+    """
+    killed_mid_run = 0
+    for _ in range(kills):
+        before = output.stat().st_size if output.exists() else 0
+        child = subprocess.Popen(command, cwd=ROOT, env=env)
+        deadline = time.monotonic() + 10
+        while (output.stat().st_size if output.exists() else 0) <= before and time.monotonic() < deadline:
+            if child.poll() is not None:
+                break
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, longest))
+        killed_mid_run += child.poll() is None
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    return killed_mid_run
+
+
 def batch_soak(*, prompts: int, kills: int, concurrency: int, rate: float, seed: int) -> dict[str, Any]:
     """Run run_batch in children killed at random moments under faults, to the end, then retry_failed.
 
@@ -357,21 +374,7 @@ def batch_soak(*, prompts: int, kills: int, concurrency: int, rate: float, seed:
                 str(output),
                 str(concurrency),
             ]
-            killed_mid_run = 0
-            for _ in range(kills):
-                before = output.stat().st_size if output.exists() else 0
-                child = subprocess.Popen([*base, "0"], cwd=ROOT)
-                deadline = time.monotonic() + 10
-                while (
-                    output.stat().st_size if output.exists() else 0
-                ) <= before and time.monotonic() < deadline:
-                    if child.poll() is not None:
-                        break
-                    time.sleep(0.002)
-                time.sleep(rng.uniform(0.0, 1.0))
-                killed_mid_run += child.poll() is None
-                child.send_signal(signal.SIGKILL)
-                child.wait()
+            killed_mid_run = kill_at_random_moments([*base, "0"], output, rng, kills, longest=1.0)
             # Bounded: a child that hangs fails the soak (TimeoutExpired), never blocks it for good.
             subprocess.run([*base, "0"], cwd=ROOT, check=True, timeout=CHILD_SECONDS)
             faulted = [json.loads(line) for line in output.read_bytes().splitlines()]

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from .._models import GenerateRequest
-from ._faults import RandomFaults
+from ._faults import STREAM_ONLY, RandomFaults
 from ._generate import count_tokens, default_reply, generate
 from ._logs import logger
 from ._state import FakeModel, Fault, Limits, RecordedRequest, Script, seconds_header
@@ -116,13 +116,14 @@ class Answerer:
             answer.headers["Allow"] = "POST"
             return answer
         fault = self._script.next_request_fault()
+        random_faults = self.random_faults  # read once: another thread may set server.faults
         random_stream_fault: tuple[str, Fault] | None = None
-        if fault is None and self.random_faults is not None:
-            drawn = self.random_faults.draw(stream=isinstance(body, dict) and body.get("stream") is True)
-            if drawn is not None and drawn[1].kind in ("drop_stream", "error_event"):
+        if fault is None and random_faults is not None:
+            drawn = random_faults.draw(stream=isinstance(body, dict) and body.get("stream") is True)
+            if drawn is not None and drawn[0] in STREAM_ONLY:
                 random_stream_fault = drawn  # it waits for the stream, as a scripted one does
             elif drawn is not None:
-                self.random_faults.injected(drawn[0])
+                random_faults.injected(drawn[0])
                 fault = drawn[1]
         if fault is not None:
             if fault.kind == "delay":
@@ -187,8 +188,8 @@ class Answerer:
         if params.stream:
             usage_of = prompt_tokens if settings.stream_usage else None
             stream_fault = self._script.next_stream_fault()
-            if stream_fault is None and random_stream_fault is not None and self.random_faults is not None:
-                self.random_faults.injected(random_stream_fault[0])
+            if stream_fault is None and random_stream_fault is not None and random_faults is not None:
+                random_faults.injected(random_stream_fault[0])
                 stream_fault = random_stream_fault[1]
             return await write_stream(
                 request,

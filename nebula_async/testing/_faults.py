@@ -15,10 +15,11 @@ from typing import Any
 
 import attrs
 
+from .._checks import check_number
 from ._state import Fault
 from ._wire import default_message
 
-__all__ = ["FAULT_KINDS", "FaultMix", "RandomFaults"]
+__all__ = ["FAULT_KINDS", "STREAM_ONLY", "FaultMix", "RandomFaults"]
 
 # Every kind a FaultMix can inject, with its default weight (all equal).
 FAULT_KINDS = (
@@ -30,21 +31,15 @@ FAULT_KINDS = (
     "drop_stream",  # a stream cut mid-way (streams only)
     "error_event",  # a server_error event mid-stream (streams only)
 )
-_STREAM_ONLY = frozenset({"drop_stream", "error_event"})
+STREAM_ONLY = frozenset({"drop_stream", "error_event"})
 
 
 def _rate(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name} must be a number, got {type(value).__name__}")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attribute.name} must be between 0 and 1, got {value!r}")
+    check_number(attribute.name, value, high=1)
 
 
 def _seconds(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name} must be a number of seconds, got {type(value).__name__}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{attribute.name} must be a finite number of seconds >= 0, got {value!r}")
+    check_number(attribute.name, value, unit=" of seconds")
 
 
 def _weights(value: Mapping[str, float] | None) -> Mapping[str, float]:
@@ -100,7 +95,7 @@ class RandomFaults:
         self._counts: collections.Counter[str] = collections.Counter()
         kinds = [(k, w) for k, w in mix.weights.items() if w > 0]
         self._choices = {
-            stream: [(k, w) for k, w in kinds if stream or k not in _STREAM_ONLY] for stream in (False, True)
+            stream: [(k, w) for k, w in kinds if stream or k not in STREAM_ONLY] for stream in (False, True)
         }
 
     def draw(self, *, stream: bool) -> tuple[str, Fault] | None:

@@ -119,8 +119,6 @@ class FakeNebulaServer:
             check_int("max_recorded", max_recorded, 0, note=" or None (keep all)")
         if ssl is not None and not isinstance(ssl, SSLContext):
             raise TypeError(f"ssl must be an ssl.SSLContext or None, got {type(ssl).__name__}")
-        if faults is not None and not isinstance(faults, FaultMix):
-            raise TypeError(f"faults must be a FaultMix or None, got {type(faults).__name__}")
         if reply is not None and not callable(reply):
             raise TypeError("reply must be a function from a GenerateRequest to the reply text")
         self.models: dict[str, FakeModel] = merge_models(models, default_models=default_models)
@@ -153,13 +151,13 @@ class FakeNebulaServer:
             limits=self._limits,
             requests=self._requests,
         )
-        self._lock = lock
-        self.faults = faults
         self._access_log = access_log
         self._ssl = ssl
         self._site: Site | None = None
         self._thread: LoopThread | None = None  # set while start() runs the server in a thread
         self._thread_lock = threading.Lock()
+        self._lock = lock
+        self.faults = faults  # last: the setter checks it, and a half-built server still has a repr
 
     def __repr__(self) -> str:
         where = self.base_url if self._site is not None else "not running"

@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import attrs
 import pytest
 
-from benchmarks.soak import BATCH_CHILD
+from benchmarks.soak import BATCH_CHILD, kill_at_random_moments
 from nebula_async.testing import FakeNebulaServer, FaultMix, default_reply
 from tests.helpers import ROOT
 
@@ -50,7 +48,7 @@ def test_every_id_is_written_exactly_once_across_kills(tmp_path: Path) -> None:
     rng.seed(seed)
     with FakeNebulaServer(models=["m"]).run_in_thread() as fake:
         command = [sys.executable, "-c", CHILD, fake.base_url, str(source), str(output), str(CONCURRENCY)]
-        killed_mid_run = kill_at_random_moments(command, output, env, rng, KILLS)
+        killed_mid_run = kill_at_random_moments(command, output, rng, KILLS, longest=0.3, env=env)
         subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=30)
         sent = len(fake.requests)
     data = output.read_bytes()
@@ -63,28 +61,6 @@ def test_every_id_is_written_exactly_once_across_kills(tmp_path: Path) -> None:
 
 # Every kind that can reach a plain request; "slow" holds a reply longer than the child's read timeout.
 BATCH_FAULTS = FaultMix(rate=0.1, slow_seconds=0.6)
-
-
-def kill_at_random_moments(
-    command: list[str], output: Path, env: dict[str, str], rng: random.Random, kills: int
-) -> int:
-    """Run ``command`` ``kills`` times, each SIGKILLed at a random moment; return how many were mid-run."""
-    killed_mid_run = 0
-    for _ in range(kills):
-        before = output.stat().st_size if output.exists() else 0
-        child = subprocess.Popen(command, cwd=ROOT, env=env)
-        # Wait for the first line of this run (the child imported and validated), then a random moment.
-        deadline = time.monotonic() + 10
-        while (output.stat().st_size if output.exists() else 0) <= before and time.monotonic() < deadline:
-            if child.poll() is not None:
-                break
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0.0, 0.3))
-        if child.poll() is None:
-            killed_mid_run += 1
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    return killed_mid_run
 
 
 @pytest.mark.soak
@@ -104,7 +80,7 @@ def test_every_id_ends_once_across_kills_under_faults_and_retry_failed_mends_the
     mix = attrs.evolve(BATCH_FAULTS, seed=seed)
     with FakeNebulaServer(models=["m"], faults=mix, max_recorded=0).run_in_thread() as fake:
         base = [sys.executable, "-c", BATCH_CHILD, fake.base_url, str(source), str(output), str(CONCURRENCY)]
-        killed_mid_run = kill_at_random_moments([*base, "0"], output, env, rng, KILLS)
+        killed_mid_run = kill_at_random_moments([*base, "0"], output, rng, KILLS, longest=0.3, env=env)
         subprocess.run([*base, "0"], cwd=ROOT, env=env, check=True, timeout=60)
         injected = fake.faults_injected
         faulted = [json.loads(line) for line in output.read_bytes().splitlines()]

@@ -20,7 +20,7 @@ from nebula_async import (
 )
 from nebula_async._batchfile import CHECK_EVERY
 from nebula_async.testing import FakeNebulaServer
-from tests.integration._support import echo, make_client
+from tests.integration._support import echo, make_client, wait_until
 
 
 def write_input(path: Path, count: int, **fields: Any) -> Path:
@@ -414,14 +414,6 @@ async def test_a_copy_left_by_a_rewrite_killed_midway_is_removed(
     assert sorted(os.listdir(output.parent)) == [other.name, "in.jsonl", "out.jsonl"]
 
 
-async def _wait_for_requests(fake: FakeNebulaServer, count: int) -> None:
-    for _ in range(500):
-        if len(fake.requests) >= count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"fewer than {count} requests arrived")
-
-
 @pytest.mark.parametrize("retry_failed", [False, True])
 async def test_a_second_run_on_the_same_output_fails_while_the_first_runs(
     retry_failed: bool, fake: FakeNebulaServer, files: tuple[Path, Path]
@@ -439,7 +431,7 @@ async def test_a_second_run_on_the_same_output_fails_while_the_first_runs(
         first = asyncio.create_task(
             client.run_batch(source, output, model="m", concurrency=1, retry_failed=retry_failed)
         )
-        await _wait_for_requests(fake, sent + 1)
+        await wait_until(lambda: len(fake.requests) > sent, timeout=5.0)
         with pytest.raises(BlockingIOError, match="another run_batch is writing to this output"):
             await client.run_batch(source, output, model="m")
         summary = await first

@@ -15,7 +15,7 @@ import pytest
 from nebula_async.testing import FakeNebulaServer, FaultMix, default_reply
 from nebula_sync import NebulaClient, NebulaError, RetryPolicy, Timeout
 from tests.helpers import run_code
-from tests.sync._support import CLOSED_MID_CALL, KEY
+from tests.sync._support import CLOSED_MID_CALL, KEY, wait_for
 
 MODEL = "gpt-4"
 THREADS = 16
@@ -61,9 +61,7 @@ def call(client: NebulaClient, prompt: str, *, stream: bool) -> str:
 
 def connections_left(server: FakeNebulaServer) -> int:
     """Return the connections still open on ``server``, once it has had up to 5 s to see them close."""
-    deadline = time.monotonic() + 5
-    while server.open_connections and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: not server.open_connections, timeout=5.0)
     return server.open_connections
 
 
