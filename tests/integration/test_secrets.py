@@ -43,7 +43,6 @@ from nebula_async import (
     NebulaError,
     PermissionDeniedError,
     RateLimitError,
-    RetryPolicy,
     ServerError,
 )
 from nebula_async._secret import Secret
@@ -51,12 +50,11 @@ from nebula_async.testing import FakeNebulaServer
 from nebula_sync import NebulaClient
 from tests._proxy import ForwardProxy
 from tests.cli._support import cli_env, nebula
-from tests.helpers import exception_chain
+from tests.helpers import FAST_RETRY, NO_RETRY, exception_chain
 from tests.integration._support import HELLO, catch_all, collect, free_port
 
 KEY = "sk-SECRET-" + secrets.token_hex(16)  # distinctive and new per run: any sighting is a leak
 NEEDLES = (KEY, f"Bearer {KEY}", KEY[:12], KEY[-12:])
-FAST = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.002)
 OURS = tuple(os.path.dirname(m.__file__ or "") + os.sep for m in (nebula_async, nebula_sync))
 LOGGERS = ("", "aiohttp", "asyncio", "nebula_async")
 MAX_DEPTH = 8  # how deep the walk goes into containers and our objects from a frame's local
@@ -186,7 +184,7 @@ async def fake() -> AsyncIterator[FakeNebulaServer]:
 
 
 def _client(base_url: str, key: str | None = KEY, **kwargs: Any) -> AsyncNebulaClient:
-    kwargs.setdefault("retry", FAST)
+    kwargs.setdefault("retry", FAST_RETRY)
     return AsyncNebulaClient(key, base_url=base_url, **kwargs)
 
 
@@ -253,7 +251,7 @@ async def test_api_error_holds_no_key(
     fake: FakeNebulaServer, status: int, code: str, cls: type[APIError]
 ) -> None:
     """Each error class, raised by a call and by a stream, hides the key everywhere."""
-    fake.fail_next(2 * (FAST.max_retries + 1), status=status, code=code, retry_after=0)
+    fake.fail_next(2 * (FAST_RETRY.max_retries + 1), status=status, code=code, retry_after=0)
     async with _client(fake.base_url) as client:
         with pytest.raises(cls) as info:
             await client.generate_text(model="m", prompt="p")
@@ -295,7 +293,7 @@ async def test_success_retries_and_html_error(fake: FakeNebulaServer, logs: _Rec
 async def test_stream_errors_hold_no_key(fake: FakeNebulaServer) -> None:
     """A stream cut mid-way and an error event after text both hide the key."""
     fake.token_delay = 0.005
-    async with _client(fake.base_url, retry=RetryPolicy(max_retries=0)) as client:
+    async with _client(fake.base_url, retry=NO_RETRY) as client:
         fake.drop_stream_after(events=2)
         with pytest.raises(APIConnectionError) as dropped:
             await collect(client.stream_text(model="m", prompt="p"), enter=True)
@@ -321,7 +319,7 @@ async def test_timeout_holds_no_key(fake: FakeNebulaServer, monkeypatch: pytest.
     """A timeout of a client whose key came from NEBULA_API_KEY hides the key."""
     monkeypatch.setenv("NEBULA_API_KEY", KEY)
     fake.delay_next(seconds=2.0)
-    async with _client(fake.base_url, key=None, timeout=0.2, retry=RetryPolicy(max_retries=0)) as client:
+    async with _client(fake.base_url, key=None, timeout=0.2, retry=NO_RETRY) as client:
         with pytest.raises(APITimeoutError) as info:
             await client.generate_text(model="m", prompt="p")
     _assert_error_hides_key(info.value)
@@ -374,7 +372,7 @@ def test_sync_client_success_and_errors() -> None:
     """The sync client's results, errors (raised through its loop thread) and repr hide the key."""
     with (
         FakeNebulaServer(models=["m"], replies={"p": HELLO}, api_keys=[KEY]).run_in_thread() as server,
-        NebulaClient(KEY, base_url=server.base_url, retry=FAST) as client,
+        NebulaClient(KEY, base_url=server.base_url, retry=FAST_RETRY) as client,
     ):
         assert client.generate_text(model="m", prompt="p").text == HELLO
         _assert_hidden(repr(client), "the sync client's repr")
@@ -468,7 +466,7 @@ async def test_tls_verification_is_on_by_default(server_tls: ssl.SSLContext) -> 
     """A client with the default verify= refuses a certificate no system CA signed, before sending."""
     async with (
         FakeNebulaServer(models=["m"], replies={"p": HELLO}, ssl=server_tls) as server,
-        _client(server.base_url, retry=RetryPolicy(max_retries=0)) as client,
+        _client(server.base_url, retry=NO_RETRY) as client,
     ):
         assert server.base_url.startswith("https://127.0.0.1:")
         with pytest.raises(APIConnectionError) as info:
