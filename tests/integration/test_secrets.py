@@ -36,13 +36,8 @@ from nebula_async import (
     APITimeoutError,
     AsyncNebulaClient,
     AuthenticationError,
-    ContextLengthExceededError,
-    InsufficientQuotaError,
-    InvalidRequestError,
     ModelNotFoundError,
     NebulaError,
-    PermissionDeniedError,
-    RateLimitError,
     ServerError,
 )
 from nebula_async._secret import Secret
@@ -50,7 +45,7 @@ from nebula_async.testing import FakeNebulaServer
 from nebula_sync import NebulaClient
 from tests._proxy import ForwardProxy
 from tests.cli._support import cli_env, nebula
-from tests.helpers import FAST_RETRY, NO_RETRY, exception_chain
+from tests.helpers import FAST_RETRY, KNOWN_CODES, NO_RETRY, exception_chain
 from tests.integration._support import HELLO, catch_all, collect, free_port
 
 KEY = "sk-SECRET-" + secrets.token_hex(16)  # distinctive and new per run: any sighting is a leak
@@ -234,19 +229,8 @@ def test_bad_key_error_holds_no_key(client_class: type[Any], bad_key: str) -> No
 
 # --- call errors, and the flows around them ---------------------------------------------------------
 
-HTTP_ERRORS: list[tuple[int, str, type[APIError]]] = [
-    (400, "invalid_request", InvalidRequestError),
-    (400, "context_length_exceeded", ContextLengthExceededError),
-    (401, "invalid_api_key", AuthenticationError),
-    (403, "permission_denied", PermissionDeniedError),
-    (404, "model_not_found", ModelNotFoundError),
-    (429, "insufficient_quota", InsufficientQuotaError),
-    (429, "rate_limit_exceeded", RateLimitError),
-    (500, "server_error", ServerError),
-]
 
-
-@pytest.mark.parametrize(("status", "code", "cls"), HTTP_ERRORS, ids=[c for _, c, _ in HTTP_ERRORS])
+@pytest.mark.parametrize(("code", "status", "cls"), KNOWN_CODES, ids=[c for c, _, _ in KNOWN_CODES])
 async def test_api_error_holds_no_key(
     fake: FakeNebulaServer, status: int, code: str, cls: type[APIError]
 ) -> None:
