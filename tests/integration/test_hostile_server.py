@@ -638,18 +638,11 @@ async def test_an_error_page_s_error_keeps_no_body_in_its_traceback(server: Loca
 
 async def test_a_json_answer_to_a_stream_keeps_no_body_in_its_traceback(server: LocalServer) -> None:
     """A stream answered by a malformed 2 MB JSON 200 (not an event stream): no body in the traceback."""
-    server.handler = _json_200(KEPT_BODIES["not-json"])
+    server.handler = json_handler_raw(200, KEPT_BODIES["not-json"], "application/json")
     error = await _raises(stream_once, server.base_url)
     assert type(error) is ServerError
     assert "not JSON" in str(error)
     assert _large_locals(error) == []
-
-
-def _json_200(raw: bytes) -> Handler:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=raw, content_type="application/json")
-
-    return handler
 
 
 @pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
