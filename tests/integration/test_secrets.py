@@ -316,11 +316,14 @@ async def test_generate_many_and_as_completed(fake: FakeNebulaServer) -> None:
         results = await client.generate_many(requests, return_exceptions=True)
         assert isinstance(results[1], ModelNotFoundError)
         _assert_error_hides_key(results[1])
+        errors = 0
         async with client.as_completed(requests) as outcomes:
             async for outcome in outcomes:
                 _assert_hidden(repr(outcome), "an outcome's repr")
                 if outcome.error is not None:
+                    errors += 1
                     _assert_error_hides_key(outcome.error)
+        assert errors == 1  # the "nope" request's outcome was searched: the loop was not vacuous
 
 
 async def test_run_batch_records_hold_no_key(fake: FakeNebulaServer, tmp_path: Path) -> None:
