@@ -36,7 +36,10 @@ def _first_loads(raw: bytes | str) -> Any:
         _fast_loads = None
     else:
         _fast_loads = found
-    return loads(raw)
+        return found(raw)
+    # No fast path: the caller's own stdlib path decides, as it will from now on. (Calling loads()
+    # here made the first loads_text() of a process as lenient as loads(): a lone surrogate passed.)
+    raise ValueError("no orjson")  # pragma: no cover - depends on what is installed
 
 
 # orjson's loads, None without it, or _first_loads until the first call: no cost per call for laziness.

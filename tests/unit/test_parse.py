@@ -59,6 +59,16 @@ def test_loads_text_refuses_lone_surrogates(decoder: str, raw: bytes | str) -> N
     assert isinstance(_parse.loads(raw), (str, dict, list))
 
 
+def test_the_first_loads_text_of_a_process_is_as_strict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first decoding, which looks for orjson, refuses a lone surrogate like every later one."""
+    # Regression: _first_loads answered with loads(), so a process's first answer let one through.
+    monkeypatch.setattr(_parse, "_fast_loads", _parse._first_loads)
+    with pytest.raises(ValueError, match=r"surrogate|can't decode|invalid"):
+        _parse.loads_text(b'"a\xed\xa0\x80"')
+    monkeypatch.setattr(_parse, "_fast_loads", _parse._first_loads)
+    assert _parse.loads(b'"a\xed\xa0\x80"') == "a\ud800"  # loads() stays json.loads
+
+
 @pytest.mark.parametrize(
     ("raw", "text"),
     [('"\\ud83d\\ude00"', "\U0001f600"), (b'"\xf0\x9f\x98\x80"', "\U0001f600"), ('"\\\\ud800"', "\\ud800")],
