@@ -11,7 +11,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from nebula_async import RetryPolicy
+from nebula_async import (
+    APIError,
+    AuthenticationError,
+    ContextLengthExceededError,
+    InsufficientQuotaError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RetryPolicy,
+    ServerError,
+)
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: subprocesses import the SDK from it
 
@@ -22,6 +34,23 @@ SECRET_KEY = "sk-live-SECRET-7f3a9c2e5d1b4088"
 # Retries that wait about a millisecond: the tests measure behaviour, not backoff.
 FAST_RETRY = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.002)
 NO_RETRY = RetryPolicy(max_retries=0)
+
+# (code, the HTTP status a server would send it with, the class it must raise): the five the API
+# documents, then those it sends beside them (server_error, invalid_api_key, not_found) and the names
+# OpenAI-style APIs give the same failures.
+KNOWN_CODES: list[tuple[str, int, type[APIError]]] = [
+    ("invalid_request", 400, InvalidRequestError),
+    ("model_not_found", 404, ModelNotFoundError),
+    ("context_length_exceeded", 400, ContextLengthExceededError),
+    ("rate_limit_exceeded", 429, RateLimitError),
+    ("insufficient_quota", 429, InsufficientQuotaError),
+    ("server_error", 500, ServerError),
+    ("service_unavailable", 503, ServerError),
+    ("invalid_api_key", 401, AuthenticationError),
+    ("authentication_error", 401, AuthenticationError),
+    ("permission_denied", 403, PermissionDeniedError),
+    ("not_found", 404, NotFoundError),
+]
 
 
 def success_body(

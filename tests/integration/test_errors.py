@@ -15,7 +15,6 @@ from nebula_async import (
     APIError,
     AsyncNebulaClient,
     AuthenticationError,
-    ContextLengthExceededError,
     InsufficientQuotaError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -26,25 +25,8 @@ from nebula_async import (
 )
 from nebula_async.testing import FakeNebulaServer
 from tests.conftest import LocalServer
-from tests.helpers import NO_RETRY, error_body, success_body
+from tests.helpers import KNOWN_CODES, NO_RETRY, error_body, success_body
 from tests.integration._support import CALLS, HELLO, Call, catch_all, collect, json_handler, make_client
-
-# (code, the HTTP status a server would send it with, the class it must raise): the five the API
-# documents, then those it sends beside them (server_error, invalid_api_key, not_found) and the names
-# OpenAI-style APIs give the same failures.
-KNOWN_CODES = [
-    ("invalid_request", 400, InvalidRequestError),
-    ("model_not_found", 404, ModelNotFoundError),
-    ("context_length_exceeded", 400, ContextLengthExceededError),
-    ("rate_limit_exceeded", 429, RateLimitError),
-    ("insufficient_quota", 429, InsufficientQuotaError),
-    ("server_error", 500, ServerError),
-    ("service_unavailable", 503, ServerError),
-    ("invalid_api_key", 401, AuthenticationError),
-    ("authentication_error", 401, AuthenticationError),
-    ("permission_denied", 403, PermissionDeniedError),
-    ("not_found", 404, NotFoundError),
-]
 
 
 def _client(server: LocalServer | FakeNebulaServer) -> AsyncNebulaClient:

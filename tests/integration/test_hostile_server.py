@@ -33,7 +33,7 @@ from nebula_async import (
 from nebula_async._http import MAX_BODY_BYTES, MAX_ERROR_BODY_BYTES
 from nebula_async._sse import MAX_EVENT_BYTES
 from tests.conftest import Handler, LocalServer
-from tests.helpers import NO_RETRY, success_body
+from tests.helpers import NO_RETRY, exception_chain, success_body
 from tests.integration._support import (
     CALLS,
     Call,
@@ -583,15 +583,11 @@ def _large_locals(error: BaseException, limit: int = 16 * 1024) -> list[str]:
         return 0
 
     found = []
-    chain: list[BaseException | None] = [error]
-    while chain:
-        exc = chain.pop()
-        if exc is None or id(exc) in seen:
-            continue
-        seen.add(id(exc))
-        chain += [exc.__context__, exc.__cause__]
+    frames = 0
+    for exc in exception_chain(error):
         tb = exc.__traceback__
         while tb is not None:
+            frames += 1
             frame = tb.tb_frame
             found += [
                 f"{frame.f_code.co_name}: {name} ({held} bytes)"
@@ -599,6 +595,7 @@ def _large_locals(error: BaseException, limit: int = 16 * 1024) -> list[str]:
                 if (held := size(value)) > limit
             ]
             tb = tb.tb_next
+    assert frames, "the error has no traceback frame: the search would prove nothing"
     return found
 
 
@@ -638,18 +635,11 @@ async def test_an_error_page_s_error_keeps_no_body_in_its_traceback(server: Loca
 
 async def test_a_json_answer_to_a_stream_keeps_no_body_in_its_traceback(server: LocalServer) -> None:
     """A stream answered by a malformed 2 MB JSON 200 (not an event stream): no body in the traceback."""
-    server.handler = _json_200(KEPT_BODIES["not-json"])
+    server.handler = json_handler_raw(200, KEPT_BODIES["not-json"], "application/json")
     error = await _raises(stream_once, server.base_url)
     assert type(error) is ServerError
     assert "not JSON" in str(error)
     assert _large_locals(error) == []
-
-
-def _json_200(raw: bytes) -> Handler:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=raw, content_type="application/json")
-
-    return handler
 
 
 @pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["lf", "crlf"])

@@ -36,14 +36,8 @@ from nebula_async import (
     APITimeoutError,
     AsyncNebulaClient,
     AuthenticationError,
-    ContextLengthExceededError,
-    InsufficientQuotaError,
-    InvalidRequestError,
     ModelNotFoundError,
     NebulaError,
-    PermissionDeniedError,
-    RateLimitError,
-    RetryPolicy,
     ServerError,
 )
 from nebula_async._secret import Secret
@@ -51,12 +45,11 @@ from nebula_async.testing import FakeNebulaServer
 from nebula_sync import NebulaClient
 from tests._proxy import ForwardProxy
 from tests.cli._support import cli_env, nebula
-from tests.helpers import exception_chain
+from tests.helpers import FAST_RETRY, KNOWN_CODES, NO_RETRY, exception_chain
 from tests.integration._support import HELLO, catch_all, collect, free_port
 
 KEY = "sk-SECRET-" + secrets.token_hex(16)  # distinctive and new per run: any sighting is a leak
 NEEDLES = (KEY, f"Bearer {KEY}", KEY[:12], KEY[-12:])
-FAST = RetryPolicy(max_retries=2, initial_delay=0.001, max_delay=0.002)
 OURS = tuple(os.path.dirname(m.__file__ or "") + os.sep for m in (nebula_async, nebula_sync))
 LOGGERS = ("", "aiohttp", "asyncio", "nebula_async")
 MAX_DEPTH = 8  # how deep the walk goes into containers and our objects from a frame's local
@@ -186,7 +179,7 @@ async def fake() -> AsyncIterator[FakeNebulaServer]:
 
 
 def _client(base_url: str, key: str | None = KEY, **kwargs: Any) -> AsyncNebulaClient:
-    kwargs.setdefault("retry", FAST)
+    kwargs.setdefault("retry", FAST_RETRY)
     return AsyncNebulaClient(key, base_url=base_url, **kwargs)
 
 
@@ -236,24 +229,13 @@ def test_bad_key_error_holds_no_key(client_class: type[Any], bad_key: str) -> No
 
 # --- call errors, and the flows around them ---------------------------------------------------------
 
-HTTP_ERRORS: list[tuple[int, str, type[APIError]]] = [
-    (400, "invalid_request", InvalidRequestError),
-    (400, "context_length_exceeded", ContextLengthExceededError),
-    (401, "invalid_api_key", AuthenticationError),
-    (403, "permission_denied", PermissionDeniedError),
-    (404, "model_not_found", ModelNotFoundError),
-    (429, "insufficient_quota", InsufficientQuotaError),
-    (429, "rate_limit_exceeded", RateLimitError),
-    (500, "server_error", ServerError),
-]
 
-
-@pytest.mark.parametrize(("status", "code", "cls"), HTTP_ERRORS, ids=[c for _, c, _ in HTTP_ERRORS])
+@pytest.mark.parametrize(("code", "status", "cls"), KNOWN_CODES, ids=[c for c, _, _ in KNOWN_CODES])
 async def test_api_error_holds_no_key(
     fake: FakeNebulaServer, status: int, code: str, cls: type[APIError]
 ) -> None:
     """Each error class, raised by a call and by a stream, hides the key everywhere."""
-    fake.fail_next(2 * (FAST.max_retries + 1), status=status, code=code, retry_after=0)
+    fake.fail_next(2 * (FAST_RETRY.max_retries + 1), status=status, code=code, retry_after=0)
     async with _client(fake.base_url) as client:
         with pytest.raises(cls) as info:
             await client.generate_text(model="m", prompt="p")
@@ -295,7 +277,7 @@ async def test_success_retries_and_html_error(fake: FakeNebulaServer, logs: _Rec
 async def test_stream_errors_hold_no_key(fake: FakeNebulaServer) -> None:
     """A stream cut mid-way and an error event after text both hide the key."""
     fake.token_delay = 0.005
-    async with _client(fake.base_url, retry=RetryPolicy(max_retries=0)) as client:
+    async with _client(fake.base_url, retry=NO_RETRY) as client:
         fake.drop_stream_after(events=2)
         with pytest.raises(APIConnectionError) as dropped:
             await collect(client.stream_text(model="m", prompt="p"), enter=True)
@@ -321,7 +303,7 @@ async def test_timeout_holds_no_key(fake: FakeNebulaServer, monkeypatch: pytest.
     """A timeout of a client whose key came from NEBULA_API_KEY hides the key."""
     monkeypatch.setenv("NEBULA_API_KEY", KEY)
     fake.delay_next(seconds=2.0)
-    async with _client(fake.base_url, key=None, timeout=0.2, retry=RetryPolicy(max_retries=0)) as client:
+    async with _client(fake.base_url, key=None, timeout=0.2, retry=NO_RETRY) as client:
         with pytest.raises(APITimeoutError) as info:
             await client.generate_text(model="m", prompt="p")
     _assert_error_hides_key(info.value)
@@ -334,11 +316,14 @@ async def test_generate_many_and_as_completed(fake: FakeNebulaServer) -> None:
         results = await client.generate_many(requests, return_exceptions=True)
         assert isinstance(results[1], ModelNotFoundError)
         _assert_error_hides_key(results[1])
+        errors = 0
         async with client.as_completed(requests) as outcomes:
             async for outcome in outcomes:
                 _assert_hidden(repr(outcome), "an outcome's repr")
                 if outcome.error is not None:
+                    errors += 1
                     _assert_error_hides_key(outcome.error)
+        assert errors == 1  # the "nope" request's outcome was searched: the loop was not vacuous
 
 
 async def test_run_batch_records_hold_no_key(fake: FakeNebulaServer, tmp_path: Path) -> None:
@@ -374,7 +359,7 @@ def test_sync_client_success_and_errors() -> None:
     """The sync client's results, errors (raised through its loop thread) and repr hide the key."""
     with (
         FakeNebulaServer(models=["m"], replies={"p": HELLO}, api_keys=[KEY]).run_in_thread() as server,
-        NebulaClient(KEY, base_url=server.base_url, retry=FAST) as client,
+        NebulaClient(KEY, base_url=server.base_url, retry=FAST_RETRY) as client,
     ):
         assert client.generate_text(model="m", prompt="p").text == HELLO
         _assert_hidden(repr(client), "the sync client's repr")
@@ -468,7 +453,7 @@ async def test_tls_verification_is_on_by_default(server_tls: ssl.SSLContext) -> 
     """A client with the default verify= refuses a certificate no system CA signed, before sending."""
     async with (
         FakeNebulaServer(models=["m"], replies={"p": HELLO}, ssl=server_tls) as server,
-        _client(server.base_url, retry=RetryPolicy(max_retries=0)) as client,
+        _client(server.base_url, retry=NO_RETRY) as client,
     ):
         assert server.base_url.startswith("https://127.0.0.1:")
         with pytest.raises(APIConnectionError) as info:

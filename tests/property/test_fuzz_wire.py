@@ -16,8 +16,8 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nebula_async import AsyncNebulaClient, NebulaError, RetryPolicy
-from tests.helpers import success_body
+from nebula_async import AsyncNebulaClient, NebulaError
+from tests.helpers import NO_RETRY, success_body
 from tests.property._support import fuzz_slow
 
 _SUCCESS = json.dumps(success_body("fuzzed")).encode()
@@ -62,7 +62,7 @@ async def _exchange(status: int, headers: dict[str, str], body: bytes, stream: b
     port = runner.addresses[0][1]
     try:
         async with AsyncNebulaClient(
-            "sk-fuzz", base_url=f"http://127.0.0.1:{port}/v1", retry=RetryPolicy(max_retries=0), timeout=10.0
+            "sk-fuzz", base_url=f"http://127.0.0.1:{port}/v1", retry=NO_RETRY, timeout=10.0
         ) as client:
             try:
                 if stream:

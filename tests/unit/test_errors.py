@@ -32,39 +32,14 @@ from nebula_async import (
 )
 from nebula_async._errors import error_from_response
 from tests.conftest import MockAPI
-from tests.helpers import SECRET_KEY, error_body, sse
+from tests.helpers import KNOWN_CODES, SECRET_KEY, error_body, sse
 from tests.unit._support import ENDPOINT, consume, mock_client
 
 NO_HEADERS: CIMultiDict[str] = CIMultiDict()
 README = Path(__file__).resolve().parents[2] / "README.md"
 
-CODES: dict[str, type[APIError]] = {
-    "invalid_request": InvalidRequestError,
-    "model_not_found": ModelNotFoundError,
-    "context_length_exceeded": ContextLengthExceededError,
-    "rate_limit_exceeded": RateLimitError,
-    "insufficient_quota": InsufficientQuotaError,
-    # not in the API's table, but sent by it or by OpenAI-style APIs
-    "server_error": ServerError,
-    "service_unavailable": ServerError,
-    "invalid_api_key": AuthenticationError,
-    "authentication_error": AuthenticationError,
-    "permission_denied": PermissionDeniedError,
-    "not_found": NotFoundError,
-}
-TYPICAL_STATUS = {
-    "invalid_request": 400,
-    "model_not_found": 404,
-    "context_length_exceeded": 400,
-    "rate_limit_exceeded": 429,
-    "insufficient_quota": 429,
-    "server_error": 500,
-    "service_unavailable": 503,
-    "invalid_api_key": 401,
-    "authentication_error": 401,
-    "permission_denied": 403,
-    "not_found": 404,
-}
+CODES = {code: cls for code, _, cls in KNOWN_CODES}
+TYPICAL_STATUS = {code: status for code, status, _ in KNOWN_CODES}
 STATUSES: dict[int, type[APIError]] = {
     400: InvalidRequestError,
     401: AuthenticationError,

@@ -34,6 +34,7 @@ def test_loads_refuses_nesting_too_deep_with_value_error(decoder: str, depth: in
     except ValueError:
         return
     assert isinstance(value, list)  # orjson reads 1000 deep, and so may json: nothing escapes
+    assert depth < 100_000  # but neither reads 100000 deep: that one must be refused
 
 
 @pytest.mark.parametrize(
@@ -58,10 +59,23 @@ def test_loads_text_refuses_lone_surrogates(decoder: str, raw: bytes | str) -> N
     assert isinstance(_parse.loads(raw), (str, dict, list))
 
 
-@pytest.mark.parametrize("raw", ['"\\ud83d\\ude00"', b'"\xf0\x9f\x98\x80"', '"\\\\ud800"'])
-def test_loads_text_accepts_pairs_and_escaped_backslashes(decoder: str, raw: bytes | str) -> None:
+def test_the_first_loads_text_of_a_process_is_as_strict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first decoding, which looks for orjson, refuses a lone surrogate like every later one."""
+    # Regression: _first_loads answered with loads(), so a process's first answer let one through.
+    monkeypatch.setattr(_parse, "_fast_loads", _parse._first_loads)
+    with pytest.raises(ValueError, match=r"surrogate|can't decode|invalid"):
+        _parse.loads_text(b'"a\xed\xa0\x80"')
+    monkeypatch.setattr(_parse, "_fast_loads", _parse._first_loads)
+    assert _parse.loads(b'"a\xed\xa0\x80"') == "a\ud800"  # loads() stays json.loads
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [('"\\ud83d\\ude00"', "\U0001f600"), (b'"\xf0\x9f\x98\x80"', "\U0001f600"), ('"\\\\ud800"', "\\ud800")],
+)
+def test_loads_text_accepts_pairs_and_escaped_backslashes(decoder: str, raw: bytes | str, text: str) -> None:
     """A surrogate pair is one character, and an escaped backslash before "ud800" is text."""
-    assert _parse.loads_text(raw) in ("\U0001f600", "\\ud800")
+    assert _parse.loads_text(raw) == text
 
 
 @pytest.mark.parametrize("status", [200, 500])

@@ -393,8 +393,9 @@ async def test_per_call_timeout_reaches_aiohttp(mock_api: MockAPI) -> None:
         await client.generate_text(model="m", prompt="p", timeout=2.5)
         await client.generate_text(model="m", prompt="p")
     first, second = _timeouts(mock_api)
-    assert (first.sock_connect, first.sock_read) == (2.5, 2.5)
-    assert (second.sock_connect, second.sock_read) == (1.0, 4.0)  # total: the SDK's own Deadline
+    # total: the SDK's own Deadline, never aiohttp's
+    assert (first.sock_connect, first.sock_read, first.total) == (2.5, 2.5, None)
+    assert (second.sock_connect, second.sock_read, second.total) == (1.0, 4.0, None)
 
 
 async def test_stream_has_no_total_timeout(mock_api: MockAPI) -> None:
